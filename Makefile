@@ -1,0 +1,56 @@
+# neurocache — every target bootstraps the virtualenv it needs.
+# Variables (override on the command line: make cache DATA=/path/to/DATA STORE=/scratch/ct.zarr):
+DATA   ?= data/demo
+STORE  ?= store.zarr
+CONFIG ?= configs/default.yaml
+OUT    ?= outputs
+CV_RUN ?=
+INPUT  ?=
+PYTHON ?= python3
+
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install synth validate cache info cv final demo predict test bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install neurocache with pinned dependencies
+
+synth: $(STAMP)  ## write the synthetic demo dataset into $(DATA)
+	$(BIN)/neurocache synth $(DATA) --patients 40 --slices-per-patient 12 --seed 0
+
+validate: $(STAMP)  ## check $(DATA)'s structure and labels
+	$(BIN)/neurocache validate --data-root $(DATA)
+
+cache: $(STAMP)  ## build $(STORE) from $(DATA) (no-op when complete with the same inputs and parameters)
+	$(BIN)/neurocache build --data-root $(DATA) --store $(STORE) --config $(CONFIG)
+
+info: $(STAMP)  ## summarise $(STORE)
+	$(BIN)/neurocache info $(STORE)
+
+cv: $(STAMP)  ## cross-validate on $(STORE) with $(CONFIG); writes $(OUT)/run_*_cv
+	$(BIN)/python -m trainer cv --store $(STORE) --config $(CONFIG) --out $(OUT)
+
+final: $(STAMP)  ## final model + held-out test from CV_RUN (default: the latest cv run in $(OUT))
+	$(BIN)/python -m trainer final --cv-run $(or $(CV_RUN),$(shell ls -d $(OUT)/run_*_cv 2>/dev/null | sort | tail -n 1)) --store $(STORE) --out $(OUT)
+
+demo: $(STAMP)  ## synth -> cache -> cv -> final on configs/demo.yaml (a few minutes on 2 CPU cores)
+	$(MAKE) synth cache cv final CONFIG=configs/demo.yaml STORE=demo.zarr DATA=$(DATA) OUT=$(OUT)
+
+test: $(STAMP)  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## benchmarks: writes bench/results.json and docs/benchmarks.md
+	$(BIN)/python -m bench.run
+
+clean:  ## remove the demo data, stores and runs (not .venv)
+	rm -rf data/demo store.zarr demo.zarr $(OUT)

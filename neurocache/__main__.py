@@ -1,0 +1,3 @@
+from neurocache.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Skull box, crop and letterbox: pure functions on HU images (pixels in, pixels out)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight box of the True pixels of a 2-D mask.
+
+    Returns:
+        ``(r0, r1, c0, c1)`` with inclusive-exclusive bounds (``image[r0:r1, c0:c1]``), pixels;
+        None when the mask is empty.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``image[r0:r1, c0:c1]`` for a box from :func:`bounding_box` (a view, not a copy)."""
+    r0, r1, c0, c1 = box
+    return image[r0:r1, c0:c1]
+
+
+def letterbox(image: np.ndarray, size: int, pad: float) -> tuple[np.ndarray, float]:
+    """Aspect-preserving resize of a 2-D image into a ``size x size`` canvas, centred, padded with ``pad``.
+
+    The longer side becomes ``size`` pixels; the shorter side ``round(side * scale)`` (at least 1).
+    Resampling is Pillow's bilinear filter on float32, which widens its support when shrinking
+    (antialiasing), so a downscaled skull keeps its mean HU.
+
+    Args:
+        image: float array (h, w), HU.
+        size: canvas side S, pixels.
+        pad: fill value for the canvas, HU.
+
+    Returns:
+        ``(canvas, scale)``: float32 (S, S) HU and the resize factor (output pixels per input pixel).
+    """
+    h, w = image.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    src = np.ascontiguousarray(image, dtype=np.float32)
+    if (nh, nw) == (h, w):
+        resized = src
+    else:
+        resized = np.asarray(Image.fromarray(src).resize((nw, nh), Image.Resampling.BILINEAR))
+    canvas = np.full((size, size), pad, dtype=np.float32)
+    r0, c0 = (size - nh) // 2, (size - nw) // 2
+    canvas[r0 : r0 + nh, c0 : c0 + nw] = resized
+    return canvas, float(scale)
+
+
+def to_int16(hu: np.ndarray) -> np.ndarray:
+    """Round HU to the nearest integer and clip to the int16 range."""
+    return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)

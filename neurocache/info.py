@@ -1,0 +1,71 @@
+"""``neurocache info``: a store's summary (the design's JSON contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from neurocache.store import dir_bytes, open_store, read_attrs
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """Summary of a store; works on an incomplete store too (``complete: false``, no counts).
+
+    Keys: n_files, n_ok, n_quarantined, n_missing_file, shape, dtype, fingerprint, complete,
+    bytes_on_disk, source_bytes, images_bytes, compression_ratio, by_reason, preprocess, created.
+    """
+    attrs = read_attrs(path)
+    if attrs is None:
+        from neurocache.store import StoreError
+
+        raise StoreError(f"no neurocache store at {path}: run `neurocache build --store {path} ...` first")
+    info: dict[str, Any] = {
+        "store": str(path),
+        "complete": bool(attrs.get("complete")),
+        "fingerprint": attrs.get("fingerprint"),
+        "schema_version": attrs.get("schema_version"),
+        "package_version": attrs.get("package_version"),
+        "preprocess": attrs.get("preprocess"),
+        "created": attrs.get("created"),
+        "source_bytes": attrs.get("source", {}).get("bytes"),
+        "source_root": attrs.get("source", {}).get("data_root"),
+        "bytes_on_disk": dir_bytes(path),
+        "n_files": attrs.get("source", {}).get("n_files"),
+    }
+    if info["complete"]:
+        s = open_store(path)
+        counts = attrs.get("counts", {})
+        images_bytes = dir_bytes(Path(path) / "images")
+        raw = int(s.images.size) * 2
+        info.update(
+            {
+                "n_ok": counts.get("n_ok"),
+                "n_quarantined": counts.get("n_quarantined"),
+                "n_missing_file": counts.get("n_missing_file"),
+                "shape": list(s.images.shape),
+                "dtype": str(s.images.dtype),
+                "shards": list(s.images.shards or s.images.chunks),
+                "images_bytes": images_bytes,
+                "compression_ratio": round(raw / images_bytes, 3) if images_bytes else None,
+                "by_reason": s.features.loc[s.features["status"] != "ok", "reason"].value_counts().to_dict(),
+                "build_seconds": attrs.get("build", {}).get("seconds"),
+            }
+        )
+    else:
+        info.update({"n_ok": None, "n_quarantined": None, "shape": None, "dtype": "int16"})
+    return info
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Human-readable text of :func:`store_info`."""
+    lines = [f"Store {info['store']}  ({'complete' if info['complete'] else 'INCOMPLETE: rerun the build to resume'})"]
+    lines.append(f"  fingerprint   {info['fingerprint']}")
+    lines.append(f"  source        {info['source_root']}: {info['n_files']} files, {info['source_bytes']} bytes")
+    if info["complete"]:
+        lines.append(f"  images        {info['shape']} {info['dtype']}, shards {info['shards']}")
+        lines.append(f"  rows          ok {info['n_ok']}, quarantined {info['n_quarantined']}, missing file {info['n_missing_file']}")
+        for r, c in info["by_reason"].items():
+            lines.append(f"    {r:22s} {c}")
+        lines.append(f"  on disk       {info['bytes_on_disk']} bytes (images compressed {info['compression_ratio']}x)")
+    lines.append(f"  preprocess    {info['preprocess']}")
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""The input convention: ``DATA/CTs/<ID>.dcm`` files and ``DATA/labels1.csv`` with columns ID, Label.
+
+Reading and checking the inputs is shared by ``validate`` (report) and ``build`` (which refuses
+fatal problems before writing anything).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import pandas as pd
+
+ID_COL = "ID"
+LABEL_COL = "Label"
+
+
+class InputError(ValueError):
+    """The data folder or the labels CSV cannot be used; the message names the file and the fix."""
+
+
+@dataclass
+class Inputs:
+    """What is in a data folder.
+
+    Attributes:
+        data_root, cts_dir, labels_path: the resolved paths.
+        labels: the labels CSV (ID as str, Label as int) — may hold extra columns.
+        files: every regular, non-hidden file of ``cts_dir``, sorted by (ID, name), as paths.
+        problems: fatal problems found in the labels CSV (empty when usable).
+    """
+
+    data_root: Path
+    cts_dir: Path
+    labels_path: Path
+    labels: pd.DataFrame
+    files: list[Path]
+    problems: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def file_id(path: Path) -> str:
+        """The ID of a file: its name without the last suffix (``ID_0a1b.dcm`` -> ``ID_0a1b``)."""
+        return path.stem if path.suffix else path.name
+
+
+def unsafe_id(value: str) -> str | None:
+    """Why an ID is not a plain file stem (path separators, ``..``, absolute, empty), else None."""
+    if value == "" or value.strip() != value:
+        return "empty or has surrounding spaces"
+    if "/" in value or "\\" in value:
+        return "contains a path separator"
+    if value in (".", "..") or ".." in PurePosixPath(value).parts:
+        return "is a relative path component"
+    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() or ":" in value:
+        return "looks like an absolute path or drive"
+    if "\x00" in value:
+        return "contains a NUL byte"
+    return None
+
+
+def list_files(cts_dir: Path) -> list[Path]:
+    """Regular non-hidden files of the CT folder (not recursive), sorted by (ID, file name)."""
+    files = [
+        cts_dir / e.name
+        for e in os.scandir(cts_dir)
+        if e.is_file(follow_symlinks=False) and not e.name.startswith(".")
+    ]
+    return sorted(files, key=lambda p: (Inputs.file_id(p), p.name))
+
+
+def read_labels(labels_path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read the labels CSV; return it and the list of fatal problems (missing columns, bad IDs/labels)."""
+    problems: list[str] = []
+    try:
+        df = pd.read_csv(labels_path, dtype={ID_COL: str}, keep_default_na=False)
+    except Exception as e:
+        return pd.DataFrame({ID_COL: [], LABEL_COL: []}), [f"{labels_path}: cannot be read as CSV: {e}"]
+    missing = [c for c in (ID_COL, LABEL_COL) if c not in df.columns]
+    if missing:
+        return df, [f"{labels_path}: missing column(s) {missing}; found {list(df.columns)}. The CSV needs columns ID,Label"]
+    bad_ids = [(i + 2, v, why) for i, v in enumerate(df[ID_COL]) if (why := unsafe_id(str(v)))]
+    for line, v, why in bad_ids[:10]:
+        problems.append(f"{labels_path}:{line}: ID {v!r} {why}; IDs must be plain file stems such as ID_0a1b2c")
+    if len(bad_ids) > 10:
+        problems.append(f"{labels_path}: {len(bad_ids) - 10} more unsafe IDs")
+    labels = pd.to_numeric(df[LABEL_COL], errors="coerce")
+    bad = df[~labels.isin([0, 1])]
+    for i, r in bad.head(10).iterrows():
+        problems.append(f"{labels_path}:{i + 2}: Label {r[LABEL_COL]!r} for ID {r[ID_COL]!r} is not 0 or 1")
+    if not problems:
+        df[LABEL_COL] = labels.astype(int)
+    dups = df[ID_COL][df[ID_COL].duplicated()].unique().tolist()
+    if dups:
+        problems.append(f"{labels_path}: duplicate IDs {dups[:10]}{' …' if len(dups) > 10 else ''}; each ID must appear once")
+    return df, problems
+
+
+def scan_inputs(data_root: str | Path, labels: str = "labels1.csv", cts: str = "CTs") -> Inputs:
+    """Find the CT folder and labels CSV under ``data_root`` and read them.
+
+    Raises:
+        InputError: the data root, the CT folder or the labels CSV does not exist.
+    """
+    root = Path(data_root)
+    if not root.is_dir():
+        raise InputError(f"data root {root} does not exist or is not a folder (--data-root)")
+    for name, flag in ((labels, "--labels"), (cts, "--cts")):
+        if unsafe_id(Path(name).name) or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise InputError(f"{flag} {name!r} must be a name inside the data root, not a path outside it")
+    cts_dir = root / cts
+    labels_path = root / labels
+    if not cts_dir.is_dir():
+        raise InputError(f"CT folder {cts_dir} does not exist; put one DICOM file per slice there (or pass --cts NAME)")
+    if not labels_path.is_file():
+        raise InputError(f"labels CSV {labels_path} does not exist; it needs columns ID,Label (or pass --labels NAME)")
+    df, problems = read_labels(labels_path)
+    return Inputs(data_root=root, cts_dir=cts_dir, labels_path=labels_path, labels=df, files=list_files(cts_dir), problems=problems)

@@ -1,0 +1,133 @@
+"""The store's preprocessing of one slice: HU -> floor -> skull box -> crop -> letterbox -> int16.
+
+:func:`preprocess_slice` is the single definition used by the build, by ``neurocache plot`` and by
+the trainer's ``predict``; a test checks every stored image equals it applied to its file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurocache.config import PrepConfig
+from neurocache.crop import bounding_box, letterbox, to_int16
+from neurocache.dicomio import SliceData, read_slice
+from neurocache.features import feature_columns, hu_features
+from neurocache.hu import histogram_percentiles, stored_histogram, stored_to_hu
+from neurocache.reasons import OK, QUARANTINED, Quarantine
+
+
+@dataclass
+class Prepared:
+    """The stages of one slice, kept for pictures and tests.
+
+    Attributes:
+        image: int16 (S, S) cached image, HU.
+        features: feature-table columns computed from the pixels.
+        floor_hu, skull_hu: the two thresholds used, HU.
+        box: skull box (r0, r1, c0, c1) in the decoded image, pixels.
+    """
+
+    image: np.ndarray
+    features: dict[str, Any]
+    floor_hu: float
+    skull_hu: float
+    box: tuple[int, int, int, int]
+
+
+def preprocess_slice(data: SliceData, cfg: PrepConfig, name: str = "slice") -> Prepared:
+    """Apply the store's preprocessing to a decoded slice.
+
+    1. HU = stored x slope + intercept; stored values <= the ``floor_percentile`` -> ``pad_hu``.
+    2. Bone mask = HU >= the ``skull_percentile`` of the slice; its tight box is the crop.
+    3. Letterbox the crop to ``size x size`` (aspect kept, padded with ``pad_hu``), round to int16.
+
+    Raises:
+        Quarantine: ``empty_slice`` (HU std < ``min_std_hu``) or ``no_skull`` (box too small).
+    """
+    stored = data.stored
+    offset, cum = stored_histogram(stored)
+    feats = hu_features(stored, offset, cum, data.slope, data.intercept)
+    if not feats["hu_std"] >= cfg.min_std_hu:
+        raise Quarantine("empty_slice", f"{name}: HU std {feats['hu_std']:.3g} < min_std_hu={cfg.min_std_hu}")
+    p_floor, p_skull = histogram_percentiles(offset, cum, (cfg.floor_percentile, cfg.skull_percentile))
+    # Thresholds compare stored values: exact, and no full-size float image is needed for the mask.
+    box = bounding_box(stored >= p_skull)
+    if box is None or min(box[1] - box[0], box[3] - box[2]) < cfg.min_box_pixels:
+        raise Quarantine(
+            "no_skull",
+            f"{name}: bone box {box} at the {cfg.skull_percentile}th percentile is smaller than "
+            f"min_box_pixels={cfg.min_box_pixels}",
+        )
+    r0, r1, c0, c1 = box
+    crop_stored = stored[r0:r1, c0:c1]
+    hu = stored_to_hu(crop_stored, data.slope, data.intercept)
+    hu[crop_stored <= p_floor] = cfg.pad_hu
+    canvas, scale = letterbox(hu, cfg.size, cfg.pad_hu)
+    feats.update({"box_r0": r0, "box_r1": r1, "box_c0": c0, "box_c1": c1, "scale": scale})
+    return Prepared(
+        image=to_int16(canvas),
+        features=feats,
+        floor_hu=float(p_floor) * data.slope + data.intercept,
+        skull_hu=float(p_skull) * data.slope + data.intercept,
+        box=box,
+    )
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(bytes, sha256 hex) of a file's content."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+            n += len(block)
+    return n, h.hexdigest()
+
+
+def empty_meta() -> dict[str, Any]:
+    """Header columns for a row whose header could not be read."""
+    nan = float("nan")
+    return {
+        "modality": "", "sop_class": "", "transfer_syntax": "", "rows": 0, "cols": 0,
+        "spacing_row_mm": nan, "spacing_col_mm": nan, "thickness_mm": nan, "kvp": nan, "slope": nan,
+        "intercept": nan, "window_center": nan, "window_width": nan, "photometric": "",
+        "bits_allocated": 0, "bits_stored": 0, "pixel_representation": 0, "z_mm": nan,
+        "instance_number": nan, "patient_key": "", "study_key": "", "series_key": "",
+    }
+
+
+def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Read and preprocess one file; never raises for bad input.
+
+    Returns:
+        ``(image, row)``: int16 (S, S) HU or None when quarantined, and the feature-table columns
+        (``status``, ``reason``, ``detail``, header metadata, HU features, ``file_bytes``, ``sha256``).
+    """
+    path = Path(path)
+    row: dict[str, Any] = {"status": OK, "reason": "", "detail": "", "fixes": ""}
+    try:
+        row["file_bytes"], row["sha256"] = file_digest(path)
+    except OSError as e:
+        row.update(empty_meta(), **feature_columns())
+        row.update(status=QUARANTINED, reason="unreadable", detail=f"{path.name}: {e}", file_bytes=0, sha256="")
+        return None, row
+    meta: dict[str, Any] = empty_meta()
+    try:
+        data = read_slice(path, cfg, key)
+        meta = data.meta
+        prepared = preprocess_slice(data, cfg, name=path.name)
+    except Quarantine as q:
+        row.update(q.meta or meta, **feature_columns())
+        row.update(status=QUARANTINED, reason=q.reason, detail=q.detail)
+        return None, row
+    except Exception as e:  # an unforeseen decoder failure must not stop a build
+        row.update(meta, **feature_columns())
+        row.update(status=QUARANTINED, reason="decode_error", detail=f"{path.name}: {type(e).__name__}: {e}")
+        return None, row
+    row.update(meta, **prepared.features)
+    return prepared.image, row

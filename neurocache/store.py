@@ -1,0 +1,183 @@
+"""The Zarr v3 store: creating it, stamping it, and opening it safely for reading.
+
+Layout (see README): group attrs ``neurocache`` (schema, parameters, fingerprint, source summary,
+``complete``), array ``images`` int16 (N, S, S), ``features.parquet`` and ``quality.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BloscCodec
+
+from neurocache import SCHEMA_VERSION, __version__
+from neurocache.config import PrepConfig
+
+ATTRS_KEY = "neurocache"
+FEATURES_FILE = "features.parquet"
+QUALITY_FILE = "quality.json"
+
+
+class StoreError(RuntimeError):
+    """A store is missing, incomplete, of another schema, or built with other parameters."""
+
+
+def images_codecs(cfg: PrepConfig) -> list[BloscCodec]:
+    """blosc-zstd with bit-shuffle: int16 HU slices are smooth, mostly air, and compress well."""
+    return [BloscCodec(cname="zstd", clevel=cfg.compression_level, shuffle="bitshuffle")]
+
+
+def create_image_array(group: zarr.Group, name: str, n: int, cfg: PrepConfig) -> zarr.Array:
+    """An int16 (n, S, S) array: one slice per inner chunk, ``shard_size`` slices per shard file."""
+    s = cfg.size
+    shard = max(1, min(cfg.shard_size, n)) if n else 1
+    return group.create_array(
+        name,
+        shape=(n, s, s),
+        dtype="int16",
+        chunks=(1, s, s),
+        shards=(shard, s, s),
+        compressors=images_codecs(cfg),
+        fill_value=cfg.pad_hu,
+        dimension_names=("slice", "y", "x"),
+        overwrite=True,
+    )
+
+
+def read_attrs(path: str | Path) -> dict[str, Any] | None:
+    """The ``neurocache`` attrs of a store, or None when there is no readable store at ``path``."""
+    p = Path(path)
+    if not (p / "zarr.json").is_file():
+        return None
+    try:
+        group = zarr.open_group(str(p), mode="r")
+    except Exception:
+        return None
+    return dict(group.attrs.get(ATTRS_KEY, {})) or None
+
+
+def write_attrs(path: str | Path, attrs: dict[str, Any]) -> None:
+    """Replace the store's ``neurocache`` attrs."""
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs[ATTRS_KEY] = attrs
+
+
+def param_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable ``key: old -> new`` lines for parameters that differ."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+@dataclass
+class Store:
+    """A complete store opened for reading.
+
+    Attributes:
+        path: the store's folder.
+        attrs: the ``neurocache`` group attrs.
+        images: the int16 (N, S, S) Zarr array, HU.
+        features: the feature table, one row per input file.
+    """
+
+    path: Path
+    attrs: dict[str, Any]
+    images: zarr.Array
+    features: pd.DataFrame
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.attrs["fingerprint"])
+
+    @property
+    def prep(self) -> PrepConfig:
+        return PrepConfig.from_dict(self.attrs["preprocess"], source=f"store {self.path}")
+
+    def ok_rows(self) -> pd.DataFrame:
+        """Feature rows with ``status == 'ok'``, ordered by ``row`` (the index into ``images``)."""
+        ok = self.features[self.features["status"] == "ok"]
+        return ok.sort_values("row").reset_index(drop=True)
+
+    def quality(self) -> dict[str, Any]:
+        return json.loads((self.path / QUALITY_FILE).read_text())
+
+
+def open_store(path: str | Path, *, expect: PrepConfig | None = None) -> Store:
+    """Open a store for reading, refusing what cannot be trusted.
+
+    Args:
+        path: the store folder (``STORE.zarr``).
+        expect: the preprocessing the caller needs; a store with another fingerprint is refused.
+
+    Raises:
+        StoreError: missing store, other schema, not ``complete`` (an interrupted build), or a
+            fingerprint that differs from ``expect`` (the message lists the differing parameters).
+    """
+    p = Path(path)
+    attrs = read_attrs(p)
+    if attrs is None:
+        raise StoreError(f"no neurocache store at {p}: run `neurocache build --store {p} ...` (or `make cache`) first")
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"store {p} has schema_version={attrs.get('schema_version')!r}; this neurocache reads "
+            f"schema {SCHEMA_VERSION}. Rebuild it with `neurocache build --force`."
+        )
+    if attrs.get("complete") is not True:
+        raise StoreError(
+            f"store {p} is not complete (its build was interrupted or is still running): "
+            f"run the same `neurocache build` command again to resume it"
+        )
+    if expect is not None and attrs.get("fingerprint") != expect.fingerprint():
+        diff = param_diff(attrs.get("preprocess", {}), expect.value_params())
+        raise StoreError(
+            f"store {p} was built with other preprocessing (fingerprint {str(attrs.get('fingerprint'))[:12]}… "
+            f"!= {expect.fingerprint()[:12]}…); differing parameters: {'; '.join(diff) or 'schema/code version'}. "
+            f"Rebuild with the config's preprocess section (`neurocache build --config ... --store NEW.zarr`) "
+            f"or set the config's preprocess section to the store's."
+        )
+    group = zarr.open_group(str(p), mode="r")
+    features = pd.read_parquet(p / FEATURES_FILE)
+    return Store(path=p, attrs=attrs, images=group["images"], features=features)
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete a store folder (used by ``--force``)."""
+    p = Path(path)
+    if p.exists():
+        shutil.rmtree(p)
+
+
+def dir_bytes(path: str | Path) -> int:
+    """Bytes on disk of every file under ``path``."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,116 @@
+"""``neurocache validate``: the dataset-structure report (no writes).
+
+Checks the folder and the labels CSV the way the seed's ``validate_dataset_structure`` did: the CT
+folder exists and holds DICOM files, the CSV exists with a ``Label`` column, duplicate IDs and
+files, class counts and imbalance, IDs without a file and files without an ID, and an optional
+expected file count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from neurocache.inputs import ID_COL, LABEL_COL, InputError, Inputs, scan_inputs
+from neurocache.quality import class_balance
+
+_DICM_OFFSET = 128
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """True when the file has the ``DICM`` magic at byte 128 (Part 10), checked without parsing."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_DICM_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def validate_dataset(
+    data_root: str | Path, *, labels: str = "labels1.csv", cts: str = "CTs", expected_count: int | None = None
+) -> dict[str, Any]:
+    """Structure report of a data folder.
+
+    Returns:
+        A JSON-able dict with ``ok`` (no fatal problem), ``fatal`` and ``warnings`` (messages), and the
+        counts and lists described in the module docstring.
+    """
+    report: dict[str, Any] = {"data_root": str(data_root), "fatal": [], "warnings": []}
+    try:
+        inputs = scan_inputs(data_root, labels=labels, cts=cts)
+    except InputError as e:
+        report["fatal"].append(str(e))
+        report["ok"] = False
+        return report
+    fatal, warn = report["fatal"], report["warnings"]
+    files = inputs.files
+    dicom = [p for p in files if looks_like_dicom(p)]
+    not_dicom = [p.name for p in files if p not in set(dicom)]
+    ids = [Inputs.file_id(p) for p in files]
+    seen: dict[str, list[str]] = {}
+    for i, p in zip(ids, files):
+        seen.setdefault(i, []).append(p.name)
+    dup_files = {i: names for i, names in seen.items() if len(names) > 1}
+    df = inputs.labels
+    has_cols = ID_COL in df.columns and LABEL_COL in df.columns
+    label_ids = set(df[ID_COL].astype(str)) if ID_COL in df.columns else set()
+    report.update(
+        {
+            "cts_dir": str(inputs.cts_dir),
+            "labels_csv": str(inputs.labels_path),
+            "n_files": len(files),
+            "n_dicom_files": len(dicom),
+            "non_dicom_files": not_dicom,
+            "n_labels": int(len(df)),
+            "duplicate_ids": df[ID_COL][df[ID_COL].duplicated()].unique().tolist() if ID_COL in df.columns else [],
+            "duplicate_files": dup_files,
+            "ids_without_file": sorted(label_ids - set(ids)),
+            "files_without_id": sorted(set(ids) - label_ids),
+            "class_balance": class_balance(df[LABEL_COL]) if has_cols and not inputs.problems else None,
+            "expected_count": expected_count,
+        }
+    )
+    fatal.extend(inputs.problems)
+    if not dicom:
+        fatal.append(f"{inputs.cts_dir} holds no DICOM files (none has the DICM preamble)")
+    if not_dicom:
+        warn.append(f"{len(not_dicom)} file(s) without the DICM preamble (they will be quarantined): {not_dicom[:5]}")
+    if dup_files:
+        warn.append(f"{len(dup_files)} ID(s) with more than one file: {list(dup_files.items())[:5]}")
+    if report["ids_without_file"]:
+        warn.append(f"{len(report['ids_without_file'])} label ID(s) without a file: {report['ids_without_file'][:5]}")
+    if report["files_without_id"]:
+        warn.append(f"{len(report['files_without_id'])} file(s) without a label ID: {report['files_without_id'][:5]}")
+    cb = report["class_balance"]
+    if cb and (cb["n_label0"] == 0 or cb["n_label1"] == 0):
+        fatal.append(f"only one class in {inputs.labels_path.name}: {cb['n_label0']} label-0 and {cb['n_label1']} label-1 rows")
+    if expected_count is not None and len(dicom) != expected_count:
+        fatal.append(f"--expected-count={expected_count} but {inputs.cts_dir} holds {len(dicom)} DICOM files")
+    report["ok"] = not fatal
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """Human-readable text of :func:`validate_dataset`'s report."""
+    lines = [f"Dataset: {r['data_root']}"]
+    if "n_files" in r:
+        cb = r.get("class_balance") or {}
+        lines += [
+            f"  CT folder      {r['cts_dir']}: {r['n_files']} files, {r['n_dicom_files']} DICOM",
+            f"  labels         {r['labels_csv']}: {r['n_labels']} rows",
+        ]
+        if cb:
+            ratio = f"{cb['imbalance_ratio']:.2f}" if cb["imbalance_ratio"] else "n/a"
+            lines.append(f"  classes        0: {cb['n_label0']}  1: {cb['n_label1']}  imbalance ratio {ratio}")
+        lines.append(f"  duplicate IDs  {len(r['duplicate_ids'])}   duplicate files {len(r['duplicate_files'])}")
+        lines.append(f"  IDs w/o file   {len(r['ids_without_file'])}   files w/o ID {len(r['files_without_id'])}")
+        for title, items in (("IDs without a file", r["ids_without_file"]), ("files without an ID", r["files_without_id"])):
+            if items:
+                lines.append(f"  {title}: " + ", ".join(items[:20]) + (" …" if len(items) > 20 else ""))
+    for w in r["warnings"]:
+        lines.append(f"WARNING: {w}")
+    for f in r["fatal"]:
+        lines.append(f"ERROR: {f}")
+    lines.append("RESULT: " + ("OK" if r["ok"] else "FAILED"))
+    return "\n".join(lines)

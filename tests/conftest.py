@@ -1,0 +1,38 @@
+"""Shared fixtures: a small synthetic dataset and its store, built once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from neurocache.build import build_store
+from neurocache.config import PrepConfig
+from neurocache.synth import generate_dataset
+
+# Small enough for 2 CPU cores: 8 patients x 6 slices at 128 px, cached at 64 px.
+SMALL_PREP = PrepConfig(size=64, shard_size=16)
+HASH_KEY = bytes(range(16))
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, patients=8, slices_per_patient=6, size=128, positive_frac=0.4, seed=7)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_store(synth_data, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("stores") / "small.zarr"
+    build_store(synth_data, store, cfg=SMALL_PREP, workers=1, progress=False, hash_key=HASH_KEY)
+    return store
+
+
+@pytest.fixture
+def data_copy(synth_data, tmp_path) -> Path:
+    """A writable copy of the synthetic dataset."""
+    dst = tmp_path / "data"
+    shutil.copytree(synth_data, dst)
+    return dst

@@ -1,0 +1,336 @@
+"""Stratified (optionally grouped) test / cross-validation / holdout splits.
+
+With ``groups`` (e.g. patient IDs, one per slice) every group lands entirely in
+one partition, so slices of one patient never leak between the test set and
+the training folds, or between folds. Without groups the split is done at the
+row (slice) level.
+
+All functions are deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import (
+    StratifiedGroupKFold,
+    StratifiedKFold,
+    train_test_split,
+)
+
+__all__ = ["check_no_group_crosses", "holdout_split", "make_split"]
+
+
+# --------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------
+def _check_labels(labels: Any) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise ValueError(f"The 'labels' parameter must be a 1-D array; got shape {y.shape}.")
+    if y.size == 0:
+        raise ValueError("The 'labels' parameter must not be empty.")
+    if y.dtype.kind == "f" and np.isnan(y).any():
+        raise ValueError("The 'labels' parameter must not contain NaN.")
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise ValueError(
+            "The 'labels' parameter must contain at least two classes to stratify; "
+            f"got only {classes.tolist()}."
+        )
+    return y
+
+
+def _check_groups(groups: Any, n: int) -> np.ndarray | None:
+    if groups is None:
+        return None
+    g = np.asarray(groups)
+    if g.ndim != 1 or g.shape[0] != n:
+        raise ValueError(
+            f"The 'groups' parameter must be a 1-D array with the same length as 'labels' ({n}); "
+            f"got shape {g.shape}."
+        )
+    if g.dtype.kind == "f" and np.isnan(g).any():
+        raise ValueError("The 'groups' parameter must not contain NaN.")
+    if g.dtype == object and any(v is None for v in g):
+        raise ValueError("The 'groups' parameter must not contain None.")
+    return g
+
+
+def _check_fraction(value: Any, name: str, func: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"The '{name}' parameter of {func} must be a float in the range (0.0, 1.0); "
+            f"got {value!r}."
+        ) from exc
+    if not (math.isfinite(v) and 0.0 < v < 1.0):
+        raise ValueError(
+            f"The '{name}' parameter of {func} must be a float in the range (0.0, 1.0); "
+            f"got {value!r}."
+        )
+    return v
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"The 'seed' parameter must be an int; got {seed!r}.")
+    return int(seed)
+
+
+def _n_splits_for(frac: float, name: str, func: str) -> int:
+    n = int(round(1.0 / frac))
+    if n < 2:
+        raise ValueError(
+            f"The '{name}' parameter of {func} is too large for a grouped split: "
+            f"{name}={frac:g} gives round(1/{name})={n} splits, need at least 2 "
+            f"(use {name} <= 0.66)."
+        )
+    return n
+
+
+def _per_class_units(
+    y: np.ndarray, groups: np.ndarray | None
+) -> dict[Any, int]:
+    """Number of rows (groups=None) or distinct groups containing each class."""
+    out: dict[Any, int] = {}
+    for c in np.unique(y):
+        m = y == c
+        out[c.item() if hasattr(c, "item") else c] = (
+            int(m.sum()) if groups is None else int(np.unique(groups[m]).size)
+        )
+    return out
+
+
+def _require_units(
+    y: np.ndarray,
+    groups: np.ndarray | None,
+    needed: int,
+    what: str,
+    where: str,
+    fix: str,
+) -> None:
+    unit = "samples" if groups is None else "groups"
+    for c, n in _per_class_units(y, groups).items():
+        if n < needed:
+            raise ValueError(
+                f"{what} needs at least {needed} {unit} with label {c} in {where}; "
+                f"found {n}. {fix}"
+            )
+
+
+def _first_split_mask(
+    y: np.ndarray, groups: np.ndarray | None, frac: float, seed: int, name: str, func: str
+) -> np.ndarray:
+    """Bool mask of the held-out part (approx ``frac``) of a stratified split."""
+    n = y.shape[0]
+    mask = np.zeros(n, dtype=bool)
+    if groups is None:
+        idx = np.arange(n)
+        _, held = train_test_split(idx, test_size=frac, stratify=y, random_state=seed)
+        mask[held] = True
+    else:
+        n_splits = _n_splits_for(frac, name, func)
+        n_groups = int(np.unique(groups).size)
+        if n_groups < n_splits:
+            raise ValueError(
+                f"{name}={frac:g} (round(1/{name})={n_splits} grouped splits) needs at least "
+                f"{n_splits} groups; found {n_groups}. Increase {name} or add data."
+            )
+        sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, held = next(sgkf.split(np.zeros(n), y, groups))
+        mask[held] = True
+    return mask
+
+
+def _check_both_parts_have_all_classes(
+    y: np.ndarray, mask: np.ndarray, part: str, rest: str, name: str
+) -> None:
+    classes = np.unique(y)
+    for label, m in ((part, mask), (rest, ~mask)):
+        present = np.unique(y[m])
+        missing = [c.item() for c in classes if c not in present]
+        if missing:
+            raise ValueError(
+                f"The {label} has no sample with label {missing} "
+                f"(too few groups/samples per class for {name}). "
+                f"Change {name} or the seed, or add data."
+            )
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+def make_split(
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    *,
+    test_size: float,
+    k_folds: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified test split followed by stratified k-fold CV on the rest.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n,)
+        Class label per row (used for stratification).
+    groups : ndarray of shape (n,) or None
+        Group ID per row (e.g. patient). ``None`` splits at row level.
+    test_size : float in (0, 1)
+        Target fraction of rows in the test set.
+    k_folds : int >= 2
+        Number of cross-validation folds on the non-test rows.
+    seed : int
+        ``random_state`` for every sklearn splitter used.
+
+    Returns
+    -------
+    is_test : ndarray of bool, shape (n,)
+    fold : ndarray of int64, shape (n,)
+        Fold index in ``0..k_folds-1`` for non-test rows, ``-1`` for test rows.
+
+    Notes
+    -----
+    * With ``groups``: the test set is the test part of the first split of
+      ``StratifiedGroupKFold(n_splits=round(1/test_size), shuffle=True,
+      random_state=seed)``, so its size only *approximates* ``test_size``
+      (``1/round(1/test_size)`` of the groups, and group sizes vary). The
+      folds come from ``StratifiedGroupKFold(k_folds, shuffle=True,
+      random_state=seed)`` on the remaining rows. A group counts "with label
+      c" when at least one of its rows has label c.
+    * Without groups: ``train_test_split(stratify=labels,
+      test_size=test_size, random_state=seed)`` then ``StratifiedKFold(k_folds,
+      shuffle=True, random_state=seed)``.
+
+    Raises
+    ------
+    ValueError
+        Invalid parameters, too few samples/groups per class, or a resulting
+        test set / fold that lacks a class.
+    """
+    y = _check_labels(labels)
+    g = _check_groups(groups, y.shape[0])
+    ts = _check_fraction(test_size, "test_size", "make_split")
+    if isinstance(k_folds, bool) or not isinstance(k_folds, (int, np.integer)) or k_folds < 2:
+        raise ValueError(
+            f"The 'k_folds' parameter of make_split must be an int >= 2; got {k_folds!r}."
+        )
+    k = int(k_folds)
+    rs = _check_seed(seed)
+    fix = "Lower k_folds or add data."
+
+    # Up-front: each class needs >= k units for the folds plus >= 1 for the test set.
+    _require_units(y, g, k + 1, f"k_folds={k} plus a test set", "the data", fix)
+
+    is_test = _first_split_mask(y, g, ts, rs, "test_size", "make_split")
+    _check_both_parts_have_all_classes(y, is_test, "test set", "training pool", "test_size")
+
+    pool = np.flatnonzero(~is_test)
+    y_pool = y[pool]
+    g_pool = None if g is None else g[pool]
+    _require_units(y_pool, g_pool, k, f"k_folds={k}", "the training pool", fix)
+
+    fold = np.full(y.shape[0], -1, dtype=np.int64)
+    if g_pool is None:
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=rs)
+        splits = splitter.split(np.zeros(pool.size), y_pool)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=rs)
+        splits = splitter.split(np.zeros(pool.size), y_pool, g_pool)
+    for i, (_, val) in enumerate(splits):
+        fold[pool[val]] = i
+
+    classes = np.unique(y)
+    for i in range(k):
+        present = np.unique(y[fold == i])
+        missing = [c.item() for c in classes if c not in present]
+        if missing:
+            raise ValueError(
+                f"k_folds={k}: fold {i} has no sample with label {missing} "
+                f"(too few groups per class). {fix}"
+            )
+    return is_test, fold
+
+
+def holdout_split(
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    *,
+    frac: float,
+    seed: int,
+) -> np.ndarray:
+    """Stratified (and grouped, when ``groups`` is given) holdout mask.
+
+    Used to carve an early-stopping validation set out of the training data of
+    the final model.
+
+    With ``groups`` the holdout is the test part of the first split of
+    ``StratifiedGroupKFold(n_splits=round(1/frac), shuffle=True,
+    random_state=seed)``, so its size approximates ``frac``; without groups it
+    is ``train_test_split(stratify=labels, test_size=frac, random_state=seed)``.
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+        True for holdout rows.
+
+    Raises
+    ------
+    ValueError
+        Invalid parameters, or holdout / remainder lacking a class.
+    """
+    y = _check_labels(labels)
+    g = _check_groups(groups, y.shape[0])
+    f = _check_fraction(frac, "frac", "holdout_split")
+    rs = _check_seed(seed)
+    _require_units(y, g, 2, "holdout_split", "the data", "Add data.")
+    mask = _first_split_mask(y, g, f, rs, "frac", "holdout_split")
+    _check_both_parts_have_all_classes(y, mask, "holdout", "remaining training set", "frac")
+    return mask
+
+
+def check_no_group_crosses(groups: Any, is_test: Any, fold: Any) -> None:
+    """Raise ``ValueError`` if a group appears in more than one partition.
+
+    The partitions are ``test`` (``is_test`` True) and ``fold k`` for every
+    value ``k`` of ``fold`` among the non-test rows.
+
+    Raises
+    ------
+    ValueError
+        Listing (up to 20 of) the offending groups and the partitions each one
+        appears in.
+    """
+    g = np.asarray(groups)
+    t = np.asarray(is_test).astype(bool)
+    f = np.asarray(fold)
+    if not (g.ndim == t.ndim == f.ndim == 1 and g.shape == t.shape == f.shape):
+        raise ValueError(
+            "The 'groups', 'is_test' and 'fold' parameters must be 1-D arrays of equal "
+            f"length; got shapes {g.shape}, {t.shape}, {f.shape}."
+        )
+    part = np.where(t, -(10**9), f.astype(np.int64))  # sentinel code for 'test'
+    codes_g, inv = np.unique(g, return_inverse=True)
+    pairs = np.unique(np.stack([inv, part], axis=1), axis=0)
+    counts = np.bincount(pairs[:, 0], minlength=codes_g.size)
+    bad = np.flatnonzero(counts > 1)
+    if bad.size == 0:
+        return None
+
+    def _name(p: int) -> str:
+        return "test" if p == -(10**9) else f"fold {p}"
+
+    details = []
+    for b in bad[:20]:
+        parts = pairs[pairs[:, 0] == b, 1]
+        details.append(f"{codes_g[b]!r} in {[_name(int(p)) for p in parts]}")
+    more = f" (and {bad.size - 20} more)" if bad.size > 20 else ""
+    raise ValueError(
+        f"{bad.size} group(s) appear in more than one partition: "
+        + "; ".join(details)
+        + more
+    )

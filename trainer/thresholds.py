@@ -1,0 +1,271 @@
+"""Cross-validated threshold tables and operating-point selection.
+
+The out-of-fold (OOF) predictions of a k-fold cross-validation are turned into
+one :func:`trainer.metrics.threshold_table` per fold, which are then summarised
+per threshold (mean / sample std across folds, summed counts). A decision
+threshold is then picked from that summary with :func:`select_threshold`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trainer.metrics import binary_metrics, threshold_table
+
+__all__ = [
+    "RATIO_METRICS",
+    "STRATEGIES",
+    "ThresholdUnreachableError",
+    "cv_threshold_tables",
+    "select_threshold",
+]
+
+#: Per-threshold ratios that get a ``_mean`` and ``_std`` column in the summary.
+RATIO_METRICS: tuple[str, ...] = ("sens", "spec", "ppv", "npv", "f1", "acc")
+#: Allowed values of ``select_threshold(strategy=...)``.
+STRATEGIES: tuple[str, ...] = ("max_f1", "sens_target")
+#: Tolerance used when comparing ``sens_mean`` with ``sens_target`` (absorbs
+#: float round-off of the fold average, e.g. mean([0.9, 0.9, 0.9])).
+SENS_TOL: float = 1e-9
+
+_OOF_COLUMNS = ("ID", "label", "prob", "fold")
+
+
+class ThresholdUnreachableError(ValueError):
+    """No threshold reaches the requested mean sensitivity."""
+
+
+def _check_oof(oof: pd.DataFrame) -> pd.DataFrame:
+    if not isinstance(oof, pd.DataFrame):
+        raise TypeError(
+            f"The 'oof' parameter must be a pandas DataFrame; got {type(oof).__name__}."
+        )
+    missing = [c for c in _OOF_COLUMNS if c not in oof.columns]
+    if missing:
+        raise ValueError(
+            f"The 'oof' DataFrame is missing column(s) {missing}; "
+            f"required columns are {list(_OOF_COLUMNS)}, got {list(oof.columns)}."
+        )
+    if len(oof) == 0:
+        raise ValueError("The 'oof' DataFrame is empty.")
+    if oof["fold"].isna().any():
+        raise ValueError("The 'oof' DataFrame has missing values in column 'fold'.")
+    folds = oof["fold"].to_numpy()
+    if not np.all(np.equal(np.mod(folds, 1), 0)) or (folds < 0).any():
+        bad = sorted(set(folds[(folds < 0) | (np.mod(folds, 1) != 0)].tolist()))
+        raise ValueError(
+            "The 'fold' column of 'oof' must contain non-negative integers "
+            f"(out-of-fold validation rows only, no test rows with fold=-1); got {bad}."
+        )
+    return oof
+
+
+def cv_threshold_tables(
+    oof: pd.DataFrame,
+    thresholds: Any,
+    train_auc_by_fold: Mapping[int, float] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-fold threshold tables and their per-threshold summary.
+
+    Parameters
+    ----------
+    oof : pandas.DataFrame
+        Out-of-fold predictions with columns ``ID, label, prob, fold``
+        (``fold`` >= 0; test rows must not be included).
+    thresholds : array-like of float
+        Thresholds to evaluate (e.g. :func:`trainer.metrics.threshold_grid`).
+    train_auc_by_fold : mapping fold -> float, optional
+        Training-set ROC AUC of each fold's model. When given it must have an
+        entry for every fold in ``oof``.
+
+    Returns
+    -------
+    by_fold : pandas.DataFrame
+        ``fold`` followed by the :func:`~trainer.metrics.threshold_table`
+        columns, plus ``ap`` and ``auc`` of the fold's validation predictions
+        (constant within a fold; ``auc`` is NaN for a single-class fold) and
+        ``train_auc`` when ``train_auc_by_fold`` is given. Sorted by fold, then
+        in the order of ``thresholds``.
+    summary : pandas.DataFrame
+        One row per threshold (order of ``thresholds``) with ``threshold``,
+        ``<m>_mean`` and ``<m>_std`` for ``m`` in sens, spec, ppv, npv, f1,
+        acc; ``ap_mean``, ``auc_mean``, ``train_auc_mean`` (NaN when not
+        given); ``tp_sum, fp_sum, tn_sum, fn_sum`` (pooled counts over folds)
+        and ``n_folds``.
+
+    Notes
+    -----
+    ``_std`` is the *sample* standard deviation across folds (``ddof=1``); it
+    is NaN when there is a single fold. Means skip NaN values (e.g. the AUC
+    of a single-class fold).
+    """
+    _check_oof(oof)
+    folds = sorted(int(f) for f in pd.unique(oof["fold"]))
+    if train_auc_by_fold is not None:
+        missing = [f for f in folds if f not in train_auc_by_fold]
+        if missing:
+            raise ValueError(
+                f"The 'train_auc_by_fold' parameter has no entry for fold(s) {missing}; "
+                f"expected keys {folds}, got {sorted(train_auc_by_fold)}."
+            )
+
+    thr_arr = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    if np.unique(thr_arr).size != thr_arr.size:
+        raise ValueError("The 'thresholds' parameter must not contain duplicate values.")
+
+    tables: list[pd.DataFrame] = []
+    fold_col = oof["fold"].astype(np.int64).to_numpy()
+    labels = oof["label"].to_numpy()
+    probs = oof["prob"].to_numpy()
+    for f in folds:
+        m = fold_col == f
+        tab = threshold_table(labels[m], probs[m], thresholds)
+        # binary_metrics' threshold is irrelevant for ap/auc.
+        bm = binary_metrics(labels[m], probs[m], 0.5)
+        tab.insert(0, "fold", f)
+        tab["ap"] = bm["ap"]
+        tab["auc"] = bm["auc"]
+        if train_auc_by_fold is not None:
+            tab["train_auc"] = float(train_auc_by_fold[f])
+        tables.append(tab)
+    by_fold = pd.concat(tables, ignore_index=True)
+
+    order = tables[0]["threshold"].to_numpy()
+    g = by_fold.groupby("threshold", sort=False)
+    cols: dict[str, Any] = {"threshold": order}
+    for m_name in RATIO_METRICS:
+        cols[f"{m_name}_mean"] = g[m_name].mean().reindex(order).to_numpy()
+        cols[f"{m_name}_std"] = g[m_name].std(ddof=1).reindex(order).to_numpy()
+    cols["ap_mean"] = g["ap"].mean().reindex(order).to_numpy()
+    cols["auc_mean"] = g["auc"].mean().reindex(order).to_numpy()
+    if train_auc_by_fold is not None:
+        cols["train_auc_mean"] = g["train_auc"].mean().reindex(order).to_numpy()
+    else:
+        cols["train_auc_mean"] = np.full(order.shape, np.nan)
+    for c in ("tp", "fp", "tn", "fn"):
+        cols[f"{c}_sum"] = g[c].sum().reindex(order).to_numpy().astype(np.int64)
+    cols["n_folds"] = g["fold"].nunique().reindex(order).to_numpy().astype(np.int64)
+    summary = pd.DataFrame(cols)
+    return by_fold, summary
+
+
+def _row_to_dict(row: pd.Series) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            out[str(k)] = v
+    return out
+
+
+def select_threshold(
+    summary: pd.DataFrame,
+    strategy: str,
+    sens_target: float | None = None,
+) -> dict[str, Any]:
+    """Pick an operating threshold from a :func:`cv_threshold_tables` summary.
+
+    Strategies
+    ----------
+    ``"max_f1"``
+        The row with the largest ``f1_mean``. Ties (exactly equal
+        ``f1_mean``) are broken toward the **lowest** threshold, i.e. the
+        more sensitive operating point. NaN ``f1_mean`` rows are ignored.
+    ``"sens_target"``
+        Among rows with ``sens_mean >= sens_target`` (up to a ``1e-9``
+        round-off tolerance), the row with the largest ``ppv_mean`` (NaN
+        counts as lowest); ties are broken toward the **highest** threshold.
+
+    Returns
+    -------
+    dict
+        ``strategy``, ``threshold``, ``sens_target`` (None for ``max_f1``) and
+        every other column of the selected row converted to ``float``.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``strategy``, missing/invalid ``sens_target`` or missing columns.
+    ThresholdUnreachableError
+        (subclass of ValueError) when no threshold reaches ``sens_target``.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"The 'strategy' parameter of select_threshold must be one of "
+            f"{list(STRATEGIES)}; got {strategy!r}."
+        )
+    if not isinstance(summary, pd.DataFrame) or len(summary) == 0:
+        raise ValueError("The 'summary' parameter must be a non-empty pandas DataFrame.")
+    needed = ["threshold", "f1_mean"] if strategy == "max_f1" else ["threshold", "sens_mean", "ppv_mean"]
+    missing = [c for c in needed if c not in summary.columns]
+    if missing:
+        raise ValueError(
+            f"The 'summary' DataFrame is missing column(s) {missing} required by "
+            f"strategy={strategy!r}; got columns {list(summary.columns)}."
+        )
+
+    thr = summary["threshold"].to_numpy(dtype=np.float64)
+    if strategy == "max_f1":
+        if sens_target is not None:
+            raise ValueError(
+                "The 'sens_target' parameter is only used with strategy='sens_target'; "
+                f"got sens_target={sens_target!r} with strategy='max_f1'."
+            )
+        f1 = summary["f1_mean"].to_numpy(dtype=np.float64)
+        valid = ~np.isnan(f1)
+        if not valid.any():
+            raise ValueError("The 'summary' column 'f1_mean' is all NaN; cannot select a threshold.")
+        best = np.nanmax(f1)
+        cand = np.flatnonzero(valid & (f1 == best))
+        idx = int(cand[np.argmin(thr[cand])])
+        target_out: float | None = None
+    else:
+        if sens_target is None:
+            raise ValueError(
+                "The 'sens_target' parameter is required with strategy='sens_target'; got None."
+            )
+        try:
+            target = float(sens_target)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"The 'sens_target' parameter must be a float in [0, 1]; got {sens_target!r}."
+            ) from exc
+        if not (math.isfinite(target) and 0.0 <= target <= 1.0):
+            raise ValueError(
+                f"The 'sens_target' parameter must be a float in [0, 1]; got {sens_target!r}."
+            )
+        sens = summary["sens_mean"].to_numpy(dtype=np.float64)
+        ok = sens >= target - SENS_TOL  # NaN compares False
+        if not ok.any():
+            if np.isnan(sens).all():
+                raise ThresholdUnreachableError(
+                    f"sens_target={target:g} cannot be reached: 'sens_mean' is all NaN. "
+                    "Lower `sens_target` or use strategy='max_f1'."
+                )
+            i_best = int(np.nanargmax(sens))
+            raise ThresholdUnreachableError(
+                f"sens_target={target:g} is unreachable: the best mean sensitivity is "
+                f"{sens[i_best]:.4f} at threshold={thr[i_best]:g}. "
+                "Lower `sens_target` or use strategy='max_f1'."
+            )
+        ppv = np.nan_to_num(summary["ppv_mean"].to_numpy(dtype=np.float64), nan=-np.inf)
+        best = ppv[ok].max()
+        cand = np.flatnonzero(ok & (ppv == best))
+        idx = int(cand[np.argmax(thr[cand])])
+        target_out = target
+
+    row = summary.iloc[idx]
+    out: dict[str, Any] = {
+        "strategy": strategy,
+        "threshold": float(row["threshold"]),
+        "sens_target": target_out,
+    }
+    for k, v in _row_to_dict(row.drop(labels=["threshold"])).items():
+        out[k] = v
+    return out
