@@ -34,19 +34,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
-    generate_uid,
 )
 
 __all__ = [
@@ -83,9 +82,17 @@ def _rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(_stable_int(*parts))
 
 
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:neurocache:synth")
+
+
 def _uid(*parts: object) -> str:
-    """A deterministic ``2.25.<int>`` DICOM UID derived from ``parts``."""
-    return str(generate_uid(prefix=None, entropy_srcs=[_ENTROPY_TAG, *map(str, parts)]))
+    """A deterministic ``2.25.<uuid int>`` DICOM UID (ISO/IEC 9834-8) derived from ``parts``.
+
+    Note: ``pydicom.uid.generate_uid(prefix=None, ...)`` ignores ``entropy_srcs`` and
+    returns a random UUID, so a name-based (version 5) UUID is built here instead.
+    """
+    name = "\x1f".join([_ENTROPY_TAG, *map(str, parts)])
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
 def _ds(value: float) -> str:
@@ -736,12 +743,12 @@ class _PatientRenderer:
         plan = self.plan
         j, L = k - plan.run_start, plan.run_len
         g = 0.6 + 0.4 * float(np.sin(np.pi * (j + 0.5) / L)) if L > 1 else 1.0
-        hu = _F32(les["intensity"]) + _F32(3.0) * self.mottle
-        inside = _soft(d_in - _F32(1.0))  # keep clear of the inner table
+        base = _F32(les["intensity"])
         if les["kind"] == "subdural":
+            inside = _soft(d_in - _F32(1.0))  # keep clear of the inner table
             h = _F32(les["r_px"] * g) * les["taper"] + _F32(0.8) * self.sul_a
             w = _soft(h - d_in) * np.clip(h - _F32(0.3), 0.0, 1.0) * inside
-            _lerp_(brain, hu, w)
+            _lerp_(brain, base + _F32(3.0) * self.mottle, w)
             return
         r = les["r_px"] * g
         u0, v0 = les["uv"]
@@ -761,8 +768,8 @@ class _PatientRenderer:
             ey_ = (-_F32(sa) * dx + _F32(ca) * dy) / _F32(max(sy * g, 0.6))
             np.maximum(qmax, _F32(1.0) - np.hypot(ex_, ey_), out=qmax)
         qmax += _F32(0.15) * self.sul_a[box]
-        w = _soft(qmax * _F32(0.7 * r)) * inside[box]
-        _lerp_(brain[box], hu[box], w)
+        w = _soft(qmax * _F32(0.7 * r)) * _soft(d_in[box] - _F32(1.0))
+        _lerp_(brain[box], base + _F32(3.0) * self.mottle[box], w)
 
 
 # --------------------------------------------------------------------------------------
@@ -850,11 +857,3 @@ def generate_dataset(
     df[["ID", "Label"]].to_csv(out / "labels1.csv", index=False, lineterminator="\n")
     return df
 
-
-def _iter_patient_slices(
-    plan: _PatientPlan, slices: int, seed: int
-) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover - debugging helper
-    """Yield ``(z_index, HU image)`` for one planned patient without writing files."""
-    renderer = _PatientRenderer(plan, slices, seed)
-    for kz in range(slices):
-        yield kz, renderer.render(kz)

@@ -1,0 +1,173 @@
+"""``python -m trainer {cv,final}``: cross-validation and the final model, from a neurocache store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EPILOG = """examples:
+  python -m trainer cv --store store.zarr --config configs/default.yaml
+  python -m trainer cv --store store.zarr --config configs/default.yaml --set lr_ft=1e-4 --set epochs_ft=6
+  python -m trainer cv --store store.zarr --config configs/default.yaml --run-grid
+  python -m trainer final --cv-run outputs/run_20260101_120000_cv
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cv = sub.add_parser("cv", help="split, cross-validate, build threshold tables and pick the threshold",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cv.add_argument("--store", type=Path, required=True, help="neurocache store (built by `neurocache build`)")
+    cv.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="YAML config")
+    cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable; nested keys with dots, e.g. aug.degrees=5)")
+    cv.add_argument("--config-json", default=None, help="JSON file or inline JSON object of config overrides (applied after --config)")
+    cv.add_argument("--run-grid", action="store_true", help="cross-validate every candidate of --grid and continue with the best mean CV AUPRC")
+    cv.add_argument("--grid", type=Path, default=Path("configs/grid.yaml"), help="grid file for --run-grid")
+    cv.add_argument("--out", type=Path, default=Path("outputs"), help="folder for run folders")
+    seed = cv.add_argument_group("the seed's flags (each sets the config key of the same name)")
+    seed.add_argument("--seed", type=int, default=None)
+    seed.add_argument("--test-size", type=float, default=None)
+    seed.add_argument("--k-folds", type=int, default=None)
+    seed.add_argument("--batch-size", type=int, default=None)
+    seed.add_argument("--num-workers", type=int, default=None, help="accepted for compatibility; batches are formed on the device")
+    seed.add_argument("--out-size", type=int, default=None)
+    seed.add_argument("--holdout-frac", type=float, default=None)
+    seed.add_argument("--prep-plot-n", type=int, default=None)
+    seed.add_argument("--threshold-strategy", choices=("max_f1", "sens_target"), default=None)
+    seed.add_argument("--sens-target", type=float, default=None)
+    cv.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    fi = sub.add_parser("final", help="train on the training pool, score the held-out test once",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fi.add_argument("--cv-run", type=Path, required=True, help="a cv run folder (its config, split and threshold are used)")
+    fi.add_argument("--store", type=Path, default=None, help="store to read (default: the cv run's store)")
+    fi.add_argument("--out", type=Path, default=Path("outputs"), help="folder for run folders")
+    fi.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from neurocache.config import ConfigError
+    from neurocache.store import StoreError
+    from trainer.final import RunError
+    from trainer.model import WeightsUnavailableError
+    from trainer.thresholds import ThresholdUnreachableError
+
+    try:
+        return _cv(args) if args.command == "cv" else _final(args)
+    except (ConfigError, StoreError, RunError, WeightsUnavailableError, ThresholdUnreachableError, FileNotFoundError, ValueError) as e:
+        print(f"trainer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+class _EpochBar:
+    """A tqdm bar per fold, one tick per epoch, with the latest validation AUPRC."""
+
+    def __init__(self, desc: str, total: int, quiet: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = None if quiet else tqdm(total=total, desc=desc, unit="epoch", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, rec: dict[str, Any]) -> None:
+        if self.bar:
+            self.bar.set_postfix(stage=rec["stage"], loss=f"{rec['train_loss']:.3f}", val_auprc=f"{rec['val_auprc']:.3f}",
+                                 img_s=f"{rec['images_per_s']:.0f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
+def _setup(cfg: dict[str, Any]):
+    import torch
+
+    from trainer.data import pick_device
+
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    return pick_device(cfg["device"])
+
+
+def _cv(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from trainer.config import load_config
+    from trainer.cv import load_grid, run_folds, run_grid, split_table, write_cv_outputs
+    from trainer.data import load_dataset
+    from trainer.examples import plot_examples
+    from trainer.loops import make_transform
+    from trainer.runs import environment, new_run_dir, write_json
+
+    t0 = time.perf_counter()
+    flags = {k: getattr(args, k) for k in ("seed", "test_size", "k_folds", "batch_size", "num_workers", "out_size",
+                                           "holdout_frac", "prep_plot_n", "threshold_strategy", "sens_target")}
+    cfg = load_config(args.config, config_json=args.config_json, flags=flags, sets=args.set)
+    grid = load_grid(args.grid) if args.run_grid else None
+    device = _setup(cfg)
+    run = new_run_dir(args.out, "cv")
+    write_json(run / "run_args.json", {"argv": sys.argv, **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
+    write_json(run / "effective_config.json", cfg)
+    data = load_dataset(str(args.store), cfg, device)
+    write_json(run / "store.json", {"path": str(Path(args.store).resolve()), "fingerprint": data.store.fingerprint,
+                                    "n_ok": len(data.table), "environment": environment(device)})
+    split = split_table(data, cfg)
+    split.to_csv(run / "split.csv", index=False)
+    pool = np.flatnonzero(~split["test"].to_numpy())
+    tf = make_transform(cfg)
+    for label in (0, 1):
+        plot_examples(data, pool, label, cfg["prep_plot_n"], tf, run / f"preprocessing_examples_label{label}.png", cfg["seed"])
+    epochs = cfg["epochs_head"] + cfg["epochs_ft"]
+    bar = lambda desc: _EpochBar(desc, epochs, args.quiet)  # noqa: E731
+    print(f"cv: {len(data.table)} slices ({int(data.labels.sum())} positive), {len(set(data.groups))} groups by "
+          f"{cfg['group_by']}; train pool {len(pool)}, test {int(split['test'].sum())}; {cfg['k_folds']} folds on {device}; run {run}",
+          file=sys.stderr)
+    if grid:
+        table, cfg, res = run_grid(data, split, cfg, grid, progress=bar)
+        table.to_csv(run / "grid_results.csv", index=False)
+        write_json(run / "effective_config.json", cfg)  # the chosen candidate is what final will use
+    else:
+        res = run_folds(data, split, cfg, progress=bar)
+    m = write_cv_outputs(run, split, res, cfg)
+    m["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    write_json(run / "cv_metrics.json", m)
+    print(f"CV AUPRC (best val, mean±sd over folds) {m['best_val_auprc_mean']:.3f}±{m['best_val_auprc_std']:.3f}  "
+          f"OOF ROC-AUC {m['oof_auc_mean']:.3f}±{m['oof_auc_std']:.3f}  AP {m['oof_ap_mean']:.3f}  "
+          f"threshold ({m['threshold_strategy']}) {m['threshold']:.2f}")
+    print(f"run folder: {run}")
+    return 0
+
+
+def _final(args: argparse.Namespace) -> int:
+    from trainer.data import load_dataset
+    from trainer.final import read_cv_run, run_final
+    from trainer.runs import environment, new_run_dir, write_json
+
+    t0 = time.perf_counter()
+    cv = read_cv_run(args.cv_run)
+    cfg = cv["config"]
+    device = _setup(cfg)
+    store = args.store or Path(cv["store"]["path"])
+    data = load_dataset(str(store), cfg, device)
+    if data.store.fingerprint != cv["store"]["fingerprint"]:
+        from trainer.final import RunError
+
+        raise RunError(f"store {store} has fingerprint {data.store.fingerprint[:12]}… but the cv run used {cv['store']['fingerprint'][:12]}…")
+    run = new_run_dir(args.out, "final")
+    write_json(run / "run_args.json", {"argv": sys.argv, "cv_run": str(args.cv_run), "store": str(store)})
+    write_json(run / "effective_config.json", cfg)
+    write_json(run / "store.json", {**cv["store"], "path": str(Path(store).resolve()), "environment": environment(device)})
+    bar = _EpochBar("final", cfg["epochs_head"] + cfg["epochs_ft"], args.quiet)
+    m = run_final(data, cv, run, on_epoch=bar.update)
+    bar.close()
+    print(f"TEST (n={m['n_test']}, threshold {m['threshold']:.2f}): ROC-AUC {m['auc']:.3f}  AUPRC {m['ap']:.3f}  "
+          f"sens {m['sens']:.3f}  spec {m['spec']:.3f}  PPV {m['ppv']:.3f}  NPV {m['npv']:.3f}  F1 {m['f1']:.3f}  "
+          f"(tp {m['tp']} fp {m['fp']} tn {m['tn']} fn {m['fn']}); {time.perf_counter() - t0:.0f} s")
+    print(f"run folder: {run}")
+    return 0

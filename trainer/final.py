@@ -1,0 +1,92 @@
+"""``trainer final``: train once on the whole training pool and score the held-out test once.
+
+Reads the cv run's effective config, split and threshold; never re-selects anything on test rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trainer.data import Dataset
+from trainer.loops import make_transform, predict, train_model
+from trainer.metrics import binary_metrics
+from trainer.model import save_weights
+from trainer.report import plot_confusion, plot_pr, plot_roc
+from trainer.runs import read_json, write_json
+from trainer.split import holdout_split
+
+
+class RunError(RuntimeError):
+    """A cv run folder is missing files or does not match the store."""
+
+
+def read_cv_run(cv_run: str | Path) -> dict[str, Any]:
+    """The pieces of a cv run the final model needs; a clear error naming a missing file."""
+    run = Path(cv_run)
+    need = ["effective_config.json", "split.csv", "threshold_selection.json", "store.json"]
+    missing = [f for f in need if not (run / f).is_file()]
+    if missing:
+        raise RunError(f"{run} is not a complete cv run (missing {', '.join(missing)}); run `python -m trainer cv` first")
+    return {
+        "config": read_json(run / "effective_config.json"),
+        "split": pd.read_csv(run / "split.csv", dtype={"ID": str, "group": str}),
+        "threshold": read_json(run / "threshold_selection.json"),
+        "store": read_json(run / "store.json"),
+    }
+
+
+def align_split(data: Dataset, split: pd.DataFrame) -> pd.DataFrame:
+    """The cv run's split rows in the dataset's row order; refuses a store whose ok IDs differ."""
+    ids = data.table["ID"].astype(str).to_numpy()
+    if set(ids) != set(split["ID"]) or len(ids) != len(split):
+        raise RunError(
+            f"the store's ok IDs ({len(ids)}) differ from the cv run's split ({len(split)} IDs): "
+            f"use the store the cv run was made with"
+        )
+    return split.set_index("ID").loc[ids].reset_index()
+
+
+def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) -> dict[str, Any]:
+    """Train on all non-test rows (grouped stratified holdout for early stopping), score test once."""
+    cfg = cv["config"]
+    split = align_split(data, cv["split"])
+    pool = np.flatnonzero(~split["test"].to_numpy())
+    test = np.flatnonzero(split["test"].to_numpy())
+    groups = None if cfg["group_by"] == "none" else data.groups[pool]
+    hold = holdout_split(data.labels[pool], groups, frac=cfg["holdout_frac"], seed=cfg["seed"])
+    tr, ho = pool[~hold], pool[hold]
+    model, hist, best = train_model(data, tr, ho, cfg, seed=int(cfg["seed"]), on_epoch=on_epoch)
+    save_weights(model, run / "final_model.pt")
+    pd.DataFrame(hist).to_csv(run / "final_history.csv", index=False)
+
+    threshold = float(cv["threshold"]["threshold"])
+    prob = predict(model, data, test, make_transform(cfg), cfg)
+    y = data.labels[test]
+    pred = (prob >= threshold).astype(int)
+    pd.DataFrame({"ID": split["ID"].to_numpy()[test], "label": y, "prob": prob, "pred": pred}).to_csv(
+        run / "test_predictions.csv", index=False
+    )
+    m = binary_metrics(y, prob, threshold)
+    metrics = {**m, "confusion": {k: m[k] for k in ("tp", "fp", "tn", "fn")}, "holdout_best_auprc": best,
+               "n_train": len(tr), "n_holdout": len(ho), "n_test": len(test)}
+    write_json(run / "test_metrics.json", metrics)
+    plot_roc(y, prob, run / "test_roc_curve.png", title="Test ROC")
+    plot_pr(y, prob, run / "test_pr_curve.png", title="Test precision-recall")
+    plot_confusion({**metrics["confusion"], "threshold": threshold}, run / "test_confusion.png")
+    card = {
+        "model": "torchvision resnet18, head Dropout -> Linear(512, 1), sigmoid output",
+        "weights_file": "final_model.pt",
+        "store": cv["store"],
+        "config": cfg,
+        "threshold": threshold,
+        "threshold_selection": cv["threshold"],
+        "train_prevalence": float(data.labels[pool].mean()),
+        "test_prevalence": float(y.mean()) if len(y) else None,
+        "input": {"windows": cfg["windows"], "out_size": cfg["out_size"], "normalisation": "ImageNet mean/std"},
+    }
+    write_json(run / "model_card.json", card)
+    return metrics

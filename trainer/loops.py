@@ -1,0 +1,167 @@
+"""Training and evaluation loops: one model, two stages (head warm-up, fine-tune), early stopping.
+
+Read top to bottom: :func:`predict` scores rows; :func:`fit_stage` trains one stage with early
+stopping on validation AUPRC and restores the best weights; :func:`train_model` runs both stages.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from trainer.data import Dataset, batch_indices
+from trainer.model import build_model, make_optimizer, set_trainable
+from trainer.transforms import BatchTransform
+
+
+def make_transform(cfg: dict[str, Any]) -> BatchTransform:
+    """The config's window/resize/augmentation pipeline."""
+    return BatchTransform.from_config({"windows": cfg["windows"], "out_size": cfg["out_size"], "aug": cfg["aug"]})
+
+
+def _autocast(device: torch.device, cfg: dict[str, Any]):
+    # bf16 autocast only on CUDA: on CPU it is slower and changes results.
+    if device.type == "cuda" and cfg["amp"]:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, data: Dataset, idx: np.ndarray, tf: BatchTransform, cfg: dict[str, Any]) -> np.ndarray:
+    """Probabilities (sigmoid of the logit) for rows ``idx``, float64 (len(idx),), eval mode, no augmentation."""
+    model.eval()
+    out = []
+    bs = int(cfg["eval_batch_size"])
+    for i in range(0, len(idx), bs):
+        b = torch.as_tensor(idx[i : i + bs], dtype=torch.long, device=data.device)
+        x = tf(data.images[b], train=False)
+        with _autocast(data.device, cfg):
+            logits = model(x).float().squeeze(1)
+        out.append(torch.sigmoid(logits).cpu())
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def _scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """(AUPRC, ROC-AUC); NaN when the rows hold one class only."""
+    if len(np.unique(y)) < 2:
+        return float("nan"), float("nan")
+    return float(average_precision_score(y, p)), float(roc_auc_score(y, p))
+
+
+def _pos_weight(cfg: dict[str, Any], y: np.ndarray, device: torch.device) -> torch.Tensor | None:
+    pw = cfg["pos_weight"]
+    if pw == "none":
+        return None
+    if pw == "auto":
+        n_pos = max(1, int(y.sum()))
+        pw = (len(y) - n_pos) / n_pos
+    return torch.tensor(float(pw), device=device)
+
+
+@dataclass
+class StageResult:
+    best_auprc: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fit_stage(
+    model: nn.Module,
+    data: Dataset,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    tf: BatchTransform,
+    cfg: dict[str, Any],
+    *,
+    stage: str,
+    generator: torch.Generator,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> StageResult:
+    """Train one stage (``head`` or ``ft``) with early stopping on validation AUPRC.
+
+    The best epoch's weights are restored at the end (the initial weights when no epoch beats
+    the AUPRC before training). Returns the per-epoch history.
+    """
+    sfx = "head" if stage == "head" else "ft"
+    epochs, patience = int(cfg[f"epochs_{sfx}"]), int(cfg[f"patience_{sfx}"])
+    params = set_trainable(model, stage, cfg["ft_trainable_attrs"] if stage == "ft" else None)
+    opt = make_optimizer(
+        params, name=cfg["optimizer"], lr=cfg[f"lr_{sfx}"], weight_decay=cfg[f"weight_decay_{sfx}"],
+        momentum=cfg["momentum"], nesterov=cfg["nesterov"],
+    )
+    y_all = torch.as_tensor(data.labels, dtype=torch.float32, device=data.device)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(cfg, data.labels[train_idx], data.device))
+    y_val = data.labels[val_idx]
+    best_ap, _ = _scores(y_val, predict(model, data, val_idx, tf, cfg)) if epochs else (float("nan"), 0)
+    best_ap = -1.0 if np.isnan(best_ap) else best_ap
+    best_state, best_epoch, bad, history = copy.deepcopy(model.state_dict()), 0, 0, []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        t0, losses, seen = time.perf_counter(), [], 0
+        for b in batch_indices(train_idx, data.labels, int(cfg["batch_size"]), generator=generator, sampler=cfg["sampler"]):
+            if len(b) < 2:  # BatchNorm cannot train on a batch of one
+                continue
+            b = b.to(data.device, non_blocking=True)
+            x = tf(data.images[b], train=True, generator=generator)
+            with _autocast(data.device, cfg):
+                loss = loss_fn(model(x).float().squeeze(1), y_all[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+            seen += len(b)
+        train_loss = float(torch.stack(losses).mean()) if losses else float("nan")  # one sync per epoch
+        p_val = predict(model, data, val_idx, tf, cfg)
+        with torch.no_grad():
+            val_loss = float(nn.functional.binary_cross_entropy(torch.as_tensor(p_val).clamp(1e-7, 1 - 1e-7), torch.as_tensor(y_val, dtype=torch.float64)))
+        ap, auc = _scores(y_val, p_val)
+        secs = time.perf_counter() - t0
+        rec = {"stage": stage, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auprc": ap,
+               "val_auc": auc, "seconds": secs, "images_per_s": seen / secs if secs else float("nan")}
+        history.append(rec)
+        if on_epoch:
+            on_epoch(rec)
+        if not np.isnan(ap) and ap > best_ap:
+            best_ap, best_epoch, bad = ap, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad > patience:
+                break
+    model.load_state_dict(best_state)
+    return StageResult(best_auprc=best_ap, best_epoch=best_epoch, history=history)
+
+
+def train_model(
+    data: Dataset,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: dict[str, Any],
+    *,
+    seed: int,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[nn.Module, list[dict[str, Any]], float]:
+    """Build a ResNet18 and run stage A (head) then stage B (fine-tune) on ``train_idx``.
+
+    Returns:
+        (model with the best weights, per-epoch history of both stages, best validation AUPRC).
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    tf = make_transform(cfg)
+    model = build_model(weights=cfg["weights"], dropout=cfg["dropout"], in_channels=tf.channels).to(data.device)
+    if data.device.type == "cuda" and cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    run_model = torch.compile(model) if cfg["compile"] else model
+    a = fit_stage(run_model, data, train_idx, val_idx, tf, cfg, stage="head", generator=gen, on_epoch=on_epoch)
+    b = fit_stage(run_model, data, train_idx, val_idx, tf, cfg, stage="ft", generator=gen, on_epoch=on_epoch)
+    best = max(a.best_auprc, b.best_auprc)
+    return model, a.history + b.history, best

@@ -1,0 +1,76 @@
+"""Run folders: naming, environment capture, JSON/CSV writing."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def new_run_dir(out: str | Path, kind: str) -> Path:
+    """``out/run_YYYYMMDD_HHMMSS_<kind>``; a suffix ``_2``, ``_3``… when that name is taken."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+    base = Path(out) / f"run_{stamp}_{kind}"
+    path, i = base, 2
+    while path.exists():
+        path = base.with_name(f"{base.name}_{i}")
+        i += 1
+    path.mkdir(parents=True)
+    return path
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return None if np.isnan(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o: Any) -> Any:
+    """NaN -> None, recursively (JSON has no NaN)."""
+    if isinstance(o, float) and o != o:
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(_clean(obj), indent=2, default=_default) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """Package versions, Python, platform and device, for the run's provenance."""
+    pkgs = {}
+    for name in ("neurocache", "torch", "torchvision", "numpy", "pandas", "scikit-learn", "zarr", "pydicom", "dask"):
+        try:
+            pkgs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pkgs[name] = None
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "packages": pkgs, "device": str(device)}
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        if str(device).startswith("cuda"):
+            env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    except Exception:
+        pass
+    return env
