@@ -13,6 +13,8 @@ EPILOG = """examples:
   python -m trainer cv --store store.zarr --config configs/default.yaml --set lr_ft=1e-4 --set epochs_ft=6
   python -m trainer cv --store store.zarr --config configs/default.yaml --run-grid
   python -m trainer final --cv-run outputs/run_20260101_120000_cv
+  python -m trainer predict --run outputs/run_20260101_130000_final new_scans/ one.dcm --out predictions.csv
+  python -m trainer report outputs/run_20260101_130000_final
 """
 
 
@@ -48,6 +50,22 @@ def _parser() -> argparse.ArgumentParser:
     fi.add_argument("--store", type=Path, default=None, help="store to read (default: the cv run's store)")
     fi.add_argument("--out", type=Path, default=Path("outputs"), help="folder for run folders")
     fi.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    pr = sub.add_parser("predict", help="score new DICOM files with a final run's model, preprocessing and threshold",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pr.add_argument("--run", type=Path, required=True, help="a final run folder (model_card.json, final_model.pt)")
+    pr.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM files and/or folders (searched recursively)")
+    pr.add_argument("--out", type=Path, required=True, help="CSV to write: ID, path, prob, pred, status, reason, detail")
+    pr.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: the run config's device)")
+    pr.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: the config's eval_batch_size)")
+    pr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's threads)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    rp = sub.add_parser("report", help="(re)write report.html of a cv or final run",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rp.add_argument("run", type=Path, help="a cv or final run folder")
+    rp.add_argument("--store", type=Path, default=None, help="store to read the manifest and images from (default: the run's)")
+    rp.add_argument("--out", type=Path, default=None, help="HTML file to write (default: RUN/report.html)")
     return p
 
 
@@ -60,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.thresholds import ThresholdUnreachableError
 
     try:
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "report":
+            return _report(args)
         return _cv(args) if args.command == "cv" else _final(args)
     except (ConfigError, StoreError, RunError, WeightsUnavailableError, ThresholdUnreachableError, FileNotFoundError, ValueError) as e:
         print(f"trainer {args.command}: error: {e}", file=sys.stderr)
@@ -134,12 +156,16 @@ def _cv(args: argparse.Namespace) -> int:
         write_json(run / "effective_config.json", cfg)  # the chosen candidate is what final will use
     else:
         res = run_folds(data, split, cfg, progress=bar)
-    m = write_cv_outputs(run, split, res, cfg)
+    from trainer.data import group_keys
+
+    patients = dict(zip(data.table["ID"].astype(str), group_keys(data.table, "patient")))
+    m = write_cv_outputs(run, split, res, cfg, patients=patients)
     m["wall_seconds"] = round(time.perf_counter() - t0, 2)
     write_json(run / "cv_metrics.json", m)
     print(f"CV AUPRC (best val, mean±sd over folds) {m['best_val_auprc_mean']:.3f}±{m['best_val_auprc_std']:.3f}  "
           f"OOF ROC-AUC {m['oof_auc_mean']:.3f}±{m['oof_auc_std']:.3f}  AP {m['oof_ap_mean']:.3f}  "
           f"threshold ({m['threshold_strategy']}) {m['threshold']:.2f}")
+    _write_report(run, m["wall_seconds"])
     print(f"run folder: {run}")
     return 0
 
@@ -169,5 +195,55 @@ def _final(args: argparse.Namespace) -> int:
     print(f"TEST (n={m['n_test']}, threshold {m['threshold']:.2f}): ROC-AUC {m['auc']:.3f}  AUPRC {m['ap']:.3f}  "
           f"sens {m['sens']:.3f}  spec {m['spec']:.3f}  PPV {m['ppv']:.3f}  NPV {m['npv']:.3f}  F1 {m['f1']:.3f}  "
           f"(tp {m['tp']} fp {m['fp']} tn {m['tn']} fn {m['fn']}); {time.perf_counter() - t0:.0f} s")
+    m["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    write_json(run / "test_metrics.json", m)
+    _write_report(run, m["wall_seconds"])
     print(f"run folder: {run}")
+    return 0
+
+
+def _write_report(run: Path, wall_seconds: float | None) -> None:
+    """report.html of a run; a failure is reported but does not fail the run (its results are written)."""
+    from trainer.html_report import write_report
+
+    try:
+        path, missing = write_report(run, wall_seconds=wall_seconds)
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: report.html could not be written ({type(e).__name__}: {e}); "
+              f"retry with `python -m trainer report {run}`", file=sys.stderr)
+        return
+    if missing:
+        print(f"report.html: sections without data: {', '.join(missing)}", file=sys.stderr)
+    print(f"report: {path}")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainer.predict import load_final_run, predict_files, write_predictions
+
+    t0 = time.perf_counter()
+    run = load_final_run(args.run)  # fail fast, before reading any input
+    threads = args.threads if args.threads is not None else run["config"].get("threads", 0)
+    if threads:
+        torch.set_num_threads(int(threads))
+    frame = predict_files(args.run, args.inputs, device=args.device, batch_size=args.batch_size, progress=not args.quiet)
+    write_predictions(frame, args.out)
+    ok = frame["status"] == "ok"
+    reasons = frame.loc[~ok, "reason"].value_counts().to_dict()
+    print(f"predict: {len(frame)} files, {int(ok.sum())} scored ({int(frame['pred'].fillna(0).sum())} positive at threshold "
+          f"{run['threshold']:.2f}), {int((~ok).sum())} not scored{' ' + str(reasons) if reasons else ''}; "
+          f"{time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from trainer.html_report import write_report
+
+    if not args.run.is_dir():
+        raise FileNotFoundError(f"run folder {args.run} does not exist")
+    path, missing = write_report(args.run, store_path=args.store, out=args.out)
+    if missing:
+        print(f"report.html: sections without data: {', '.join(missing)}", file=sys.stderr)
+    print(f"report: {path}")
     return 0

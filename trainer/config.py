@@ -54,9 +54,18 @@ DEFAULTS: dict[str, Any] = {
     "amp": True,                    # bf16 autocast on CUDA (ignored on CPU)
     "channels_last": True,          # CUDA memory format
     "compile": False,               # torch.compile the model (CUDA)
-    "memory_budget_gb": 8.0,        # ok images (int16) up to this size live on the training device
+    "memory_budget_gb": 8.0,        # ok images (int16) up to this size live on the training device; above it they stream
+    "stream_shards": 4,             # streaming: store shards shuffled together and held on the device at a time
     "threads": 0,                   # torch CPU threads (0 = torch's default)
     "preprocess": {},               # the store's preprocessing; must match the store's fingerprint
+    # evaluation (trainer/evaluation.py): intervals, calibration, patient level, report.html
+    "n_boot": 1000,                 # bootstrap resamples (of patients) for the AUC/AUPRC/sens/spec/PPV/NPV intervals; 0 = none
+    "ci_level": 0.95,               # confidence level of every interval
+    "ci_seed": 12345,               # seeds the bootstrap: a rerun gives the same intervals
+    "patient_aggregation": "max",   # max | mean: a patient's score from its slices; its label is positive if any slice is
+    "calibration_bins": 10,         # reliability-diagram bins
+    "calibration_strategy": "uniform",  # uniform | quantile bin edges
+    "gallery_n": 6,                 # report.html: most confident false positives / false negatives shown
 }
 
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -64,6 +73,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "optimizer": ("adamw", "sgd"),
     "sampler": ("weighted", "uniform"),
     "threshold_strategy": ("max_f1", "sens_target"),
+    "patient_aggregation": ("max", "mean"),
+    "calibration_strategy": ("uniform", "quantile"),
 }
 
 # The seed's command-line flags and the keys they set.
@@ -127,8 +138,22 @@ def _validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config key k_folds={cfg['k_folds']} must be >= 2")
     if cfg["out_size"] < 16:
         raise ConfigError(f"config key out_size={cfg['out_size']} must be >= 16 pixels")
+    if cfg["stream_shards"] < 1:
+        raise ConfigError(f"config key stream_shards={cfg['stream_shards']} must be >= 1 (shards held on the device when streaming)")
     if not 0 < cfg["holdout_frac"] < 1:
         raise ConfigError(f"config key holdout_frac={cfg['holdout_frac']} must be in (0, 1)")
+    if cfg["n_boot"] < 0:
+        raise ConfigError(f"config key n_boot={cfg['n_boot']} must be >= 0 (0 = no bootstrap intervals)")
+    if not 0 < cfg["ci_level"] < 1:
+        raise ConfigError(f"config key ci_level={cfg['ci_level']} must be in (0, 1), e.g. 0.95")
+    if cfg["calibration_bins"] < 2:
+        raise ConfigError(f"config key calibration_bins={cfg['calibration_bins']} must be >= 2")
+    if cfg["gallery_n"] < 0:
+        raise ConfigError(f"config key gallery_n={cfg['gallery_n']} must be >= 0")
+    if not 0 <= cfg["sens_target"] <= 1:
+        raise ConfigError(f"config key sens_target={cfg['sens_target']} must be in [0, 1]")
+    if not 0 < cfg["threshold_step"] <= 0.5:
+        raise ConfigError(f"config key threshold_step={cfg['threshold_step']} must be in (0, 0.5]")
     pw = cfg["pos_weight"]
     if isinstance(pw, str) and pw not in ("none", "auto"):
         try:
