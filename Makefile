@@ -46,6 +46,9 @@ final: $(STAMP)  ## final model + held-out test from CV_RUN (default: the latest
 demo: $(STAMP)  ## synth -> cache -> cv -> final on configs/demo.yaml (a few minutes on 2 CPU cores)
 	$(MAKE) synth cache cv final CONFIG=configs/demo.yaml STORE=demo.zarr DATA=$(DATA) OUT=$(OUT)
 
+predict: $(STAMP)  ## score INPUT (DICOM files/folders) with RUN (default: the latest final run in $(OUT)) -> $(OUT)/predictions.csv
+	$(BIN)/python -m trainer predict --run $(or $(RUN),$(shell ls -d $(OUT)/run_*_final* 2>/dev/null | sort | tail -n 1)) $(INPUT) --out $(OUT)/predictions.csv
+
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q
 

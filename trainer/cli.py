@@ -1,4 +1,5 @@
-"""``python -m trainer {cv,final}``: cross-validation and the final model, from a neurocache store."""
+"""``python -m trainer {cv,final,predict,report}``: cross-validation and the final model, from a neurocache
+store; scoring new DICOM files with a final run; the runs' report.html."""
 
 from __future__ import annotations
 
@@ -51,8 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     fi.add_argument("--out", type=Path, default=Path("outputs"), help="folder for run folders")
     fi.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    pr = sub.add_parser("predict", help="score new DICOM files with a final run's model, preprocessing and threshold",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pr = sub.add_parser("predict", help="score new DICOM files with a final run's model, preprocessing and threshold")
     pr.add_argument("--run", type=Path, required=True, help="a final run folder (model_card.json, final_model.pt)")
     pr.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM files and/or folders (searched recursively)")
     pr.add_argument("--out", type=Path, required=True, help="CSV to write: ID, path, prob, pred, status, reason, detail")
@@ -61,8 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's threads)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    rp = sub.add_parser("report", help="(re)write report.html of a cv or final run",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rp = sub.add_parser("report", help="(re)write report.html of a cv or final run")
     rp.add_argument("run", type=Path, help="a cv or final run folder")
     rp.add_argument("--store", type=Path, default=None, help="store to read the manifest and images from (default: the run's)")
     rp.add_argument("--out", type=Path, default=None, help="HTML file to write (default: RUN/report.html)")

@@ -106,8 +106,15 @@ def run_grid(
     return pd.DataFrame(rows), best[1], best[2]
 
 
-def write_cv_outputs(run: Path, split: pd.DataFrame, res: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
-    """Write the CV tables, plots, threshold selection and ``cv_metrics.json``; return the metrics."""
+def write_cv_outputs(
+    run: Path, split: pd.DataFrame, res: dict[str, Any], cfg: dict[str, Any], *, patients: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Write the CV tables, plots, threshold selection and ``cv_metrics.json``; return the metrics.
+
+    ``cv_metrics.json["oof"]`` holds the pooled OOF evaluation at the selected threshold (intervals,
+    calibration, patient level; :func:`trainer.evaluation.cv_evaluation`); ``patients`` maps ID ->
+    patient key for the patient bootstrap and aggregation (default: the split's group column).
+    """
     s = summarise(res, cfg)
     res["oof"].to_csv(run / "cv_oof_predictions.csv", index=False)
     res["histories"].to_csv(run / "cv_histories.csv", index=False)
@@ -128,5 +135,8 @@ def write_cv_outputs(run: Path, split: pd.DataFrame, res: dict[str, Any], cfg: d
         "n_train_pool": int((~split["test"]).sum()), "n_test": int(split["test"].sum()),
         "threshold": selection["threshold"], "threshold_strategy": selection["strategy"],
     }
+    from trainer.evaluation import cv_evaluation
+
+    metrics["oof"] = cv_evaluation(run, split, res["oof"], float(selection["threshold"]), cfg, patients)
     write_json(run / "cv_metrics.json", metrics)
     return metrics

@@ -36,6 +36,7 @@ def read_cv_run(cv_run: str | Path) -> dict[str, Any]:
         "split": pd.read_csv(run / "split.csv", dtype={"ID": str, "group": str}),
         "threshold": read_json(run / "threshold_selection.json"),
         "store": read_json(run / "store.json"),
+        "run": run,
     }
 
 
@@ -73,6 +74,14 @@ def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) ->
     m = binary_metrics(y, prob, threshold)
     metrics = {**m, "confusion": {k: m[k] for k in ("tp", "fp", "tn", "fn")}, "holdout_best_auprc": best,
                "n_train": len(tr), "n_holdout": len(ho), "n_test": len(test)}
+    # intervals (Wilson, DeLong, patient bootstrap), calibration and patient-level metrics
+    from trainer.data import group_keys
+    from trainer.evaluation import final_evaluation
+
+    oof_path = Path(cv.get("run", "")) / "cv_oof_predictions.csv" if cv.get("run") else None
+    oof = pd.read_csv(oof_path, dtype={"ID": str}) if oof_path is not None and oof_path.is_file() else None
+    metrics.update(final_evaluation(run, split["ID"].to_numpy()[test], y, prob, group_keys(data.table, "patient")[test],
+                                    threshold, cfg, oof=oof))
     write_json(run / "test_metrics.json", metrics)
     plot_roc(y, prob, run / "test_roc_curve.png", title="Test ROC")
     plot_pr(y, prob, run / "test_pr_curve.png", title="Test precision-recall")
@@ -87,6 +96,8 @@ def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) ->
         "train_prevalence": float(data.labels[pool].mean()),
         "test_prevalence": float(y.mean()) if len(y) else None,
         "input": {"windows": cfg["windows"], "out_size": cfg["out_size"], "normalisation": "ImageNet mean/std"},
+        # the store's preprocessing: `trainer predict` rebuilds it and checks it against store.fingerprint
+        "preprocess": dict(data.store.attrs.get("preprocess", {})),
     }
     write_json(run / "model_card.json", card)
     return metrics

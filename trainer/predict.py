@@ -1,0 +1,206 @@
+"""``python -m trainer predict --run FINAL_RUN INPUT... --out FILE.csv``: score new DICOM files.
+
+Each input file goes through the store's own preprocessing (:func:`neurocache.preprocess.preprocess_file`)
+with the parameters recorded in the final run's ``model_card.json`` -- refused unless their
+fingerprint equals the one of the store the model was trained on -- then through the training
+pipeline's evaluation transform (window, resize, ImageNet normalisation; no augmentation), the
+model in eval mode, and the frozen threshold chosen in cross-validation.
+
+Output CSV, one row per input file, in input order: ``ID`` (file stem), ``path``, ``prob``,
+``pred`` (0/1 at the threshold), ``status`` (``ok`` | ``quarantined``), ``reason`` and ``detail``
+(the store's reason codes, :data:`neurocache.reasons.REASONS`; empty when ok). Quarantined rows
+have empty ``prob`` and ``pred``: a non-CT or broken file gets a reason, never a made-up score.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from neurocache.config import PrepConfig
+from neurocache.reasons import OK
+from trainer.final import RunError
+
+__all__ = ["PREDICT_COLUMNS", "collect_inputs", "load_final_run", "predict_files"]
+
+PREDICT_COLUMNS: tuple[str, ...] = ("ID", "path", "prob", "pred", "status", "reason", "detail")
+#: Hash key for the header's patient/study/series hashes; predictions do not use them.
+_NO_KEY = b"\0" * 16
+
+
+def load_final_run(run: str | Path) -> dict[str, Any]:
+    """The model card, config, threshold and preprocessing of a final run, checked.
+
+    The preprocessing is the card's ``preprocess`` (the store's parameters) or, for a card
+    written before that key existed, the config's ``preprocess`` section (which the trainer had
+    checked against the store). Its fingerprint must equal the card's store fingerprint.
+
+    Raises:
+        RunError: not a final run, or preprocessing that does not reproduce the fingerprint.
+    """
+    run = Path(run)
+    need = ["model_card.json", "final_model.pt"]
+    missing = [f for f in need if not (run / f).is_file()]
+    if missing:
+        raise RunError(f"{run} is not a final run (missing {', '.join(missing)}); run `python -m trainer final` first")
+    from trainer.runs import read_json
+
+    card = read_json(run / "model_card.json")
+    cfg = card["config"]
+    params = card.get("preprocess")
+    source = "model_card.json preprocess"
+    if params is None:
+        params, source = cfg.get("preprocess") or {}, "model_card.json config.preprocess"
+    prep = PrepConfig.from_dict(params, source=source)
+    want = (card.get("store") or {}).get("fingerprint")
+    if not want:
+        raise RunError(f"{run}/model_card.json records no store fingerprint; cannot check the preprocessing")
+    if prep.fingerprint() != want:
+        raise RunError(
+            f"the preprocessing recorded in {run}/model_card.json ({source}) has fingerprint {prep.fingerprint()[:12]}… "
+            f"but the model was trained on a store with fingerprint {want[:12]}…: refusing to predict with other "
+            f"preprocessing than training used"
+        )
+    return {"run": run, "card": card, "config": cfg, "threshold": float(card["threshold"]), "prep": prep,
+            "weights": run / card.get("weights_file", "final_model.pt")}
+
+
+def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files to score: each file as given; each folder's non-hidden files, recursively, sorted.
+
+    A path that does not exist is kept (it is reported as ``unreadable``).
+    """
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [Path(root) / f for f in files if not f.startswith(".")]
+            out += sorted(found)
+        else:
+            out.append(p)
+    return out
+
+
+def _autocast(device: torch.device, cfg: dict[str, Any]):
+    """The training loop's autocast rule (bf16 on CUDA when ``amp``; nothing on CPU)."""
+    try:
+        from trainer.loops import _autocast as loops_autocast
+    except ImportError:  # pragma: no cover - the loop module renamed its helper
+        from contextlib import nullcontext
+
+        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.get("amp") else nullcontext()
+    return loops_autocast(device, cfg)
+
+
+def _file_id(path: Path) -> str:
+    return path.stem if path.suffix else path.name
+
+
+def build_predictor(run: dict[str, Any], device: torch.device) -> tuple[torch.nn.Module, Any]:
+    """The final model (eval mode, on ``device``) and the evaluation transform."""
+    from trainer.loops import make_transform
+    from trainer.model import build_model, load_weights
+
+    cfg = run["config"]
+    tf = make_transform(cfg)
+    model = build_model(weights="none", dropout=cfg["dropout"], in_channels=tf.channels)
+    load_weights(model, run["weights"])
+    model.to(device).eval()
+    if device.type == "cuda" and cfg.get("channels_last", True):
+        model = model.to(memory_format=torch.channels_last)
+    return model, tf
+
+
+@torch.inference_mode()
+def _score(model: torch.nn.Module, tf: Any, images: list[np.ndarray], cfg: dict[str, Any], device: torch.device) -> np.ndarray:
+    """Probabilities for a batch of int16 HU images: the training pipeline's evaluation path."""
+    hu = torch.from_numpy(np.stack(images)).to(device)
+    x = tf(hu, train=False)
+    with _autocast(device, cfg):
+        logits = model(x).float().squeeze(1)
+    return torch.sigmoid(logits).cpu().double().numpy()
+
+
+def predict_files(
+    run_dir: str | Path,
+    inputs: Iterable[str | Path],
+    *,
+    device: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Score DICOM files with a final run; one row per file (see the module docstring).
+
+    Args:
+        run_dir: a final run folder.
+        inputs: files and/or folders.
+        device: ``auto`` | ``cpu`` | ``cuda[:N]`` (default: the run config's ``device``).
+        batch_size: images per forward pass (default: the config's ``eval_batch_size``).
+        progress: show a tqdm bar over files.
+
+    Raises:
+        RunError: see :func:`load_final_run`.
+    """
+    from neurocache.preprocess import preprocess_file
+    from trainer.data import pick_device
+
+    run = load_final_run(run_dir)
+    cfg = run["config"]
+    dev = pick_device(device or cfg.get("device", "auto"))
+    model, tf = build_predictor(run, dev)
+    bs = int(batch_size or cfg.get("eval_batch_size", 128))
+    if bs < 1:
+        raise ValueError(f"batch size must be >= 1, got {bs}")
+    files = collect_inputs(inputs)
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        probs = _score(model, tf, [im for _, im in pending], cfg, dev)
+        for (i, _), pr in zip(pending, probs):
+            rows[i]["prob"] = float(pr)
+            rows[i]["pred"] = int(pr >= run["threshold"])
+        pending.clear()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(files), desc="predict", unit="file", dynamic_ncols=True)
+    try:
+        for path in files:
+            image, meta = preprocess_file(path, run["prep"], _NO_KEY)
+            rows.append({"ID": _file_id(path), "path": str(path), "prob": np.nan, "pred": pd.NA,
+                         "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")})
+            if meta["status"] == OK and image is not None:
+                pending.append((len(rows) - 1, image))
+                if len(pending) >= bs:
+                    flush()
+            if bar:
+                bar.update(1)
+        flush()
+    finally:
+        if bar:
+            bar.close()
+    out = pd.DataFrame(rows, columns=list(PREDICT_COLUMNS))
+    out["pred"] = out["pred"].astype("Int64")
+    return out
+
+
+def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write the predict CSV (parents created)."""
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(p, index=False)
+    return p
