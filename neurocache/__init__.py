@@ -4,4 +4,4 @@ The build path imports numpy, pydicom, zarr and dask only (never torch), so cach
 """
 
 __version__ = "0.1.0"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: fixes/n_frames columns, new reason codes, incremental-build attrs

@@ -1,28 +1,38 @@
-"""``neurocache build``: a data folder -> a complete store, in parallel with Dask, resumable.
+"""``neurocache build``: a data folder -> a complete store, in parallel with Dask, resumable and incremental.
 
 Phases (each task writes whole shards, so parallel writes never collide):
 
 1. **decode** — the files, sorted by ID, are cut into batches; each Dask task reads and preprocesses
-   one batch, writes its images into the ``_staging`` array (one shard per batch) and its feature
-   rows into ``_progress/batch_NNNNNN.parquet``. A batch whose progress file exists is done: a killed
-   build rerun with the same command continues from there.
+   one batch, writes its images into the ``_staging`` array (one shard per batch) and then its
+   feature rows into ``_progress/batch_NNNNNN.parquet`` (temp file + rename: the task's commit
+   record). A batch whose progress file exists is done: a build killed at any point and rerun with
+   the same command continues from there.
 2. **compact** — the client copies the ``ok`` slices into ``images`` (rows ordered by ID), writes
-   ``features.parquet`` and ``quality.json``, removes the staging data and writes ``complete: true``
-   last.
+   ``features.parquet`` and ``quality.json``, writes ``complete: true`` last, then removes the
+   staging data. A store is never marked complete before all of its data is written.
+
+**Incremental builds.** When the store is complete with the same preprocessing fingerprint, hash key
+and package version but the folder changed (files added, removed, replaced, or the labels CSV
+edited), the old ``images`` and ``features.parquet`` stay in place as a *reuse source* while the
+new build stages: a file whose name and content hash (sha256) match an old row is not decoded
+again — its feature row and image are copied from the old store. The result is identical to a
+from-scratch build; ``attrs["build"]`` reports ``decoded`` and ``reused``. Before compaction
+overwrites ``images`` the reuse source is declared invalid in the attrs, so a later kill never
+reuses half-written data.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -31,19 +41,20 @@ import zarr
 from neurocache import SCHEMA_VERSION, __version__
 from neurocache.config import PrepConfig
 from neurocache.inputs import ID_COL, LABEL_COL, InputError, Inputs, scan_inputs
-from neurocache.preprocess import preprocess_file
+from neurocache.isolate import preprocess_isolated
+from neurocache.preprocess import ROW_COLUMNS, file_digest, preprocess_file
 from neurocache.quality import quality_report
-from neurocache.reasons import MISSING, OK, QUARANTINED
+from neurocache.reasons import MISSING, OK, QUARANTINED, TABLE_REASONS
 from neurocache.store import (
     ATTRS_KEY,
     FEATURES_FILE,
     QUALITY_FILE,
     StoreError,
     create_image_array,
-    dir_bytes,
     param_diff,
     read_attrs,
     remove_store,
+    write_attrs,
     write_json,
 )
 
@@ -65,15 +76,38 @@ class BuildResult:
     skipped: bool  # True when the store was already complete with the same inputs and parameters
 
 
-def manifest_digest(inputs: Inputs) -> str:
-    """sha256 over (name, bytes, mtime) of every CT file and the labels CSV's content.
+#: Names the build creates inside a store folder: a folder holding only these (e.g. the remains of a
+#: killed ``--force`` removal) may be rebuilt; anything else is refused as "not a neurocache store".
+STORE_MEMBERS = {"zarr.json", "images", STAGING, PROGRESS, FEATURES_FILE, QUALITY_FILE}
 
-    Cheap to compute (no file is read but the CSV); it decides whether a complete store is up to date
-    and whether an interrupted build may be resumed.
+#: Test hook: ``NEUROCACHE_TEST_KILL=POINT:N`` SIGKILLs this process the N-th time it passes POINT
+#: (``file``, ``batch_images``, ``batch``, ``compact_start``, ``compact``, ``features``, ``complete``).
+#: Used by tests/test_resume.py to kill a real build at precise points; unset, it costs nothing.
+_KILL_ENV = "NEUROCACHE_TEST_KILL"
+_kill_counts: dict[str, int] = {}
+
+
+def _kill_point(point: str) -> None:
+    spec = os.environ.get(_KILL_ENV)
+    if not spec:
+        return
+    name, _, n = spec.partition(":")
+    if name != point:
+        return
+    _kill_counts[point] = _kill_counts.get(point, 0) + 1
+    if _kill_counts[point] >= int(n or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def manifest_digest(inputs: Inputs) -> str:
+    """sha256 over (name, bytes, mtime) of every CT-folder entry and the labels CSV's content.
+
+    Cheap to compute (no file is read but the CSV; symlinks are not followed); it decides whether a
+    complete store is up to date and whether an interrupted build may be resumed.
     """
     h = hashlib.sha256()
     for p in inputs.files:
-        st = p.stat()
+        st = os.lstat(p)
         h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     h.update(inputs.labels_path.read_bytes())
     return h.hexdigest()
@@ -84,32 +118,96 @@ def _batch_size(n_files: int, workers: int) -> int:
     return int(min(256, max(8, math.ceil(n_files / max(1, workers * 8)))))
 
 
-def process_batch(store: str, prep: dict[str, Any], key_hex: str, index: int, start: int, paths: list[str]) -> int:
+def _reused_row(rec: pd.Series) -> dict[str, Any]:
+    """A feature row copied from the reuse source, as a plain dict of the per-file columns."""
+    out: dict[str, Any] = {}
+    for c in ROW_COLUMNS:
+        v = rec[c]
+        out[c] = v.item() if isinstance(v, np.generic) else v
+    return out
+
+
+def process_batch(
+    store: str,
+    prep: dict[str, Any],
+    key_hex: str,
+    index: int,
+    start: int,
+    paths: list[str],
+    reuse: dict[str, list] | None = None,
+    suspects: list[str] | None = None,
+) -> int:
     """One Dask task: preprocess ``paths`` and write shard ``index`` of the staging array.
 
-    Writes the images (quarantined slots keep the fill value) and then, atomically, the batch's
-    feature rows; the progress file is the task's commit record. Returns the number of files.
+    Before decoding each file the task writes its name to ``_progress/inflight_NNNNNN.txt``; a
+    process that dies mid-batch thus names its *suspect*, and the next attempt decodes ``suspects``
+    in a child process (:mod:`neurocache.isolate`), so a codec crash becomes a ``decoder_crash`` row.
+
+    ``reuse`` maps a file name to ``[sha256, row index in the old features.parquet]``: when the
+    file's content hash still matches, its row and image are copied from the old store instead of
+    decoding it. Writes the images (quarantined slots keep the fill value) and then, atomically, the
+    batch's feature rows; the progress file is the task's commit record. Returns the number of files.
     """
     # One thread per task for zarr/blosc: Dask already runs one task per core.
     zarr.config.set({"threading.max_workers": 1, "async.concurrency": 4})
     cfg = PrepConfig.from_dict(prep)
     key = bytes.fromhex(key_hex)
+    reuse = reuse or {}
+    suspects = set(suspects or ())
+    journal = Path(store) / PROGRESS / f"inflight_{index:06d}.txt"
+    old_feats = old_images = None
+    if reuse:
+        old_feats = pd.read_parquet(Path(store) / FEATURES_FILE, columns=[*ROW_COLUMNS, "row"])
+        old_images = zarr.open_array(str(Path(store) / "images"), mode="r")
     stack = np.full((len(paths), cfg.size, cfg.size), cfg.pad_hu, dtype=np.int16)
     rows = []
     for i, p in enumerate(paths):
-        image, row = preprocess_file(p, cfg, key)
+        name = Path(p).name
+        image, row, reused = None, None, False
+        hit = reuse.get(name)
+        if hit is not None and old_feats is not None and os.path.isfile(p) and not os.path.islink(p):
+            try:
+                digest = file_digest(Path(p))[1]
+            except OSError:
+                digest = ""
+            if digest == hit[0]:
+                rec = old_feats.iloc[int(hit[1])]
+                row, reused = _reused_row(rec), True
+                if row["status"] == OK:
+                    image = old_images[int(rec["row"])]
+        if row is None:
+            journal.write_text(name)
+            if name in suspects:
+                image, row = preprocess_isolated(p, cfg, key, Path(store) / PROGRESS / "isolate")
+            else:
+                image, row = preprocess_file(p, cfg, key)
+            _kill_point("file")
         if image is not None:
             stack[i] = image
-        row["file"] = Path(p).name
+        row["file"] = name
         row["input_index"] = start + i
+        row["_reused"] = reused
         rows.append(row)
     staging = zarr.open_array(str(Path(store) / STAGING), mode="r+")
     staging[start : start + len(paths)] = stack
+    _kill_point("batch_images")
     out = Path(store) / PROGRESS / f"batch_{index:06d}.parquet"
     tmp = out.with_suffix(".tmp")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
+    pd.DataFrame(rows, columns=[*ROW_COLUMNS, "file", "input_index", "_reused"]).to_parquet(tmp, index=False)
     os.replace(tmp, out)
+    journal.unlink(missing_ok=True)
+    _kill_point("batch")
     return len(paths)
+
+
+def _suspects(store: Path, index: int) -> list[str]:
+    """The file a dead process was decoding in batch ``index`` (from its in-flight journal), if any."""
+    j = store / PROGRESS / f"inflight_{index:06d}.txt"
+    try:
+        name = j.read_text().strip()
+    except OSError:
+        return []
+    return [name] if name else []
 
 
 def _run_tasks(
@@ -118,6 +216,7 @@ def _run_tasks(
     workers: int,
     scheduler: str | None,
     on_done: Callable[[int], None],
+    retry_args: Callable[[tuple], tuple] = lambda a: a,
 ) -> None:
     """Run task calls serially (workers == 1, no scheduler) or on a dask.distributed cluster.
 
@@ -140,14 +239,22 @@ def _run_tasks(
         client = Client(scheduler_file=scheduler)
     else:
         client = Client(scheduler)
+    failed: list[tuple[Callable[..., int], tuple]] = []
     try:
-        futures = [client.submit(fn, *args, pure=False, retries=2) for fn, args in calls]
-        for fut in as_completed(futures):
-            on_done(fut.result())
+        futures = {client.submit(fn, *args, pure=False, retries=2): (fn, args) for fn, args in calls}
+        for fut in as_completed(list(futures)):
+            try:
+                on_done(fut.result())
+            except Exception:  # e.g. KilledWorker: a codec crashed the worker process, every retry
+                failed.append(futures[fut])
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+    # Redo those batches here, decoding the file each dead worker was on in a child process. A batch
+    # that fails for another reason (disk full, a bug) raises now, with its real error.
+    for fn, args in failed:
+        on_done(fn(*retry_args(args)))
 
 
 def _assemble(inputs: Inputs, staged: pd.DataFrame) -> pd.DataFrame:
@@ -197,8 +304,11 @@ def _assemble(inputs: Inputs, staged: pd.DataFrame) -> pd.DataFrame:
 
 
 def _compact(store: Path, table: pd.DataFrame, cfg: PrepConfig, progress: Callable[[int], None]) -> zarr.Array:
-    """Copy the ok slices from ``_staging`` into ``images`` in ``row`` order, one output shard at a time."""
+    """Copy the ok slices from ``_staging`` into a fresh ``images`` in ``row`` order, one output shard at a time."""
     group = zarr.open_group(str(store), mode="r+")
+    if "images" in group:
+        del group["images"]
+    shutil.rmtree(store / "images", ignore_errors=True)
     ok = table[table["status"] == OK].sort_values("row")
     src_idx = ok["input_index"].to_numpy()
     images = create_image_array(group, "images", len(src_idx), cfg)
@@ -210,7 +320,61 @@ def _compact(store: Path, table: pd.DataFrame, cfg: PrepConfig, progress: Callab
         idx = src_idx[start : start + shard]
         images[start : start + len(idx)] = staging.get_orthogonal_selection((idx, slice(None), slice(None)))
         progress(len(idx))
+        _kill_point("compact")
     return images
+
+
+def _is_remnant(store: Path) -> bool:
+    """True when ``store`` holds only names a build creates (a store whose removal was interrupted)."""
+    return all(p.name in STORE_MEMBERS or p.name.endswith((".tmp", ".partial")) for p in store.iterdir())
+
+
+def _remove_staging(store: Path) -> None:
+    """Delete ``_staging`` and ``_progress`` (the decode phase's scratch data)."""
+    try:
+        group = zarr.open_group(str(store), mode="r+")
+        if STAGING in group:
+            del group[STAGING]
+    except Exception:
+        pass
+    shutil.rmtree(store / PROGRESS, ignore_errors=True)
+    shutil.rmtree(store / STAGING, ignore_errors=True)
+
+
+def _reuse_map(store: Path) -> dict[str, list]:
+    """file name -> [sha256, row index in the old features.parquet] for rows a rebuild may copy.
+
+    Rows whose status was set by the label join (``no_label``, ``duplicate_file``) are left out: the
+    table does not hold their decode result, so such files are decoded again.
+    """
+    old = pd.read_parquet(store / FEATURES_FILE, columns=["file", "sha256", "status", "reason"])
+    keep = (old["file"].astype(str) != "") & (old["sha256"].astype(str) != "")
+    keep &= (old["status"] == OK) | ((old["status"] == QUARANTINED) & ~old["reason"].isin(list(TABLE_REASONS)))
+    return {str(f): [str(h), int(i)] for i, (f, h) in enumerate(zip(old["file"], old["sha256"])) if keep.iat[i]}
+
+
+def _reusable(store: Path, old: dict[str, Any] | None, fingerprint: str, key_hex: str) -> bool:
+    """Whether the store's current ``images`` + ``features.parquet`` may serve as a reuse source."""
+    return bool(
+        old is not None
+        and old.get("fingerprint") == fingerprint
+        and old.get("hash_key") == key_hex
+        and old.get("package_version") == __version__
+        and old.get("schema_version") == SCHEMA_VERSION
+        and (old.get("complete") is True or old.get("reuse_source_valid") is True)
+        and (store / "images" / "zarr.json").is_file()
+        and (store / FEATURES_FILE).is_file()
+        and _has_columns(store / FEATURES_FILE, [*ROW_COLUMNS, "row", "file"])
+    )
+
+
+def _has_columns(path: Path, columns: list[str]) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        return set(columns) <= set(pq.read_schema(path).names)
+    except Exception:
+        return False
 
 
 def build_store(
@@ -226,8 +390,9 @@ def build_store(
     force: bool = False,
     progress: bool = True,
     hash_key: bytes | None = None,
+    incremental: bool = True,
 ) -> BuildResult:
-    """Build (or resume, or confirm up to date) the store for a data folder.
+    """Build (or resume, or update incrementally, or confirm up to date) the store for a data folder.
 
     Args:
         data_root: folder holding ``cts`` and ``labels``.
@@ -239,6 +404,7 @@ def build_store(
         force: replace a store built with other parameters.
         progress: show a progress bar.
         hash_key: key for the patient/study/series hashes (default: the store's own, or a new random one).
+        incremental: reuse unchanged files (same name and sha256) of a previous build of this store.
 
     Raises:
         InputError: the data folder or labels CSV is unusable (nothing is written).
@@ -256,7 +422,7 @@ def build_store(
     workers = int(workers or os.cpu_count() or 1)
 
     old = read_attrs(store)
-    if old is None and store.exists() and any(store.iterdir()):
+    if old is None and store.exists() and (not store.is_dir() or (any(store.iterdir()) and not _is_remnant(store))):
         raise StoreError(f"{store} exists and is not a neurocache store; choose another --store path or remove it")
     if old is not None and old.get("fingerprint") != fingerprint:
         if not force:
@@ -267,30 +433,43 @@ def build_store(
             )
         remove_store(store)
         old = None
-    if old is not None and old.get("complete") and old.get("source", {}).get("manifest") == manifest:
+    if old is not None and old.get("complete") is True and old.get("source", {}).get("manifest") == manifest:
         from neurocache.store import open_store
 
+        if (store / STAGING).exists() or (store / PROGRESS).exists():
+            _remove_staging(store)  # a build killed after `complete` was written, before its cleanup
         s = open_store(store)
         return BuildResult(store=store, attrs=s.attrs, features=s.features, skipped=True)
 
     key_hex = (hash_key.hex() if hash_key else None) or (old or {}).get("hash_key") or os.urandom(16).hex()
+    reusable = incremental and _reusable(store, old, fingerprint, key_hex)
+    n = len(inputs.files)
     resume = (
         old is not None
-        and not old.get("complete")
+        and old.get("complete") is not True
         and old.get("source", {}).get("manifest") == manifest
+        and old.get("hash_key") == key_hex  # finished batches hashed their identifiers with this key
+        and isinstance(old.get("build", {}).get("batch_files"), int)
         and (store / STAGING / "zarr.json").is_file()
+        and (store / PROGRESS).is_dir()
     )
-    n = len(inputs.files)
     if resume:
         batch = int(old["build"]["batch_files"])
+        reusable = reusable and old.get("reuse_source_valid") is True
     else:
         batch = _batch_size(n, workers)
-        if store.exists():
-            remove_store(store)
-        group = zarr.open_group(str(store), mode="w")
+        if reusable:
+            # Keep `images` + `features.parquet` as the reuse source; the store stops being complete first.
+            write_attrs(store, {**old, "complete": False, "reuse_source_valid": True})
+            _remove_staging(store)
+        else:
+            if store.exists():
+                remove_store(store)
+            zarr.open_group(str(store), mode="w")
+        group = zarr.open_group(str(store), mode="r+")
         staging_cfg = PrepConfig.from_dict({**cfg.to_dict(), "shard_size": batch})
         create_image_array(group, STAGING, n, staging_cfg)
-        (store / PROGRESS).mkdir()
+        (store / PROGRESS).mkdir(exist_ok=True)
     attrs: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "package_version": __version__,
@@ -303,33 +482,42 @@ def build_store(
             "cts": cts,
             "labels": labels,
             "n_files": n,
-            "bytes": int(sum(p.stat().st_size for p in inputs.files)),
+            "bytes": int(sum(os.lstat(p).st_size for p in inputs.files)),
             "manifest": manifest,
         },
         "build": {"batch_files": batch, "workers": workers, "scheduler": scheduler or "local"},
         "created": (old or {}).get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "complete": False,
+        "reuse_source_valid": bool(reusable),
     }
-    zarr.open_group(str(store), mode="r+").attrs[ATTRS_KEY] = attrs
+    write_attrs(store, attrs)
 
+    reuse = _reuse_map(store) if reusable else {}
     done = {int(p.stem.split("_")[1]) for p in (store / PROGRESS).glob("batch_*.parquet")}
     calls = []
     for index, start in enumerate(range(0, n, batch)):
         if index in done:
             continue
         paths = [str(p) for p in inputs.files[start : start + batch]]
-        calls.append((process_batch, (str(store), cfg.to_dict(), key_hex, index, start, paths)))
+        sub = {p.name: reuse[p.name] for p in inputs.files[start : start + batch] if p.name in reuse}
+        calls.append((process_batch, (str(store), cfg.to_dict(), key_hex, index, start, paths, sub, _suspects(store, index))))
     n_todo = sum(len(c[1][5]) for c in calls)
     bar = _bar(n, n - n_todo, "decode", progress)
-    _run_tasks(calls, workers=workers, scheduler=scheduler, on_done=bar.update)
+
+    def with_suspects(args: tuple) -> tuple:
+        return (*args[:7], sorted(set(args[7]) | set(_suspects(store, args[3]))))
+
+    _run_tasks(calls, workers=workers, scheduler=scheduler, on_done=bar.update, retry_args=with_suspects)
     bar.close()
 
     parts = sorted((store / PROGRESS).glob("batch_*.parquet"))
     staged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame(
-        columns=["file", "input_index", "status", "reason", "detail"]
+        columns=[*ROW_COLUMNS, "file", "input_index", "_reused"]
     )
     if len(staged) != n:
         raise BuildError(f"internal: {len(staged)} staged rows for {n} files in {store}; rerun the build to resume")
+    n_reused = int(staged["_reused"].astype(bool).sum())
+    staged = staged.drop(columns=["_reused"])
     table = _assemble(inputs, staged)
     n_ok = int((table["status"] == OK).sum())
     n_quarantined = int((table["status"] == QUARANTINED).sum())
@@ -340,15 +528,18 @@ def build_store(
             f"The store {store} is left incomplete."
         )
 
+    # From here `images` is overwritten: the old store can no longer serve as a reuse source.
+    attrs["reuse_source_valid"] = False
+    write_attrs(store, attrs)
+    _kill_point("compact_start")
     bar = _bar(n_ok, 0, "compact", progress)
     images = _compact(store, table, cfg, bar.update)
     bar.close()
-    table.to_parquet(store / FEATURES_FILE, index=False)
+    tmp = store / (FEATURES_FILE + ".tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, store / FEATURES_FILE)
     write_json(store / QUALITY_FILE, quality_report(table, cfg))
-    group = zarr.open_group(str(store), mode="r+")
-    del group[STAGING]
-    shutil.rmtree(store / PROGRESS, ignore_errors=True)
-    shutil.rmtree(store / STAGING, ignore_errors=True)
+    _kill_point("features")
 
     attrs["counts"] = {
         "n_files": n,
@@ -358,9 +549,19 @@ def build_store(
         "n_rows": len(table),
     }
     attrs["shape"] = list(images.shape)
-    attrs["build"]["seconds"] = round(time.perf_counter() - t0, 3)
+    attrs["build"].update(
+        {
+            "seconds": round(time.perf_counter() - t0, 3),
+            "decoded": n - n_reused,
+            "reused": n_reused,
+            "resumed_batches": len(done),
+            "incremental": bool(reusable),
+        }
+    )
     attrs["complete"] = True  # written last: a reader never trusts a store without it
-    zarr.open_group(str(store), mode="r+").attrs[ATTRS_KEY] = attrs
+    write_attrs(store, attrs)
+    _kill_point("complete")
+    _remove_staging(store)
     return BuildResult(store=store, attrs=attrs, features=table, skipped=False)
 
 

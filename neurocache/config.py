@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,13 @@ class PrepConfig:
         min_std_hu: a slice whose HU standard deviation is below this is quarantined as empty, HU.
         min_box_pixels: a skull box smaller than this on either side is quarantined, pixels.
         allowed_modalities: DICOM Modality values accepted; everything else is quarantined.
+        fix_12bit_wrap: undo the RSNA 12-bit wrap-around (``BitsStored == 12``,
+            ``PixelRepresentation == 0``, ``RescaleIntercept > -100``):
+            HU = ((stored + 1000) mod 4096) - 1000, applied to the stored array before the rescale;
+            such rows list ``rsna_12bit_wrap`` in ``fixes``.
+        assume_rescale: ``[slope, intercept]`` used for a CT slice whose RescaleSlope/RescaleIntercept
+            is missing (``fixes`` gets ``assumed_rescale``); None (default) quarantines such a slice
+            as ``no_rescale`` (pydicom would silently return the raw stored values).
         shard_size: slices per Zarr shard (one inner chunk per slice).
         compression_level: zstd level for the ``images`` array.
     """
@@ -44,6 +52,8 @@ class PrepConfig:
     min_std_hu: float = 1.0
     min_box_pixels: int = 16
     allowed_modalities: tuple[str, ...] = ("CT",)
+    fix_12bit_wrap: bool = True
+    assume_rescale: tuple[float, float] | None = None
     shard_size: int = 256
     compression_level: int = 3
 
@@ -57,11 +67,21 @@ class PrepConfig:
         _check(-32768 <= self.pad_hu <= 32767, "pad_hu", self.pad_hu, "an int16 value")
         _check(self.shard_size >= 1, "shard_size", self.shard_size, "an integer >= 1")
         _check(len(self.allowed_modalities) > 0, "allowed_modalities", self.allowed_modalities, "a non-empty list")
+        _check(isinstance(self.fix_12bit_wrap, bool), "fix_12bit_wrap", self.fix_12bit_wrap, "true or false")
+        if self.assume_rescale is not None:
+            ar = self.assume_rescale
+            _check(
+                len(ar) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ar) and ar[0] > 0,
+                "assume_rescale",
+                ar,
+                "null or [slope, intercept] with slope > 0, e.g. [1, -1024]",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every parameter."""
         d = dataclasses.asdict(self)
         d["allowed_modalities"] = list(self.allowed_modalities)
+        d["assume_rescale"] = None if self.assume_rescale is None else [float(v) for v in self.assume_rescale]
         return d
 
     def value_params(self) -> dict[str, Any]:
@@ -91,6 +111,18 @@ class PrepConfig:
             if isinstance(mods, str):
                 mods = [mods]
             d["allowed_modalities"] = tuple(str(m).upper() for m in mods)
+        if d.get("assume_rescale") is not None:
+            ar = d["assume_rescale"]
+            if isinstance(ar, (str, bytes)) or not hasattr(ar, "__len__") or len(ar) != 2:
+                raise ConfigError(
+                    f"{source}: preprocess.assume_rescale={ar!r} is invalid; expected null or [slope, intercept], e.g. [1, -1024]"
+                )
+            try:
+                d["assume_rescale"] = (float(ar[0]), float(ar[1]))
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"{source}: preprocess.assume_rescale={ar!r} is invalid; expected two numbers [slope, intercept]"
+                ) from None
         return cls(**d)
 
 

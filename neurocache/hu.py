@@ -79,3 +79,22 @@ def floor_low_values(hu: np.ndarray, stored: np.ndarray, stored_threshold: float
 def wrap_12bit(stored: np.ndarray) -> np.ndarray:
     """Undo the RSNA 12-bit wrap-around: ``((stored + 1000) mod 4096) - 1000`` as int32."""
     return (stored.astype(np.int32) + 1000) % 4096 - 1000
+
+
+#: RescaleIntercept that goes with :func:`fix_12bit_wrap`'s output.
+WRAP_INTERCEPT = -1000.0
+
+
+def fix_12bit_wrap(stored: np.ndarray) -> tuple[np.ndarray, float]:
+    """Undo the RSNA 12-bit wrap-around on stored values, for use before the rescale.
+
+    Some scanners in the RSNA intracranial-haemorrhage data wrote signed HU into 12-bit unsigned
+    pixels (``BitsStored == 12``, ``PixelRepresentation == 0``, ``RescaleIntercept > -100``), so air
+    and fat (-1000..-1 HU) wrapped to 3096..4095. The fix (the community's standard one) is
+    ``stored' = (stored + 1000) mod 4096`` with ``RescaleIntercept' = -1000``; with slope 1 this is
+    HU = ((stored + 1000) mod 4096) - 1000 = :func:`wrap_12bit`.
+
+    Returns:
+        ``(stored', intercept')``: int32 array in [0, 4095] and the intercept to use with it.
+    """
+    return (stored.astype(np.int32) + 1000) % 4096, WRAP_INTERCEPT

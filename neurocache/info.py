@@ -49,6 +49,8 @@ def store_info(path: str | Path) -> dict[str, Any]:
                 "compression_ratio": round(raw / images_bytes, 3) if images_bytes else None,
                 "by_reason": s.features.loc[s.features["status"] != "ok", "reason"].value_counts().to_dict(),
                 "build_seconds": attrs.get("build", {}).get("seconds"),
+                "files_decoded": attrs.get("build", {}).get("decoded"),
+                "files_reused": attrs.get("build", {}).get("reused"),
             }
         )
     else:
@@ -67,5 +69,7 @@ def format_info(info: dict[str, Any]) -> str:
         for r, c in info["by_reason"].items():
             lines.append(f"    {r:22s} {c}")
         lines.append(f"  on disk       {info['bytes_on_disk']} bytes (images compressed {info['compression_ratio']}x)")
+        if info.get("files_reused"):
+            lines.append(f"  last build    {info['files_decoded']} file(s) decoded, {info['files_reused']} reused unchanged")
     lines.append(f"  preprocess    {info['preprocess']}")
     return "\n".join(lines)

@@ -60,11 +60,16 @@ def unsafe_id(value: str) -> str | None:
 
 
 def list_files(cts_dir: Path) -> list[Path]:
-    """Regular non-hidden files of the CT folder (not recursive), sorted by (ID, file name)."""
+    """Non-hidden entries of the CT folder that are not folders (not recursive), sorted by (ID, file name).
+
+    Symlinks and special files are listed too (never followed): the build gives them a
+    ``not_regular_file`` row, so every entry of the folder is accounted for and nothing outside
+    the data root is read.
+    """
     files = [
         cts_dir / e.name
         for e in os.scandir(cts_dir)
-        if e.is_file(follow_symlinks=False) and not e.name.startswith(".")
+        if not e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
     ]
     return sorted(files, key=lambda p: (Inputs.file_id(p), p.name))
 
@@ -110,6 +115,10 @@ def scan_inputs(data_root: str | Path, labels: str = "labels1.csv", cts: str = "
             raise InputError(f"{flag} {name!r} must be a name inside the data root, not a path outside it")
     cts_dir = root / cts
     labels_path = root / labels
+    real_root = root.resolve()
+    for p, flag in ((cts_dir, "--cts"), (labels_path, "--labels")):
+        if p.exists() and not p.resolve().is_relative_to(real_root):
+            raise InputError(f"{flag} {p} resolves to {p.resolve()}, outside the data root {real_root}; nothing outside it is read")
     if not cts_dir.is_dir():
         raise InputError(f"CT folder {cts_dir} does not exist; put one DICOM file per slice there (or pass --cts NAME)")
     if not labels_path.is_file():

@@ -7,6 +7,9 @@ the trainer's ``predict``; a test checks every stored image equals it applied to
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import numpy as np
 
 from neurocache.config import PrepConfig
 from neurocache.crop import bounding_box, letterbox, to_int16
-from neurocache.dicomio import SliceData, read_slice
+from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
 from neurocache.hu import histogram_percentiles, stored_histogram, stored_to_hu
 from neurocache.reasons import OK, QUARANTINED, Quarantine
@@ -55,6 +58,13 @@ def preprocess_slice(data: SliceData, cfg: PrepConfig, name: str = "slice") -> P
     if not feats["hu_std"] >= cfg.min_std_hu:
         raise Quarantine("empty_slice", f"{name}: HU std {feats['hu_std']:.3g} < min_std_hu={cfg.min_std_hu}")
     p_floor, p_skull = histogram_percentiles(offset, cum, (cfg.floor_percentile, cfg.skull_percentile))
+    if p_skull <= p_floor:
+        # >= (skull - floor) percent of the pixels share the lowest value: air with a speck in it.
+        raise Quarantine(
+            "no_skull",
+            f"{name}: near-empty slice: the {cfg.skull_percentile}th percentile equals the {cfg.floor_percentile}th "
+            f"({float(p_floor) * data.slope + data.intercept:g} HU), so there is no bone to box",
+        )
     # Thresholds compare stored values: exact, and no full-size float image is needed for the mask.
     box = bounding_box(stored >= p_skull)
     if box is None or min(box[1] - box[0], box[3] - box[2]) < cfg.min_box_pixels:
@@ -93,7 +103,7 @@ def empty_meta() -> dict[str, Any]:
     """Header columns for a row whose header could not be read."""
     nan = float("nan")
     return {
-        "modality": "", "sop_class": "", "transfer_syntax": "", "rows": 0, "cols": 0,
+        "modality": "", "sop_class": "", "transfer_syntax": "", "rows": 0, "cols": 0, "n_frames": 0,
         "spacing_row_mm": nan, "spacing_col_mm": nan, "thickness_mm": nan, "kvp": nan, "slope": nan,
         "intercept": nan, "window_center": nan, "window_width": nan, "photometric": "",
         "bits_allocated": 0, "bits_stored": 0, "pixel_representation": 0, "z_mm": nan,
@@ -101,33 +111,58 @@ def empty_meta() -> dict[str, Any]:
     }
 
 
+def empty_row() -> dict[str, Any]:
+    """A feature row with every per-file column, in the canonical column order, empty values."""
+    return {
+        "status": OK, "reason": "", "detail": "", "fixes": "", "file_bytes": 0, "sha256": "",
+        **empty_meta(), **feature_columns(),
+    }
+
+
+#: The per-file columns of the feature table, in order (the build adds ID, label, row, file, ...).
+ROW_COLUMNS: tuple[str, ...] = tuple(empty_row())
+
+
+def _quarantine_row(row: dict[str, Any], reason: str, detail: str, meta: dict[str, Any] | None) -> dict[str, Any]:
+    if meta:
+        row.update({k: v for k, v in meta.items() if k in row})
+    row.update(status=QUARANTINED, reason=reason, detail=detail)
+    return row
+
+
 def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Read and preprocess one file; never raises for bad input.
 
     Returns:
         ``(image, row)``: int16 (S, S) HU or None when quarantined, and the feature-table columns
-        (``status``, ``reason``, ``detail``, header metadata, HU features, ``file_bytes``, ``sha256``).
+        (:data:`ROW_COLUMNS`: ``status``, ``reason``, ``detail``, ``fixes``, ``file_bytes``,
+        ``sha256``, header metadata, HU features).
     """
     path = Path(path)
-    row: dict[str, Any] = {"status": OK, "reason": "", "detail": "", "fixes": ""}
+    if os.environ.get("NEUROCACHE_TEST_CRASH_ON") == path.name:  # test hook: a decoder that segfaults
+        os.kill(os.getpid(), signal.SIGSEGV)
+    row = empty_row()
     try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "symlink" if stat.S_ISLNK(st.st_mode) else "special file"
+            return None, _quarantine_row(row, "not_regular_file", f"{path.name}: a {kind}; not followed, not read", None)
         row["file_bytes"], row["sha256"] = file_digest(path)
     except OSError as e:
-        row.update(empty_meta(), **feature_columns())
-        row.update(status=QUARANTINED, reason="unreadable", detail=f"{path.name}: {e}", file_bytes=0, sha256="")
-        return None, row
-    meta: dict[str, Any] = empty_meta()
+        return None, _quarantine_row(row, "unreadable", f"{path.name}: {e}", None)
+    meta: dict[str, Any] | None = None
     try:
         data = read_slice(path, cfg, key)
         meta = data.meta
         prepared = preprocess_slice(data, cfg, name=path.name)
     except Quarantine as q:
-        row.update(q.meta or meta, **feature_columns())
-        row.update(status=QUARANTINED, reason=q.reason, detail=q.detail)
-        return None, row
-    except Exception as e:  # an unforeseen decoder failure must not stop a build
-        row.update(meta, **feature_columns())
-        row.update(status=QUARANTINED, reason="decode_error", detail=f"{path.name}: {type(e).__name__}: {e}")
-        return None, row
-    row.update(meta, **prepared.features)
+        return None, _quarantine_row(row, q.reason, q.detail, q.meta or meta)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # an unforeseen failure (even a non-Exception one) must not stop a build
+        return None, _quarantine_row(row, "decode_error", f"{path.name}: {safe_message(e)}", meta)
+    row.update({k: v for k, v in meta.items() if k in row})
+    row.update(prepared.features)
+    row["fixes"] = ",".join(data.fixes)
+    row["detail"] = "; ".join(data.notes)
     return prepared.image, row

@@ -59,9 +59,9 @@ def read_attrs(path: str | Path) -> dict[str, Any] | None:
         return None
     try:
         group = zarr.open_group(str(p), mode="r")
+        return dict(group.attrs.get(ATTRS_KEY, {})) or None
     except Exception:
         return None
-    return dict(group.attrs.get(ATTRS_KEY, {})) or None
 
 
 def write_attrs(path: str | Path, attrs: dict[str, Any]) -> None:
@@ -148,10 +148,16 @@ def open_store(path: str | Path, *, expect: PrepConfig | None = None) -> Store:
 
 
 def remove_store(path: str | Path) -> None:
-    """Delete a store folder (used by ``--force``)."""
+    """Delete a store folder (used by ``--force`` and by a from-scratch rebuild).
+
+    The group's ``zarr.json`` (which holds ``complete``) goes first, so a removal killed half-way
+    leaves a folder no reader accepts; the build recognises such remains and rebuilds into them.
+    """
     p = Path(path)
-    if p.exists():
-        shutil.rmtree(p)
+    if not p.exists():
+        return
+    (p / "zarr.json").unlink(missing_ok=True)
+    shutil.rmtree(p)
 
 
 def dir_bytes(path: str | Path) -> int:

@@ -19,6 +19,8 @@ _DICM_OFFSET = 128
 
 def looks_like_dicom(path: Path) -> bool:
     """True when the file has the ``DICM`` magic at byte 128 (Part 10), checked without parsing."""
+    if path.is_symlink():
+        return False  # never followed: nothing outside the data root is read
     try:
         with open(path, "rb") as fh:
             fh.seek(_DICM_OFFSET)

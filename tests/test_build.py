@@ -87,7 +87,7 @@ def test_bad_inputs_are_all_accounted_for(data_copy, tmp_path):
     f = res.features.set_index("ID")
     n_files = len(list(cts.iterdir()))
     assert len(f) == n_files + 1  # every file once, plus the label without a file
-    assert f.loc[corrupt.stem, "status"] == "quarantined" and f.loc[corrupt.stem, "reason"] == "decode_error"
+    assert f.loc[corrupt.stem, "status"] == "quarantined" and f.loc[corrupt.stem, "reason"] == "truncated_pixel_data"
     assert f.loc[header_only.stem, "reason"] == "no_pixel_data"
     assert f.loc["ID_notdicom", "reason"] == "not_dicom"
     assert f.loc["ID_nofile", "status"] == "missing" and f.loc["ID_nofile", "reason"] == "missing_file"
