@@ -19,16 +19,25 @@ again — its feature row and image are copied from the old store. The result is
 from-scratch build; ``attrs["build"]`` reports ``decoded`` and ``reused``. Before compaction
 overwrites ``images`` the reuse source is declared invalid in the attrs, so a later kill never
 reuses half-written data.
+
+**Where it runs.** Tasks run in this process (``workers=1``), on a ``LocalCluster`` (``workers=N``),
+or on an existing dask.distributed cluster (``scheduler=``: a ``tcp://`` address or a scheduler
+file). A task writes its shard straight into the store and sends back only its feature rows (the
+Parquet bytes of its commit record, a few kB); the client assembles the table from those, writes
+``features.parquet`` and ``quality.json`` and marks the store complete. The store may be a folder
+the workers see, or an fsspec URL (``s3://bucket/store.zarr``) — see :mod:`neurocache.remote`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import math
 import os
-import shutil
+import re
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +54,7 @@ from neurocache.isolate import preprocess_isolated
 from neurocache.preprocess import ROW_COLUMNS, file_digest, preprocess_file
 from neurocache.quality import quality_report
 from neurocache.reasons import MISSING, OK, QUARANTINED, TABLE_REASONS
+from neurocache.remote import StoreLocation, StoreURL, store_address
 from neurocache.store import (
     ATTRS_KEY,
     FEATURES_FILE,
@@ -55,7 +65,7 @@ from neurocache.store import (
     read_attrs,
     remove_store,
     write_attrs,
-    write_json,
+    write_store_json,
 )
 
 STAGING = "_staging"
@@ -70,7 +80,7 @@ class BuildError(RuntimeError):
 class BuildResult:
     """What a build did: the store path, its summary attrs and whether anything was (re)computed."""
 
-    store: Path
+    store: Path | StoreURL
     attrs: dict[str, Any]
     features: pd.DataFrame
     skipped: bool  # True when the store was already complete with the same inputs and parameters
@@ -83,11 +93,30 @@ STORE_MEMBERS = {"zarr.json", "images", STAGING, PROGRESS, FEATURES_FILE, QUALIT
 #: Test hook: ``NEUROCACHE_TEST_KILL=POINT:N`` SIGKILLs this process the N-th time it passes POINT
 #: (``file``, ``batch_images``, ``batch``, ``compact_start``, ``compact``, ``features``, ``complete``).
 #: Used by tests/test_resume.py to kill a real build at precise points; unset, it costs nothing.
+#: ``NEUROCACHE_TEST_KILL_ONCE=POINT:N:MARKER`` does the same, but only in the first process that gets
+#: there and creates the file MARKER (tests/test_cluster.py: one Dask worker dies once, mid-build).
 _KILL_ENV = "NEUROCACHE_TEST_KILL"
+_KILL_ONCE_ENV = "NEUROCACHE_TEST_KILL_ONCE"
 _kill_counts: dict[str, int] = {}
+_kill_once_counts: dict[str, int] = {}
 
 
 def _kill_point(point: str) -> None:
+    once = os.environ.get(_KILL_ONCE_ENV)
+    if once:
+        name, _, rest = once.partition(":")
+        n, _, marker = rest.partition(":")
+        if name == point:
+            _kill_once_counts[point] = _kill_once_counts.get(point, 0) + 1
+            if _kill_once_counts[point] >= int(n or 1):
+                try:
+                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    pass
+                else:
+                    os.write(fd, str(os.getpid()).encode())
+                    os.close(fd)
+                    os.kill(os.getpid(), signal.SIGKILL)
     spec = os.environ.get(_KILL_ENV)
     if not spec:
         return
@@ -136,8 +165,10 @@ def process_batch(
     paths: list[str],
     reuse: dict[str, list] | None = None,
     suspects: list[str] | None = None,
-) -> int:
+) -> dict[str, Any]:
     """One Dask task: preprocess ``paths`` and write shard ``index`` of the staging array.
+
+    ``store`` is the store's folder or URL as the worker sees it (:mod:`neurocache.remote`).
 
     Before decoding each file the task writes its name to ``_progress/inflight_NNNNNN.txt``; a
     process that dies mid-batch thus names its *suspect*, and the next attempt decodes ``suspects``
@@ -146,7 +177,9 @@ def process_batch(
     ``reuse`` maps a file name to ``[sha256, row index in the old features.parquet]``: when the
     file's content hash still matches, its row and image are copied from the old store instead of
     decoding it. Writes the images (quarantined slots keep the fill value) and then, atomically, the
-    batch's feature rows; the progress file is the task's commit record. Returns the number of files.
+    batch's feature rows; the progress file is the task's commit record. Returns
+    ``{"index", "n", "rows"}``: ``rows`` is the commit record's Parquet bytes, so the client needs no
+    second read of it (and no image ever travels back).
     """
     # One thread per task for zarr/blosc: Dask already runs one task per core.
     zarr.config.set({"threading.max_workers": 1, "async.concurrency": 4})
@@ -154,11 +187,12 @@ def process_batch(
     key = bytes.fromhex(key_hex)
     reuse = reuse or {}
     suspects = set(suspects or ())
-    journal = Path(store) / PROGRESS / f"inflight_{index:06d}.txt"
+    loc = StoreLocation(store)
+    journal = f"{PROGRESS}/inflight_{index:06d}.txt"
     old_feats = old_images = None
     if reuse:
-        old_feats = pd.read_parquet(Path(store) / FEATURES_FILE, columns=[*ROW_COLUMNS, "row"])
-        old_images = zarr.open_array(str(Path(store) / "images"), mode="r")
+        old_feats = loc.read_parquet(FEATURES_FILE, columns=[*ROW_COLUMNS, "row"])
+        old_images = zarr.open_array(loc.member_store("images", read_only=True), mode="r")
     stack = np.full((len(paths), cfg.size, cfg.size), cfg.pad_hu, dtype=np.int16)
     rows = []
     for i, p in enumerate(paths):
@@ -176,9 +210,9 @@ def process_batch(
                 if row["status"] == OK:
                     image = old_images[int(rec["row"])]
         if row is None:
-            journal.write_text(name)
+            loc.write_text(journal, name, atomic=False)
             if name in suspects:
-                image, row = preprocess_isolated(p, cfg, key, Path(store) / PROGRESS / "isolate")
+                image, row = preprocess_isolated(p, cfg, key, _isolate_scratch(loc))
             else:
                 image, row = preprocess_file(p, cfg, key)
             _kill_point("file")
@@ -188,40 +222,59 @@ def process_batch(
         row["input_index"] = start + i
         row["_reused"] = reused
         rows.append(row)
-    staging = zarr.open_array(str(Path(store) / STAGING), mode="r+")
+    staging = zarr.open_array(loc.member_store(STAGING), mode="r+")
     staging[start : start + len(paths)] = stack
     _kill_point("batch_images")
-    out = Path(store) / PROGRESS / f"batch_{index:06d}.parquet"
-    tmp = out.with_suffix(".tmp")
-    pd.DataFrame(rows, columns=[*ROW_COLUMNS, "file", "input_index", "_reused"]).to_parquet(tmp, index=False)
-    os.replace(tmp, out)
-    journal.unlink(missing_ok=True)
+    frame = pd.DataFrame(rows, columns=[*ROW_COLUMNS, "file", "input_index", "_reused"])
+    data = loc.write_parquet(_batch_name(index), frame)
+    loc.rm(journal)
     _kill_point("batch")
-    return len(paths)
+    return {"index": index, "n": len(paths), "rows": data}
 
 
-def _suspects(store: Path, index: int) -> list[str]:
+def _batch_name(index: int) -> str:
+    """The commit record of batch ``index``, relative to the store."""
+    return f"{PROGRESS}/batch_{index:06d}.parquet"
+
+
+_BATCH_RE = re.compile(r"^batch_(\d+)\.parquet$")
+
+
+def _done_batches(loc: StoreLocation) -> set[int]:
+    """Batches whose commit record exists."""
+    return {int(m.group(1)) for m in map(_BATCH_RE.match, loc.listdir(PROGRESS)) if m}
+
+
+def _isolate_scratch(loc: StoreLocation) -> Path:
+    """Local scratch folder for :func:`neurocache.isolate.preprocess_isolated` (inside a local store)."""
+    if loc.path is not None:
+        return loc.path / PROGRESS / "isolate"
+    return Path(tempfile.gettempdir()) / "neurocache-isolate"
+
+
+def _suspects(loc: StoreLocation, index: int) -> list[str]:
     """The file a dead process was decoding in batch ``index`` (from its in-flight journal), if any."""
-    j = store / PROGRESS / f"inflight_{index:06d}.txt"
     try:
-        name = j.read_text().strip()
-    except OSError:
+        name = loc.read_text(f"{PROGRESS}/inflight_{index:06d}.txt").strip()
+    except (OSError, FileNotFoundError):
         return []
     return [name] if name else []
 
 
 def _run_tasks(
-    calls: list[tuple[Callable[..., int], tuple]],
+    calls: list[tuple[Callable[..., Any], tuple]],
     *,
     workers: int,
     scheduler: str | None,
-    on_done: Callable[[int], None],
+    on_done: Callable[[Any], None],
     retry_args: Callable[[tuple], tuple] = lambda a: a,
+    worker_check: tuple[str, str] | None = None,
 ) -> None:
     """Run task calls serially (workers == 1, no scheduler) or on a dask.distributed cluster.
 
     With no ``scheduler`` a ``LocalCluster`` of ``workers`` single-threaded processes is started
-    (pydicom holds the GIL, so processes, not threads); with one, the existing cluster is used.
+    (pydicom holds the GIL, so processes, not threads); with one, the existing cluster is used,
+    after checking that every worker sees ``worker_check`` = (CT folder, store) (:func:`_worker_sees`).
     """
     if scheduler is None and workers <= 1:
         for fn, args in calls:
@@ -230,16 +283,29 @@ def _run_tasks(
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
-    if scheduler is None:
+    if scheduler is not None:
+        client = _client(scheduler)
+        if worker_check is not None:
+            try:
+                blind = {w: why for w, why in client.run(_worker_sees, *worker_check).items() if why}
+            except Exception:
+                client.close()
+                raise
+            if blind:
+                client.close()
+                raise BuildError(
+                    f"{len(blind)} worker(s) of {scheduler} cannot see what the build needs: "
+                    + "; ".join(f"{w}: {why}" for w, why in sorted(blind.items()))
+                    + ". Workers must reach --data-root and --store at the same path or URL as this command "
+                    "(a shared filesystem, or an object-store URL with credentials in each worker's environment)."
+                )
+    else:
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+            n_workers=workers, threads_per_worker=1, processes=True, silence_logs=40,
+            host="127.0.0.1", dashboard_address="127.0.0.1:0",  # loopback only; any free port
         )
         client = Client(cluster)
-    elif scheduler.endswith(".json") and Path(scheduler).is_file():
-        client = Client(scheduler_file=scheduler)
-    else:
-        client = Client(scheduler)
-    failed: list[tuple[Callable[..., int], tuple]] = []
+    failed: list[tuple[Callable[..., Any], tuple]] = []
     try:
         futures = {client.submit(fn, *args, pure=False, retries=2): (fn, args) for fn, args in calls}
         for fut in as_completed(list(futures)):
@@ -255,6 +321,40 @@ def _run_tasks(
     # that fails for another reason (disk full, a bug) raises now, with its real error.
     for fn, args in failed:
         on_done(fn(*retry_args(args)))
+
+
+def _worker_sees(cts_dir: str, store: str) -> str:
+    """Run on each worker before a distributed build: '' when it sees the CT folder and the store,
+    else what it cannot see."""
+    problems = []
+    if not os.path.isdir(cts_dir):
+        problems.append(f"no CT folder {cts_dir}")
+    try:
+        if not StoreLocation(store).isfile("zarr.json"):
+            problems.append(f"no store at {store}")
+    except Exception as e:  # noqa: BLE001 - e.g. no credentials for the object store on that worker
+        problems.append(f"the store {store} cannot be read ({type(e).__name__})")
+    return "; ".join(problems)
+
+
+def _client(scheduler: str):
+    """A client of the existing cluster at ``scheduler`` (``tcp://HOST:PORT`` or a scheduler-file JSON)."""
+    from dask.distributed import Client
+
+    if scheduler.endswith(".json") and not Path(scheduler).is_file():
+        raise BuildError(f"--scheduler {scheduler}: no such scheduler file")
+    try:
+        if scheduler.endswith(".json"):
+            return Client(scheduler_file=scheduler)
+        return Client(scheduler)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise BuildError(f"cannot connect to the Dask scheduler {scheduler}: {type(e).__name__}: {e}") from e
+
+
+def _cluster_threads(scheduler: str) -> int:
+    """Worker threads of the cluster at ``scheduler`` (sizes the batches: 8 tasks per thread)."""
+    with _client(scheduler) as client:
+        return int(sum(client.nthreads().values()))
 
 
 def _assemble(inputs: Inputs, staged: pd.DataFrame) -> pd.DataFrame:
@@ -303,12 +403,12 @@ def _assemble(inputs: Inputs, staged: pd.DataFrame) -> pd.DataFrame:
     return staged
 
 
-def _compact(store: Path, table: pd.DataFrame, cfg: PrepConfig, progress: Callable[[int], None]) -> zarr.Array:
+def _compact(loc: StoreLocation, table: pd.DataFrame, cfg: PrepConfig, progress: Callable[[int], None]) -> zarr.Array:
     """Copy the ok slices from ``_staging`` into a fresh ``images`` in ``row`` order, one output shard at a time."""
-    group = zarr.open_group(str(store), mode="r+")
+    group = zarr.open_group(loc.zarr_store(), mode="r+")
     if "images" in group:
         del group["images"]
-    shutil.rmtree(store / "images", ignore_errors=True)
+    loc.rm("images")
     ok = table[table["status"] == OK].sort_values("row")
     src_idx = ok["input_index"].to_numpy()
     images = create_image_array(group, "images", len(src_idx), cfg)
@@ -324,36 +424,36 @@ def _compact(store: Path, table: pd.DataFrame, cfg: PrepConfig, progress: Callab
     return images
 
 
-def _is_remnant(store: Path) -> bool:
-    """True when ``store`` holds only names a build creates (a store whose removal was interrupted)."""
-    return all(p.name in STORE_MEMBERS or p.name.endswith((".tmp", ".partial")) for p in store.iterdir())
+def _is_remnant(loc: StoreLocation) -> bool:
+    """True when the store holds only names a build creates (a store whose removal was interrupted)."""
+    return all(name in STORE_MEMBERS or name.endswith((".tmp", ".partial")) for name in loc.listdir())
 
 
-def _remove_staging(store: Path) -> None:
+def _remove_staging(loc: StoreLocation) -> None:
     """Delete ``_staging`` and ``_progress`` (the decode phase's scratch data)."""
     try:
-        group = zarr.open_group(str(store), mode="r+")
+        group = zarr.open_group(loc.zarr_store(), mode="r+")
         if STAGING in group:
             del group[STAGING]
     except Exception:
         pass
-    shutil.rmtree(store / PROGRESS, ignore_errors=True)
-    shutil.rmtree(store / STAGING, ignore_errors=True)
+    loc.rm(PROGRESS)
+    loc.rm(STAGING)
 
 
-def _reuse_map(store: Path) -> dict[str, list]:
+def _reuse_map(loc: StoreLocation) -> dict[str, list]:
     """file name -> [sha256, row index in the old features.parquet] for rows a rebuild may copy.
 
     Rows whose status was set by the label join (``no_label``, ``duplicate_file``) are left out: the
     table does not hold their decode result, so such files are decoded again.
     """
-    old = pd.read_parquet(store / FEATURES_FILE, columns=["file", "sha256", "status", "reason"])
+    old = loc.read_parquet(FEATURES_FILE, columns=["file", "sha256", "status", "reason"])
     keep = (old["file"].astype(str) != "") & (old["sha256"].astype(str) != "")
     keep &= (old["status"] == OK) | ((old["status"] == QUARANTINED) & ~old["reason"].isin(list(TABLE_REASONS)))
     return {str(f): [str(h), int(i)] for i, (f, h) in enumerate(zip(old["file"], old["sha256"])) if keep.iat[i]}
 
 
-def _reusable(store: Path, old: dict[str, Any] | None, fingerprint: str, key_hex: str) -> bool:
+def _reusable(loc: StoreLocation, old: dict[str, Any] | None, fingerprint: str, key_hex: str) -> bool:
     """Whether the store's current ``images`` + ``features.parquet`` may serve as a reuse source."""
     return bool(
         old is not None
@@ -362,17 +462,15 @@ def _reusable(store: Path, old: dict[str, Any] | None, fingerprint: str, key_hex
         and old.get("package_version") == __version__
         and old.get("schema_version") == SCHEMA_VERSION
         and (old.get("complete") is True or old.get("reuse_source_valid") is True)
-        and (store / "images" / "zarr.json").is_file()
-        and (store / FEATURES_FILE).is_file()
-        and _has_columns(store / FEATURES_FILE, [*ROW_COLUMNS, "row", "file"])
+        and loc.isfile("images/zarr.json")
+        and loc.isfile(FEATURES_FILE)
+        and _has_columns(loc, FEATURES_FILE, [*ROW_COLUMNS, "row", "file"])
     )
 
 
-def _has_columns(path: Path, columns: list[str]) -> bool:
-    import pyarrow.parquet as pq
-
+def _has_columns(loc: StoreLocation, name: str, columns: list[str]) -> bool:
     try:
-        return set(columns) <= set(pq.read_schema(path).names)
+        return set(columns) <= set(loc.parquet_schema_names(name))
     except Exception:
         return False
 
@@ -396,10 +494,13 @@ def build_store(
 
     Args:
         data_root: folder holding ``cts`` and ``labels``.
-        store: the store folder to write (``STORE.zarr``).
+        store: the store to write: a folder (``STORE.zarr``) or an fsspec URL (``s3://bucket/STORE.zarr``;
+            credentials from the environment, see :mod:`neurocache.remote`).
         cfg: preprocessing parameters (defaults when None).
-        workers: Dask worker processes (default: all cores); 1 runs in this process, no Dask.
-        scheduler: address (``tcp://host:port``) or scheduler-file of an existing dask.distributed cluster.
+        workers: Dask worker processes (default: all cores); 1 runs in this process, no Dask. With
+            ``scheduler`` it only sizes the batches (default: the cluster's worker threads).
+        scheduler: address (``tcp://host:port``) or scheduler-file of an existing dask.distributed cluster;
+            its workers must see ``data_root`` and ``store`` at the same path or URL (checked first).
         strict: fail (store left incomplete) when any file is quarantined.
         force: replace a store built with other parameters.
         progress: show a progress bar.
@@ -413,16 +514,17 @@ def build_store(
     """
     cfg = cfg or PrepConfig()
     t0 = time.perf_counter()
-    store = Path(store)
+    loc = StoreLocation(store)
+    store = loc.display  # Path or URL, for messages and the result
     inputs = scan_inputs(data_root, labels=labels, cts=cts)
     if inputs.problems:
         raise InputError("the labels CSV cannot be used:\n  " + "\n  ".join(inputs.problems))
     manifest = manifest_digest(inputs)
     fingerprint = cfg.fingerprint()
-    workers = int(workers or os.cpu_count() or 1)
+    workers = int(workers or (_cluster_threads(scheduler) if scheduler else 0) or os.cpu_count() or 1)
 
-    old = read_attrs(store)
-    if old is None and store.exists() and (not store.is_dir() or (any(store.iterdir()) and not _is_remnant(store))):
+    old = read_attrs(loc)
+    if old is None and loc.exists() and (not loc.isdir() or (loc.listdir() and not _is_remnant(loc))):
         raise StoreError(f"{store} exists and is not a neurocache store; choose another --store path or remove it")
     if old is not None and old.get("fingerprint") != fingerprint:
         if not force:
@@ -431,18 +533,18 @@ def build_store(
                 f"store {store} was built with other preprocessing parameters: {'; '.join(diff) or 'schema/code version'}. "
                 f"Use --force to replace it, or build into a new --store path."
             )
-        remove_store(store)
+        remove_store(loc)
         old = None
     if old is not None and old.get("complete") is True and old.get("source", {}).get("manifest") == manifest:
         from neurocache.store import open_store
 
-        if (store / STAGING).exists() or (store / PROGRESS).exists():
-            _remove_staging(store)  # a build killed after `complete` was written, before its cleanup
-        s = open_store(store)
+        if loc.exists(STAGING) or loc.exists(PROGRESS):
+            _remove_staging(loc)  # a build killed after `complete` was written, before its cleanup
+        s = open_store(loc)
         return BuildResult(store=store, attrs=s.attrs, features=s.features, skipped=True)
 
     key_hex = (hash_key.hex() if hash_key else None) or (old or {}).get("hash_key") or os.urandom(16).hex()
-    reusable = incremental and _reusable(store, old, fingerprint, key_hex)
+    reusable = incremental and _reusable(loc, old, fingerprint, key_hex)
     n = len(inputs.files)
     resume = (
         old is not None
@@ -450,8 +552,8 @@ def build_store(
         and old.get("source", {}).get("manifest") == manifest
         and old.get("hash_key") == key_hex  # finished batches hashed their identifiers with this key
         and isinstance(old.get("build", {}).get("batch_files"), int)
-        and (store / STAGING / "zarr.json").is_file()
-        and (store / PROGRESS).is_dir()
+        and loc.isfile(f"{STAGING}/zarr.json")
+        and (loc.isdir(PROGRESS) or loc.path is None)  # an object store has no empty folders
     )
     if resume:
         batch = int(old["build"]["batch_files"])
@@ -460,16 +562,16 @@ def build_store(
         batch = _batch_size(n, workers)
         if reusable:
             # Keep `images` + `features.parquet` as the reuse source; the store stops being complete first.
-            write_attrs(store, {**old, "complete": False, "reuse_source_valid": True})
-            _remove_staging(store)
+            write_attrs(loc, {**old, "complete": False, "reuse_source_valid": True})
+            _remove_staging(loc)
         else:
-            if store.exists():
-                remove_store(store)
-            zarr.open_group(str(store), mode="w")
-        group = zarr.open_group(str(store), mode="r+")
+            if loc.exists():
+                remove_store(loc)
+            zarr.open_group(loc.zarr_store(), mode="w")
+        group = zarr.open_group(loc.zarr_store(), mode="r+")
         staging_cfg = PrepConfig.from_dict({**cfg.to_dict(), "shard_size": batch})
         create_image_array(group, STAGING, n, staging_cfg)
-        (store / PROGRESS).mkdir(exist_ok=True)
+        loc.mkdir(PROGRESS)
     attrs: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "package_version": __version__,
@@ -490,28 +592,38 @@ def build_store(
         "complete": False,
         "reuse_source_valid": bool(reusable),
     }
-    write_attrs(store, attrs)
+    write_attrs(loc, attrs)
 
-    reuse = _reuse_map(store) if reusable else {}
-    done = {int(p.stem.split("_")[1]) for p in (store / PROGRESS).glob("batch_*.parquet")}
+    reuse = _reuse_map(loc) if reusable else {}
+    done = _done_batches(loc)
     calls = []
     for index, start in enumerate(range(0, n, batch)):
         if index in done:
             continue
-        paths = [str(p) for p in inputs.files[start : start + batch]]
+        paths = [os.path.abspath(p) for p in inputs.files[start : start + batch]]  # workers may run elsewhere
         sub = {p.name: reuse[p.name] for p in inputs.files[start : start + batch] if p.name in reuse}
-        calls.append((process_batch, (str(store), cfg.to_dict(), key_hex, index, start, paths, sub, _suspects(store, index))))
+        calls.append((process_batch, (store_address(loc.url), cfg.to_dict(), key_hex, index, start, paths, sub, _suspects(loc, index))))
     n_todo = sum(len(c[1][5]) for c in calls)
     bar = _bar(n, n - n_todo, "decode", progress)
 
     def with_suspects(args: tuple) -> tuple:
-        return (*args[:7], sorted(set(args[7]) | set(_suspects(store, args[3]))))
+        return (*args[:7], sorted(set(args[7]) | set(_suspects(loc, args[3]))))
 
-    _run_tasks(calls, workers=workers, scheduler=scheduler, on_done=bar.update, retry_args=with_suspects)
+    returned: dict[int, bytes] = {}  # batch index -> its feature rows, sent back by the task
+
+    def on_done(r: dict[str, Any]) -> None:
+        returned[int(r["index"])] = r["rows"]
+        bar.update(int(r["n"]))
+
+    _run_tasks(calls, workers=workers, scheduler=scheduler, on_done=on_done, retry_args=with_suspects,
+               worker_check=(os.path.abspath(inputs.cts_dir), store_address(loc.url)))
     bar.close()
 
-    parts = sorted((store / PROGRESS).glob("batch_*.parquet"))
-    staged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame(
+    # Rows of this run's batches came back with their tasks; those of a resumed run's earlier batches
+    # are read from their commit records. Same bytes either way, so the same table.
+    parts = [pd.read_parquet(io.BytesIO(returned[i])) if i in returned else loc.read_parquet(_batch_name(i))
+             for i in sorted(set(returned) | _done_batches(loc))]
+    staged = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=[*ROW_COLUMNS, "file", "input_index", "_reused"]
     )
     if len(staged) != n:
@@ -530,15 +642,13 @@ def build_store(
 
     # From here `images` is overwritten: the old store can no longer serve as a reuse source.
     attrs["reuse_source_valid"] = False
-    write_attrs(store, attrs)
+    write_attrs(loc, attrs)
     _kill_point("compact_start")
     bar = _bar(n_ok, 0, "compact", progress)
-    images = _compact(store, table, cfg, bar.update)
+    images = _compact(loc, table, cfg, bar.update)
     bar.close()
-    tmp = store / (FEATURES_FILE + ".tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, store / FEATURES_FILE)
-    write_json(store / QUALITY_FILE, quality_report(table, cfg))
+    loc.write_parquet(FEATURES_FILE, table)
+    write_store_json(loc, QUALITY_FILE, quality_report(table, cfg))
     _kill_point("features")
 
     attrs["counts"] = {
@@ -559,9 +669,9 @@ def build_store(
         }
     )
     attrs["complete"] = True  # written last: a reader never trusts a store without it
-    write_attrs(store, attrs)
+    write_attrs(loc, attrs)
     _kill_point("complete")
-    _remove_staging(store)
+    _remove_staging(loc)
     return BuildResult(store=store, attrs=attrs, features=table, skipped=False)
 
 

@@ -12,6 +12,7 @@ EPILOG = """examples:
   neurocache validate --data-root data/demo
   neurocache build --data-root data/demo --store store.zarr
   neurocache info store.zarr --json
+  neurocache build --data-root /shared/data --store s3://bucket/store.zarr --scheduler tcp://scheduler:8786
   neurocache plot store.zarr --label 1 --n 4 --out prep_label1.png
 """
 
@@ -40,21 +41,23 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build (or resume, or confirm up to date) the Zarr store")
     _data_args(b)
-    b.add_argument("--store", type=Path, required=True, help="store folder to write, e.g. store.zarr")
+    b.add_argument("--store", required=True, help="store to write: a folder (store.zarr) or an fsspec URL (s3://bucket/store.zarr, "
+                   "gs://..., file://...); credentials come from the environment (AWS_* variables, profiles), never from flags")
     b.add_argument("--config", type=Path, default=None, help="YAML config; its `preprocess:` section sets the parameters (default: built-in defaults)")
     b.add_argument("--workers", type=int, default=None, help="Dask worker processes (default: all cores; 1 = no Dask, in-process)")
-    b.add_argument("--scheduler", default=None, help="address tcp://HOST:PORT or scheduler-file JSON of an existing dask.distributed cluster")
+    b.add_argument("--scheduler", default=None, help="address tcp://HOST:PORT or scheduler-file JSON of an existing dask.distributed cluster; "
+                   "its workers must see --data-root and --store at the same path/URL")
     b.add_argument("--strict", action="store_true", help="fail (store left incomplete) if any file is quarantined")
     b.add_argument("--force", action="store_true", help="replace a store that was built with other preprocessing parameters")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--json", action="store_true", help="print the store summary as JSON when done")
 
     i = sub.add_parser("info", help="summarise a store")
-    i.add_argument("store", type=Path, help="store folder")
+    i.add_argument("store", help="store folder or fsspec URL (s3://bucket/store.zarr)")
     i.add_argument("--json", action="store_true", help="print one JSON object (n_files, n_ok, n_quarantined, shape, dtype, fingerprint, complete, bytes_on_disk, source_bytes, ...)")
 
     pl = sub.add_parser("plot", help="draw the preprocessing stages of some slices of one class")
-    pl.add_argument("store", type=Path, help="store folder (its source DICOM folder must still exist)")
+    pl.add_argument("store", help="store folder or URL (its source DICOM folder must still exist)")
     pl.add_argument("--label", type=int, choices=(0, 1), required=True, help="class to draw")
     pl.add_argument("--n", type=int, default=4, help="number of slices (default 4)")
     pl.add_argument("--out", type=Path, required=True, help="PNG file to write")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from neurocache.remote import StoreLocation
 from neurocache.store import dir_bytes, open_store, read_attrs
 
 
@@ -14,7 +15,8 @@ def store_info(path: str | Path) -> dict[str, Any]:
     Keys: n_files, n_ok, n_quarantined, n_missing_file, shape, dtype, fingerprint, complete,
     bytes_on_disk, source_bytes, images_bytes, compression_ratio, by_reason, preprocess, created.
     """
-    attrs = read_attrs(path)
+    loc = StoreLocation(path)  # a folder or an fsspec URL
+    attrs = read_attrs(loc)
     if attrs is None:
         from neurocache.store import StoreError
 
@@ -29,13 +31,13 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "created": attrs.get("created"),
         "source_bytes": attrs.get("source", {}).get("bytes"),
         "source_root": attrs.get("source", {}).get("data_root"),
-        "bytes_on_disk": dir_bytes(path),
+        "bytes_on_disk": dir_bytes(loc),
         "n_files": attrs.get("source", {}).get("n_files"),
     }
     if info["complete"]:
-        s = open_store(path)
+        s = open_store(loc)
         counts = attrs.get("counts", {})
-        images_bytes = dir_bytes(Path(path) / "images")
+        images_bytes = loc.size("images")
         raw = int(s.images.size) * 2
         info.update(
             {

@@ -2,6 +2,9 @@
 
 Layout (see README): group attrs ``neurocache`` (schema, parameters, fingerprint, source summary,
 ``complete``), array ``images`` int16 (N, S, S), ``features.parquet`` and ``quality.json`` beside it.
+
+A store is a local folder or an fsspec URL (``s3://bucket/store.zarr``, ``gs://...``, ``file://...``):
+every function here takes either, through :class:`neurocache.remote.StoreLocation`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from zarr.codecs import BloscCodec
 
 from neurocache import SCHEMA_VERSION, __version__
 from neurocache.config import PrepConfig
+from neurocache.remote import StoreLocation, StoreURL
 
 ATTRS_KEY = "neurocache"
 FEATURES_FILE = "features.parquet"
@@ -52,21 +56,21 @@ def create_image_array(group: zarr.Group, name: str, n: int, cfg: PrepConfig) ->
     )
 
 
-def read_attrs(path: str | Path) -> dict[str, Any] | None:
+def read_attrs(path: str | Path | StoreLocation) -> dict[str, Any] | None:
     """The ``neurocache`` attrs of a store, or None when there is no readable store at ``path``."""
-    p = Path(path)
-    if not (p / "zarr.json").is_file():
+    loc = StoreLocation(path)
+    if not loc.isfile("zarr.json"):
         return None
     try:
-        group = zarr.open_group(str(p), mode="r")
+        group = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
         return dict(group.attrs.get(ATTRS_KEY, {})) or None
     except Exception:
         return None
 
 
-def write_attrs(path: str | Path, attrs: dict[str, Any]) -> None:
+def write_attrs(path: str | Path | StoreLocation, attrs: dict[str, Any]) -> None:
     """Replace the store's ``neurocache`` attrs."""
-    group = zarr.open_group(str(path), mode="r+")
+    group = zarr.open_group(StoreLocation(path).zarr_store(), mode="r+")
     group.attrs[ATTRS_KEY] = attrs
 
 
@@ -81,13 +85,13 @@ class Store:
     """A complete store opened for reading.
 
     Attributes:
-        path: the store's folder.
+        path: the store's folder (a ``Path``), or its URL (a :class:`neurocache.remote.StoreURL`).
         attrs: the ``neurocache`` group attrs.
         images: the int16 (N, S, S) Zarr array, HU.
         features: the feature table, one row per input file.
     """
 
-    path: Path
+    path: Path | StoreURL
     attrs: dict[str, Any]
     images: zarr.Array
     features: pd.DataFrame
@@ -106,22 +110,23 @@ class Store:
         return ok.sort_values("row").reset_index(drop=True)
 
     def quality(self) -> dict[str, Any]:
-        return json.loads((self.path / QUALITY_FILE).read_text())
+        return json.loads(StoreLocation(self.path).read_text(QUALITY_FILE))
 
 
-def open_store(path: str | Path, *, expect: PrepConfig | None = None) -> Store:
+def open_store(path: str | Path | StoreLocation, *, expect: PrepConfig | None = None) -> Store:
     """Open a store for reading, refusing what cannot be trusted.
 
     Args:
-        path: the store folder (``STORE.zarr``).
+        path: the store folder (``STORE.zarr``) or URL (``s3://bucket/STORE.zarr``).
         expect: the preprocessing the caller needs; a store with another fingerprint is refused.
 
     Raises:
         StoreError: missing store, other schema, not ``complete`` (an interrupted build), or a
             fingerprint that differs from ``expect`` (the message lists the differing parameters).
     """
-    p = Path(path)
-    attrs = read_attrs(p)
+    loc = StoreLocation(path)
+    p = loc.display
+    attrs = read_attrs(loc)
     if attrs is None:
         raise StoreError(f"no neurocache store at {p}: run `neurocache build --store {p} ...` (or `make cache`) first")
     if attrs.get("schema_version") != SCHEMA_VERSION:
@@ -142,34 +147,43 @@ def open_store(path: str | Path, *, expect: PrepConfig | None = None) -> Store:
             f"Rebuild with the config's preprocess section (`neurocache build --config ... --store NEW.zarr`) "
             f"or set the config's preprocess section to the store's."
         )
-    group = zarr.open_group(str(p), mode="r")
-    features = pd.read_parquet(p / FEATURES_FILE)
+    group = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
+    features = loc.read_parquet(FEATURES_FILE)
     return Store(path=p, attrs=attrs, images=group["images"], features=features)
 
 
-def remove_store(path: str | Path) -> None:
+def remove_store(path: str | Path | StoreLocation) -> None:
     """Delete a store folder (used by ``--force`` and by a from-scratch rebuild).
 
     The group's ``zarr.json`` (which holds ``complete``) goes first, so a removal killed half-way
     leaves a folder no reader accepts; the build recognises such remains and rebuilds into them.
     """
-    p = Path(path)
+    loc = StoreLocation(path)
+    if loc.path is None:
+        if loc.exists():
+            loc.rm("zarr.json")
+            loc.rm()
+        return
+    p = loc.path
     if not p.exists():
         return
     (p / "zarr.json").unlink(missing_ok=True)
     shutil.rmtree(p)
 
 
-def dir_bytes(path: str | Path) -> int:
-    """Bytes on disk of every file under ``path``."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
-    return total
+def dir_bytes(path: str | Path | StoreLocation) -> int:
+    """Bytes on disk (or in the object store) of every file under ``path``."""
+    loc = StoreLocation(path)
+    if loc.path is not None:
+        total = 0
+        for root, _dirs, files in os.walk(loc.path):
+            for f in files:
+                try:
+                    total += os.path.getsize(os.path.join(root, f))
+                except OSError:
+                    pass
+        return total
+    return loc.size()
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -177,6 +191,11 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
     os.replace(tmp, path)
+
+
+def write_store_json(store: str | Path | StoreLocation, name: str, obj: Any) -> None:
+    """:func:`write_json` of a member of a store (local or remote), e.g. ``quality.json``."""
+    StoreLocation(store).write_json(name, obj, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:

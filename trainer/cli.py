@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cv = sub.add_parser("cv", help="split, cross-validate, build threshold tables and pick the threshold",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    cv.add_argument("--store", type=Path, required=True, help="neurocache store (built by `neurocache build`)")
+    cv.add_argument("--store", required=True, help="neurocache store (built by `neurocache build`): a folder or an fsspec URL "
+                    "(s3://bucket/store.zarr, gs://..., file://...); credentials come from the environment, never from flags")
     cv.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="YAML config")
     cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable; nested keys with dots, e.g. aug.degrees=5)")
     cv.add_argument("--config-json", default=None, help="JSON file or inline JSON object of config overrides (applied after --config)")
@@ -44,11 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--threshold-strategy", choices=("max_f1", "sens_target"), default=None)
     seed.add_argument("--sens-target", type=float, default=None)
     cv.add_argument("--quiet", action="store_true", help="no progress bars")
+    cl = cv.add_argument_group("cluster (dask.distributed)")
+    cl.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                    help="run each fold (each grid candidate x fold) as a task on an existing Dask cluster: tcp://HOST:PORT "
+                         "or a scheduler-file JSON; the workers open --store themselves (a path or URL they can see)")
+    cl.add_argument("--fold-resources", default="GPU=1", metavar="NAME=N[,...]",
+                    help="worker resources each fold task needs (workers started with --resources \"GPU=1\" run one fold "
+                         "at a time); 'none' for no constraint. Ignored without --scheduler")
 
     fi = sub.add_parser("final", help="train on the training pool, score the held-out test once",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     fi.add_argument("--cv-run", type=Path, required=True, help="a cv run folder (its config, split and threshold are used)")
-    fi.add_argument("--store", type=Path, default=None, help="store to read (default: the cv run's store)")
+    fi.add_argument("--store", default=None, help="store to read, a folder or an fsspec URL (default: the cv run's store)")
     fi.add_argument("--out", type=Path, default=Path("outputs"), help="folder for run folders")
     fi.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -63,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="(re)write report.html of a cv or final run")
     rp.add_argument("run", type=Path, help="a cv or final run folder")
-    rp.add_argument("--store", type=Path, default=None, help="store to read the manifest and images from (default: the run's)")
+    rp.add_argument("--store", default=None, help="store to read the manifest and images from (default: the run's)")
     rp.add_argument("--out", type=Path, default=None, help="HTML file to write (default: RUN/report.html)")
     return p
 
@@ -74,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from neurocache.store import StoreError
     from trainer.final import RunError
     from trainer.model import WeightsUnavailableError
+    from trainer.distributed import ClusterError
     from trainer.thresholds import ThresholdUnreachableError
 
     try:
@@ -82,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _report(args)
         return _cv(args) if args.command == "cv" else _final(args)
-    except (ConfigError, StoreError, RunError, WeightsUnavailableError, ThresholdUnreachableError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, StoreError, RunError, WeightsUnavailableError, ThresholdUnreachableError, ClusterError,
+            FileNotFoundError, ValueError) as e:
         print(f"trainer {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -116,45 +126,77 @@ def _setup(cfg: dict[str, Any]):
     return pick_device(cfg["device"])
 
 
-def _cv(args: argparse.Namespace) -> int:
-    import numpy as np
+def _check_store_arg(store: str | None) -> None:
+    """Refuse an unusable --store (e.g. a URL with credentials in it) before any run folder is written."""
+    if store:
+        from neurocache.remote import StoreLocation
 
+        StoreLocation(store)
+
+
+def _cv(args: argparse.Namespace) -> int:
     from trainer.config import load_config
-    from trainer.cv import load_grid, run_folds, run_grid, split_table, write_cv_outputs
-    from trainer.data import load_dataset
-    from trainer.examples import plot_examples
-    from trainer.loops import make_transform
-    from trainer.runs import environment, new_run_dir, write_json
+    from trainer.cv import load_grid
 
     t0 = time.perf_counter()
     flags = {k: getattr(args, k) for k in ("seed", "test_size", "k_folds", "batch_size", "num_workers", "out_size",
                                            "holdout_frac", "prep_plot_n", "threshold_strategy", "sens_target")}
     cfg = load_config(args.config, config_json=args.config_json, flags=flags, sets=args.set)
     grid = load_grid(args.grid) if args.run_grid else None
+    _check_store_arg(args.store)
+    client, resources = None, {}
+    if args.scheduler:
+        from trainer.distributed import check_workers, connect, parse_resources
+
+        resources = parse_resources(args.fold_resources)
+        client = connect(args.scheduler)
+    try:
+        if client is not None:
+            check_workers(client, resources)
+        return _cv_run(args, cfg, grid, client, resources, t0)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resources: dict[str, float], t0: float) -> int:
+    import numpy as np
+
+    from trainer.cv import run_folds, run_grid, split_table, write_cv_outputs
+    from trainer.data import load_dataset
+    from trainer.distributed import FoldRunner, store_address
+    from trainer.examples import plot_examples
+    from trainer.loops import make_transform
+    from trainer.runs import environment, new_run_dir, write_json
+
     device = _setup(cfg)
     run = new_run_dir(args.out, "cv")
     write_json(run / "run_args.json", {"argv": sys.argv, **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
     write_json(run / "effective_config.json", cfg)
     data = load_dataset(str(args.store), cfg, device)
-    write_json(run / "store.json", {"path": str(Path(args.store).resolve()), "fingerprint": data.store.fingerprint,
+    write_json(run / "store.json", {"path": store_address(args.store), "fingerprint": data.store.fingerprint,
                                     "n_ok": len(data.table), "environment": environment(device)})
     split = split_table(data, cfg)
     split.to_csv(run / "split.csv", index=False)
+    runner = None
+    if client is not None:
+        runner = FoldRunner(client, store_address(args.store), split, resources=resources)
     pool = np.flatnonzero(~split["test"].to_numpy())
     tf = make_transform(cfg)
     for label in (0, 1):
         plot_examples(data, pool, label, cfg["prep_plot_n"], tf, run / f"preprocessing_examples_label{label}.png", cfg["seed"])
     epochs = cfg["epochs_head"] + cfg["epochs_ft"]
     bar = lambda desc: _EpochBar(desc, epochs, args.quiet)  # noqa: E731
+    where = f"{device}" if runner is None else f"the Dask cluster {args.scheduler} (resources {resources or 'none'} per fold)"
     print(f"cv: {len(data.table)} slices ({int(data.labels.sum())} positive), {len(set(data.groups))} groups by "
-          f"{cfg['group_by']}; train pool {len(pool)}, test {int(split['test'].sum())}; {cfg['k_folds']} folds on {device}; run {run}",
+          f"{cfg['group_by']}; train pool {len(pool)}, test {int(split['test'].sum())}; {cfg['k_folds']} folds on {where}; run {run}",
           file=sys.stderr)
     if grid:
-        table, cfg, res = run_grid(data, split, cfg, grid, progress=bar)
+        table, cfg, res = run_grid(data, split, cfg, grid, progress=bar, runner=runner)
         table.to_csv(run / "grid_results.csv", index=False)
         write_json(run / "effective_config.json", cfg)  # the chosen candidate is what final will use
     else:
-        res = run_folds(data, split, cfg, progress=bar)
+        res = run_folds(data, split, cfg, progress=bar, runner=runner)
     from trainer.data import group_keys
 
     patients = dict(zip(data.table["ID"].astype(str), group_keys(data.table, "patient")))
@@ -171,14 +213,16 @@ def _cv(args: argparse.Namespace) -> int:
 
 def _final(args: argparse.Namespace) -> int:
     from trainer.data import load_dataset
+    from trainer.distributed import store_address
     from trainer.final import read_cv_run, run_final
     from trainer.runs import environment, new_run_dir, write_json
 
     t0 = time.perf_counter()
+    _check_store_arg(args.store)
     cv = read_cv_run(args.cv_run)
     cfg = cv["config"]
     device = _setup(cfg)
-    store = args.store or Path(cv["store"]["path"])
+    store = args.store or cv["store"]["path"]
     data = load_dataset(str(store), cfg, device)
     if data.store.fingerprint != cv["store"]["fingerprint"]:
         from trainer.final import RunError
@@ -187,7 +231,7 @@ def _final(args: argparse.Namespace) -> int:
     run = new_run_dir(args.out, "final")
     write_json(run / "run_args.json", {"argv": sys.argv, "cv_run": str(args.cv_run), "store": str(store)})
     write_json(run / "effective_config.json", cfg)
-    write_json(run / "store.json", {**cv["store"], "path": str(Path(store).resolve()), "environment": environment(device)})
+    write_json(run / "store.json", {**cv["store"], "path": store_address(store), "environment": environment(device)})
     bar = _EpochBar("final", cfg["epochs_head"] + cfg["epochs_ft"], args.quiet)
     m = run_final(data, cv, run, on_epoch=bar.update)
     bar.close()

@@ -38,36 +38,82 @@ def split_table(data: Dataset, cfg: dict[str, Any]) -> pd.DataFrame:
     )
 
 
-def run_folds(
-    data: Dataset, split: pd.DataFrame, cfg: dict[str, Any], *, progress: Callable[[str], Any] | None = None
+def fold_rows(split: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, validation) of fold ``k``: the other folds' pool rows, and fold ``k``'s rows."""
+    tr = np.flatnonzero((~split["test"] & (split["fold"] != k)).to_numpy())
+    va = np.flatnonzero((split["fold"] == k).to_numpy())
+    return tr, va
+
+
+def fold_ids(split: pd.DataFrame) -> list[int]:
+    """The folds of the split's training pool, in order."""
+    return [int(k) for k in sorted(split.loc[~split["test"], "fold"].unique())]
+
+
+def run_fold(
+    data: Dataset, split: pd.DataFrame, cfg: dict[str, Any], k: int, *,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one model per fold; return OOF predictions, histories and per-fold scores."""
-    oof_parts, hist_parts, folds = [], [], []
-    fold_ids = sorted(split.loc[~split["test"], "fold"].unique())
+    """Train and score fold ``k`` (seed ``cfg["seed"] + k``); the one per-fold body of every CV path.
+
+    Used in turn by :func:`run_folds` and, inside a dask.distributed worker, by
+    :func:`trainer.distributed.fold_task`, so a fold-parallel CV is the sequential one by construction.
+
+    Returns plain Python values (small enough to send back from a worker):
+    ``{"oof": {"ID": [...], "label": [...], "prob": [...], "fold": [...]}, "history": [epoch rows],
+    "fold": {"fold", "best_val_auprc", "train_auc", "n_train", "n_val", "seconds", "device"}}``.
+    """
+    k = int(k)
+    tr, va = fold_rows(split, k)
+    t0 = time.perf_counter()
     tf = make_transform(cfg)
-    for k in fold_ids:
-        tr = np.flatnonzero((~split["test"] & (split["fold"] != k)).to_numpy())
-        va = np.flatnonzero((split["fold"] == k).to_numpy())
-        t0 = time.perf_counter()
-        bar = progress(f"fold {k + 1}/{len(fold_ids)}") if progress else None
-        model, hist, best = train_model(
-            data, tr, va, cfg, seed=int(cfg["seed"]) + int(k),
-            on_epoch=(lambda r, bar=bar: bar.update(r)) if bar else None,
-        )
+    model, hist, best = train_model(data, tr, va, cfg, seed=int(cfg["seed"]) + k, on_epoch=on_epoch)
+    p_val = predict(model, data, va, tf, cfg)
+    p_tr = predict(model, data, tr, tf, cfg)
+    y_tr = data.labels[tr]
+    train_auc = float(roc_auc_score(y_tr, p_tr)) if len(np.unique(y_tr)) == 2 else float("nan")
+    return {
+        "oof": {"ID": [str(i) for i in split["ID"].to_numpy()[va]], "label": data.labels[va].tolist(),
+                "prob": np.asarray(p_val, dtype=np.float64).tolist(), "fold": [k] * len(va)},
+        "history": [{key: (v.item() if isinstance(v, np.generic) else v) for key, v in r.items()} for r in hist],
+        "fold": {"fold": k, "best_val_auprc": float(best), "train_auc": train_auc, "n_train": len(tr), "n_val": len(va),
+                 "seconds": time.perf_counter() - t0, "device": str(data.device)},
+    }
+
+
+def collect_folds(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The :func:`run_fold` results of every fold -> ``{"oof", "histories", "folds"}`` (frames ordered by fold)."""
+    parts = sorted(parts, key=lambda r: r["fold"]["fold"])
+    oof = pd.concat([pd.DataFrame(r["oof"], columns=["ID", "label", "prob", "fold"]) for r in parts], ignore_index=True)
+    hist = pd.concat([pd.DataFrame(r["history"]).assign(fold=r["fold"]["fold"]) for r in parts], ignore_index=True)
+    cols = ["fold"] + [c for c in hist.columns if c != "fold"]
+    return {"oof": oof, "histories": hist[cols], "folds": [dict(r["fold"]) for r in parts]}
+
+
+#: ``runner(jobs)`` runs ``[(cfg, fold), ...]`` and returns their :func:`run_fold` results in the same
+#: order (e.g. :meth:`trainer.distributed.FoldRunner.__call__`, one Dask task per job); None: in turn, here.
+FoldRunnerFn = Callable[[list[tuple[dict[str, Any], int]]], list[dict[str, Any]]]
+
+
+def run_folds(
+    data: Dataset, split: pd.DataFrame, cfg: dict[str, Any], *, progress: Callable[[str], Any] | None = None,
+    runner: FoldRunnerFn | None = None,
+) -> dict[str, Any]:
+    """Train one model per fold; return OOF predictions, histories and per-fold scores.
+
+    With ``runner`` the folds run wherever it sends them (a dask.distributed cluster); without, in
+    turn on ``data``'s device. Both call :func:`run_fold` for each fold.
+    """
+    ids = fold_ids(split)
+    if runner is not None:
+        return collect_folds(runner([(cfg, k) for k in ids]))
+    parts = []
+    for k in ids:
+        bar = progress(f"fold {k + 1}/{len(ids)}") if progress else None
+        parts.append(run_fold(data, split, cfg, k, on_epoch=(lambda r, bar=bar: bar.update(r)) if bar else None))
         if bar:
             bar.close()
-        p_val = predict(model, data, va, tf, cfg)
-        p_tr = predict(model, data, tr, tf, cfg)
-        y_tr = data.labels[tr]
-        train_auc = float(roc_auc_score(y_tr, p_tr)) if len(np.unique(y_tr)) == 2 else float("nan")
-        oof_parts.append(pd.DataFrame({"ID": split["ID"].to_numpy()[va], "label": data.labels[va], "prob": p_val, "fold": k}))
-        hist_parts.append(pd.DataFrame(hist).assign(fold=k))
-        folds.append({"fold": int(k), "best_val_auprc": best, "train_auc": train_auc, "n_train": len(tr), "n_val": len(va),
-                      "seconds": time.perf_counter() - t0})
-    oof = pd.concat(oof_parts, ignore_index=True)
-    hist = pd.concat(hist_parts, ignore_index=True)
-    cols = ["fold"] + [c for c in hist.columns if c != "fold"]
-    return {"oof": oof, "histories": hist[cols], "folds": folds}
+    return collect_folds(parts)
 
 
 def summarise(result: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
@@ -90,15 +136,26 @@ def load_grid(path: str | Path) -> list[dict[str, Any]]:
 
 
 def run_grid(
-    data: Dataset, split: pd.DataFrame, cfg: dict[str, Any], grid: list[dict[str, Any]], *, progress=None
+    data: Dataset, split: pd.DataFrame, cfg: dict[str, Any], grid: list[dict[str, Any]], *, progress=None,
+    runner: FoldRunnerFn | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
-    """Cross-validate every candidate; return the grid table, the best config and its CV result."""
-    rows, best = [], None
+    """Cross-validate every candidate; return the grid table, the best config and its CV result.
+
+    With ``runner`` every candidate x fold is one job, all submitted at once.
+    """
+    cands = []
     for i, over in enumerate(grid):
         if "preprocess" in over or any(k in over for k in ("seed", "test_size", "k_folds", "group_by")):
             raise ConfigError(f"grid candidate {i} changes the split or preprocessing ({over}); only training keys may vary")
-        c = _validate(_merge(copy.deepcopy(cfg), over))
-        res = run_folds(data, split, c, progress=progress)
+        cands.append(_validate(_merge(copy.deepcopy(cfg), over)))
+    if runner is not None:
+        ids = fold_ids(split)
+        parts = runner([(c, k) for c in cands for k in ids])
+        results = [collect_folds(parts[i * len(ids) : (i + 1) * len(ids)]) for i in range(len(cands))]
+    else:
+        results = [run_folds(data, split, c, progress=progress) for c in cands]
+    rows, best = [], None
+    for i, (over, c, res) in enumerate(zip(grid, cands, results)):
         s = summarise(res, c)
         rows.append({"candidate": i, **{k: str(v) for k, v in over.items()}, "cv_auprc_mean": s["best_mean"], "cv_auprc_std": s["best_std"]})
         if best is None or s["best_mean"] > best[0]:
