@@ -129,9 +129,10 @@ class Dataset:
             yield from _stream(self.images, order, batch_size, generator if shuffle else None,
                                self.stream_shards, drop_last)
             return
+        order = order.to(self.device, non_blocking=True)  # one host -> device copy per epoch
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
         for i in range(0, stop, batch_size):
-            b = order[i : i + batch_size].to(self.device, non_blocking=True)
+            b = order[i : i + batch_size]
             yield b, self.images[b]
 
 

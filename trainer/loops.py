@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from trainer.data import Dataset, batch_indices
+from trainer.data import Dataset, batch_indices  # noqa: F401 - batch_indices re-exported for callers
 from trainer.model import build_model, make_optimizer, set_trainable
 from trainer.transforms import BatchTransform
 
@@ -36,17 +36,74 @@ def _autocast(device: torch.device, cfg: dict[str, Any]):
 
 @torch.inference_mode()
 def predict(model: nn.Module, data: Dataset, idx: np.ndarray, tf: BatchTransform, cfg: dict[str, Any]) -> np.ndarray:
-    """Probabilities (sigmoid of the logit) for rows ``idx``, float64 (len(idx),), eval mode, no augmentation."""
+    """Probabilities (sigmoid of the logit) for rows ``idx``, float64 (len(idx),), eval mode, no augmentation.
+
+    Batches of ``eval_batch_size`` (larger than training batches: no activations are kept under
+    ``inference_mode``); the probabilities stay on the device until one copy at the end.
+    """
     model.eval()
-    out = []
-    bs = int(cfg["eval_batch_size"])
-    for i in range(0, len(idx), bs):
-        b = torch.as_tensor(idx[i : i + bs], dtype=torch.long, device=data.device)
-        x = tf(data.images[b], train=False)
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    if len(idx) == 0:
+        return np.zeros(0)
+    rows, probs = [], []
+    for b, hu in data.batches(idx, int(cfg["eval_batch_size"]), shuffle=False):
+        x = tf(hu, train=False)
         with _autocast(data.device, cfg):
             logits = model(x).float().squeeze(1)
-        out.append(torch.sigmoid(logits).cpu())
-    return torch.cat(out).double().numpy() if out else np.zeros(0)
+        probs.append(torch.sigmoid(logits))
+        rows.append(b)
+    p = torch.cat(probs).double().cpu().numpy()  # the one device -> host copy (a sync point)
+    r = torch.cat(rows).cpu().numpy()
+    if np.array_equal(r, idx):
+        return p
+    # Streaming visits rows shard by shard: put each probability back at its row's place in idx.
+    out = np.empty(len(idx), dtype=np.float64)
+    out[np.argsort(idx, kind="stable")] = p[np.argsort(r, kind="stable")]
+    return out
+
+
+class _StepClock:
+    """Time a training step spends obtaining its batch vs the whole step.
+
+    CPU: wall clock. CUDA: events recorded on the stream before the batch is requested and once it
+    is transformed; the GPU time between them is the time the device waited for data (the host
+    blocked on a shard, or launching and running the batch's ops), read after one sync per epoch.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[Any, Any]] = []
+        self.first: Any = None
+        self.end: Any = None
+        self._start: Any = None
+
+    def _now(self) -> Any:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def batch_requested(self) -> None:
+        self._start = self._now()
+        if self.first is None:
+            self.first = self._start
+
+    def batch_ready(self) -> None:
+        self.marks.append((self._start, self._now()))
+
+    def stop(self) -> None:
+        self.end = self._now()
+
+    def totals(self) -> tuple[float, float]:
+        """(seconds waiting for data, seconds of all steps)."""
+        if self.first is None or not self.marks:
+            return 0.0, 0.0
+        if self.cuda:
+            self.end.synchronize()
+            wait = sum(a.elapsed_time(b) for a, b in self.marks) / 1e3
+            return wait, self.first.elapsed_time(self.end) / 1e3
+        return sum(b - a for a, b in self.marks), self.end - self.first
 
 
 def _scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
@@ -106,11 +163,18 @@ def fit_stage(
     for epoch in range(1, epochs + 1):
         model.train()
         t0, losses, seen = time.perf_counter(), [], 0
-        for b in batch_indices(train_idx, data.labels, int(cfg["batch_size"]), generator=generator, sampler=cfg["sampler"]):
+        clock = _StepClock(data.device)
+        batches = data.batches(train_idx, int(cfg["batch_size"]), generator=generator, sampler=cfg["sampler"])
+        while True:
+            clock.batch_requested()
+            nxt = next(batches, None)
+            if nxt is None:
+                break
+            b, hu = nxt
             if len(b) < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            b = b.to(data.device, non_blocking=True)
-            x = tf(data.images[b], train=True, generator=generator)
+            x = tf(hu, train=True, generator=generator)
+            clock.batch_ready()
             with _autocast(data.device, cfg):
                 loss = loss_fn(model(x).float().squeeze(1), y_all[b])
             opt.zero_grad(set_to_none=True)
@@ -118,14 +182,19 @@ def fit_stage(
             opt.step()
             losses.append(loss.detach())
             seen += len(b)
+        clock.stop()
         train_loss = float(torch.stack(losses).mean()) if losses else float("nan")  # one sync per epoch
+        train_secs = time.perf_counter() - t0
+        wait_s, step_s = clock.totals()
         p_val = predict(model, data, val_idx, tf, cfg)
         with torch.no_grad():
             val_loss = float(nn.functional.binary_cross_entropy(torch.as_tensor(p_val).clamp(1e-7, 1 - 1e-7), torch.as_tensor(y_val, dtype=torch.float64)))
         ap, auc = _scores(y_val, p_val)
         secs = time.perf_counter() - t0
         rec = {"stage": stage, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auprc": ap,
-               "val_auc": auc, "seconds": secs, "images_per_s": seen / secs if secs else float("nan")}
+               "val_auc": auc, "seconds": secs, "images_per_s": seen / secs if secs else float("nan"),
+               "train_seconds": train_secs, "train_images_per_s": seen / train_secs if train_secs else float("nan"),
+               "data_wait_s": wait_s, "data_wait_frac": wait_s / step_s if step_s else float("nan")}
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
@@ -158,8 +227,10 @@ def train_model(
     gen = torch.Generator().manual_seed(seed)
     tf = make_transform(cfg)
     model = build_model(weights=cfg["weights"], dropout=cfg["dropout"], in_channels=tf.channels).to(data.device)
-    if data.device.type == "cuda" and cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    if data.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
+        if cfg["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
     run_model = torch.compile(model) if cfg["compile"] else model
     a = fit_stage(run_model, data, train_idx, val_idx, tf, cfg, stage="head", generator=gen, on_epoch=on_epoch)
     b = fit_stage(run_model, data, train_idx, val_idx, tf, cfg, stage="ft", generator=gen, on_epoch=on_epoch)

@@ -17,6 +17,7 @@ augmentation on CPU and GPU.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -178,6 +179,25 @@ def _affine_thetas(
     return theta
 
 
+def _affine_grid(theta: Tensor, n: int, height: int, width: int) -> Tensor:
+    """``F.affine_grid(theta, [n, C, height, width], align_corners=False)``, computed faster.
+
+    Every grid point is ``theta @ (x, y, 1)``, and x depends only on the column and y only on the
+    row, so the grid is two broadcast outer sums written straight into the (n, H, W, 2) output.
+    On 2 CPU threads this is ~3-4x cheaper than ``affine_grid``'s batched matmul over the
+    (n, H*W, 3) base grid, which costs more than the ``grid_sample`` that follows it; it agrees
+    with it to float32 rounding (~2e-7 in normalised coordinates).
+    """
+    xs = torch.arange(width, dtype=theta.dtype, device=theta.device).mul_(2).add_(1).div_(width).sub_(1)
+    ys = torch.arange(height, dtype=theta.dtype, device=theta.device).mul_(2).add_(1).div_(height).sub_(1)
+    grid = torch.empty((n, height, width, 2), dtype=theta.dtype, device=theta.device)
+    for k in range(2):
+        ax = theta[:, k, 0, None] * xs  # (n, W)
+        by = theta[:, k, 1, None] * ys + theta[:, k, 2, None]  # (n, H)
+        torch.add(ax[:, None, :], by[:, :, None], out=grid[..., k])
+    return grid
+
+
 def random_affine(
     x: Tensor,
     *,
@@ -233,7 +253,7 @@ def random_affine(
         n, h, w, degrees=float(degrees), translate=float(translate), scale=(lo, hi),
         hflip_p=float(hflip_p), generator=generator,
     ).to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    grid = _affine_grid(theta, n, h, w)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(-1)
@@ -409,26 +429,69 @@ class BatchTransform:
         if train and generator is None:
             raise ValueError("BatchTransform(train=True) needs a CPU torch.Generator for the augmentation")
         wins = expand_windows(self.windows)
-        unique = list(dict.fromkeys(wins))
-        x = _window_channels(hu_batch, unique)  # (B, U, S, S)
+        unique = tuple(dict.fromkeys(wins))
+        coef = _fused_coefficients(unique, tuple(wins), str(hu_batch.device))
+        # Work in "HU above windowed air": v = clamp(hu, low, high) - clamp(air, low, high). Air is
+        # then exactly 0, so the warp's zero padding *is* the air fill (no validity-mask warp), and
+        # window scaling, channel expansion and normalisation fold into one multiply-add at the end
+        # (resize and warp are linear with weights summing to 1, so the shift commutes with them).
+        x = hu_batch.to(torch.float32).unsqueeze(1)  # (B, 1, S, S); fresh unless hu is float32
+        if len(unique) == 1:
+            low, high = unique[0][0] - unique[0][1] / 2, unique[0][0] + unique[0][1] / 2
+            fresh = x.data_ptr() != hu_batch.data_ptr()
+            x = (x.clamp_(low, high) if fresh else x.clamp(low, high)).sub_(coef["air"][0])
+        else:
+            x = torch.clamp(x, min=coef["low"], max=coef["high"]).sub_(coef["air_t"])  # (B, U, S, S)
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         x = resize(x, self.out_size)
         if train:
             a = self.aug
-            fill = self.air_fill()
-            x = random_affine(
-                x, degrees=a.degrees, translate=a.translate, scale=a.scale, hflip_p=a.hflip_p,
+            n, _, h, w = x.shape
+            theta = _affine_thetas(
+                n, h, w, degrees=a.degrees, translate=a.translate, scale=a.scale, hflip_p=a.hflip_p,
                 generator=generator,  # type: ignore[arg-type]
-                fill=[fill[wins.index(u)] for u in unique],
-            )
-        if len(unique) != len(wins):
-            idx = torch.tensor([unique.index(w) for w in wins], device=x.device)
-            x = x.index_select(1, idx)
-        x = _normalize_(x)  # x is a fresh tensor here: window never returns a view of hu_batch
+            ).to(device=x.device, dtype=x.dtype, non_blocking=True)
+            x = F.grid_sample(x, _affine_grid(theta, n, h, w), mode="bilinear", padding_mode="zeros", align_corners=False)
+        if coef["select"] is not None:
+            x = x.index_select(1, coef["select"])
+        # (B, U or C, H, W) -> (B, C, H, W): windowed-and-normalised = v * scale[c] + shift[c].
+        x = torch.addcmul(coef["shift"], x, coef["scale"])
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+@functools.lru_cache(maxsize=64)
+def _fused_coefficients(
+    unique: tuple[tuple[float, float], ...], wins: tuple[tuple[float, float], ...], device: str
+) -> dict[str, Any]:
+    """Per-channel constants of :meth:`BatchTransform.__call__`'s fused path, made once per device.
+
+    For output channel k using window (c, w): ``low = c - w/2``, ``air = clamp(-1024, low, low + w)``;
+    ``out_k = v * scale_k + shift_k`` with ``scale_k = 1 / (w * std_k)`` and
+    ``shift_k = ((air - low) / w - mean_k) / std_k`` (ImageNet statistics, or their averages when C != 3).
+    """
+    dev = torch.device(device)
+    c = len(wins)
+    mean = list(IMAGENET_MEAN) if c == 3 else [sum(IMAGENET_MEAN) / 3] * c
+    std = list(IMAGENET_STD) if c == 3 else [sum(IMAGENET_STD) / 3] * c
+    lows = [u[0] - u[1] / 2 for u in unique]
+    airs = [min(max(AIR_HU, lo), lo + u[1]) for lo, u in zip(lows, unique)]
+    src = [unique.index(w) for w in wins]
+    scale = [1.0 / (unique[u][1] * std[k]) for k, u in enumerate(src)]
+    shift = [((airs[u] - lows[u]) / unique[u][1] - mean[k]) / std[k] for k, u in enumerate(src)]
+    vec = lambda v: torch.tensor(v, dtype=torch.float32, device=dev).view(1, -1, 1, 1)  # noqa: E731
+    return {
+        "air": airs,
+        "low": vec(lows),
+        "high": vec([lo + u[1] for lo, u in zip(lows, unique)]),
+        "air_t": vec(airs),
+        # U == 1 broadcasts to C channels inside addcmul; U == C in order needs no select.
+        "select": None if len(unique) == 1 or src == list(range(c)) else torch.tensor(src, device=dev),
+        "scale": vec(scale),
+        "shift": vec(shift),
+    }
 
 
 def _normalize_(x: Tensor) -> Tensor:
