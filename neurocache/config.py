@@ -17,6 +17,10 @@ from typing import Any
 import yaml
 
 
+#: blosc filters accepted by ``preprocess.shuffle``.
+SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
+
+
 class ConfigError(ValueError):
     """A config file or key is wrong; the message names the key, the value and the fix."""
 
@@ -42,7 +46,10 @@ class PrepConfig:
             is missing (``fixes`` gets ``assumed_rescale``); None (default) quarantines such a slice
             as ``no_rescale`` (pydicom would silently return the raw stored values).
         shard_size: slices per Zarr shard (one inner chunk per slice).
-        compression_level: zstd level for the ``images`` array.
+        compression_level: blosc-zstd level (0-9) for the ``images`` array; 1 is the fastest to
+            write and, with ``shuffle``, compresses HU slices about as well as higher levels.
+        shuffle: blosc filter before zstd: ``shuffle`` (bytes; the default), ``bitshuffle`` or
+            ``noshuffle``.
     """
 
     size: int = 256
@@ -55,10 +62,11 @@ class PrepConfig:
     fix_12bit_wrap: bool = True
     assume_rescale: tuple[float, float] | None = None
     shard_size: int = 256
-    compression_level: int = 3
+    compression_level: int = 1
+    shuffle: str = "shuffle"
 
     # Parameters that do not change the arrays' values, so they stay out of the fingerprint.
-    _LAYOUT_ONLY = ("shard_size", "compression_level")
+    _LAYOUT_ONLY = ("shard_size", "compression_level", "shuffle")
 
     def __post_init__(self) -> None:
         _check(self.size >= 16, "size", self.size, "an integer >= 16")
@@ -66,6 +74,8 @@ class PrepConfig:
         _check(50.0 < self.skull_percentile < 100.0, "skull_percentile", self.skull_percentile, "a number in (50, 100)")
         _check(-32768 <= self.pad_hu <= 32767, "pad_hu", self.pad_hu, "an int16 value")
         _check(self.shard_size >= 1, "shard_size", self.shard_size, "an integer >= 1")
+        _check(self.compression_level in range(0, 10), "compression_level", self.compression_level, "an integer in 0..9 (0: no compression)")
+        _check(self.shuffle in SHUFFLES, "shuffle", self.shuffle, " or ".join(SHUFFLES))
         _check(len(self.allowed_modalities) > 0, "allowed_modalities", self.allowed_modalities, "a non-empty list")
         _check(isinstance(self.fix_12bit_wrap, bool), "fix_12bit_wrap", self.fix_12bit_wrap, "true or false")
         if self.assume_rescale is not None:

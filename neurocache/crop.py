@@ -20,6 +20,17 @@ def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+def threshold_box(image: np.ndarray, threshold: float) -> tuple[int, int, int, int] | None:
+    """``bounding_box(image >= threshold)`` without the mask: row maxima, then column maxima of the
+    rows in the box (a pixel >= threshold lies in a row whose maximum is)."""
+    rows = np.flatnonzero(image.max(axis=1) >= threshold)
+    if rows.size == 0:
+        return None
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(image[r0:r1].max(axis=0) >= threshold)
+    return r0, r1, int(cols[0]), int(cols[-1]) + 1
+
+
 def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """``image[r0:r1, c0:c1]`` for a box from :func:`bounding_box` (a view, not a copy)."""
     r0, r1, c0, c1 = box

@@ -24,14 +24,16 @@ single-frame enhanced CT is accepted, with the rescale read from its functional 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import io
 import logging
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pydicom
@@ -159,6 +161,7 @@ _QUOTED = re.compile(r"""b?'[^']*'?|b?"[^"]*"?""")
 _UIDLIKE = re.compile(r"\d+(?:\.\d+){3,}")
 _DATELIKE = re.compile(r"\d{6,}")
 _PNLIKE = re.compile(r"\S*\^\S*")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<_io.BytesIO object at 0x7f...>": differs run to run
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
@@ -191,6 +194,7 @@ def safe_message(e: BaseException, ds: pydicom.Dataset | None = None) -> str:
     msg = _UIDLIKE.sub("<uid>", msg)
     msg = _DATELIKE.sub("<number>", msg)
     msg = _PNLIKE.sub("<value>", msg)
+    msg = _ADDRESS.sub("", msg)
     msg = f"{type(e).__name__}: " + " ".join(msg.split())
     if ds is not None:
         for kw in _PHI_KEYWORDS:
@@ -252,8 +256,10 @@ def sop_class_reason(sop_class: str) -> str | None:
     return None
 
 
-def _has_pixel_tag(path: Path) -> bool:
+def _has_pixel_tag(path: Path, raw: bytes | None = None) -> bool:
     """True when the raw bytes hold the (7FE0,0010) tag: the element began but did not parse."""
+    if raw is not None:
+        return any(t in raw for t in _PIXEL_TAGS)
     tail = b""
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -264,13 +270,15 @@ def _has_pixel_tag(path: Path) -> bool:
     return False
 
 
-def _read(path: Path, key: bytes) -> pydicom.Dataset:
-    """dcmread with the reasons for files that are not (Part-10) DICOM or that end too early."""
+def _read(path: Path, key: bytes, raw: bytes | None = None) -> pydicom.Dataset:
+    """dcmread (of ``raw``, the file's bytes, when given) with the reasons for files that are not
+    (Part-10) DICOM or that end too early."""
+    src = (lambda: io.BytesIO(raw)) if raw is not None else (lambda: path)  # noqa: E731 - a fresh source per parse
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(src())
     except InvalidDicomError as e:
         try:
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(src(), force=True)
             meta = header_meta(ds, key)
             looks_dicom = meta["sop_class"] not in ("", INVALID) or meta["modality"] not in ("", INVALID)
         except Exception:
@@ -291,10 +299,10 @@ def _read(path: Path, key: bytes) -> pydicom.Dataset:
         # and returns it empty; the header alone still parses for the table.
         meta = None
         try:
-            meta = header_meta(pydicom.dcmread(path, stop_before_pixels=True), key)
+            meta = header_meta(pydicom.dcmread(src(), stop_before_pixels=True), key)
         except Exception:
             pass
-        if _has_pixel_tag(path):
+        if _has_pixel_tag(path, raw):
             raise Quarantine("truncated_pixel_data", f"{path.name}: the file ends inside (7FE0,0010) Pixel Data", meta)
         raise Quarantine("unreadable", f"{path.name}: no data element could be parsed after the file meta", meta)
     return ds
@@ -339,26 +347,40 @@ def _rescale(ds: pydicom.Dataset, meta: dict[str, Any], cfg: PrepConfig, name: s
     return float(slope), float(intercept), fixes, notes
 
 
-def read_slice(path: str | Path, cfg: PrepConfig, key: bytes) -> SliceData:
+def read_slice(path: str | Path, cfg: PrepConfig, key: bytes, raw: bytes | None = None) -> SliceData:
     """Read header and pixels of one file (one parse) and check it is a usable CT slice.
+
+    ``raw``: the file's content when the caller has read it already (the file is then not opened;
+    ``path`` only names it in messages).
 
     Raises:
         Quarantine: with the reason code and the tag/value that caused it.
     """
     path = Path(path)
+    with quiet_pydicom(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _read_slice(path, cfg, key, raw)
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """pydicom's logger at ERROR for the duration: it logs a warning for every oddity, and the
+    quarantine reasons say what matters. Nested uses cost nothing (``Logger.setLevel`` clears
+    every logger's cache, so the build holds it once per batch rather than once per file)."""
     log = logging.getLogger("pydicom")
     level = log.level
-    log.setLevel(logging.ERROR)  # pydicom logs a warning for every oddity; the reasons say what matters
+    if level >= logging.ERROR:
+        yield
+        return
+    log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return _read_slice(path, cfg, key)
+        yield
     finally:
         log.setLevel(level)
 
 
-def _read_slice(path: Path, cfg: PrepConfig, key: bytes) -> SliceData:
-    ds = _read(path, key)
+def _read_slice(path: Path, cfg: PrepConfig, key: bytes, raw: bytes | None = None) -> SliceData:
+    ds = _read(path, key, raw)
     try:
         meta = header_meta(ds, key)
     except Exception as e:
@@ -384,7 +406,7 @@ def _read_slice(path: Path, cfg: PrepConfig, key: bytes) -> SliceData:
             meta,
         )
     if "PixelData" not in ds:
-        if _has_pixel_tag(path):
+        if _has_pixel_tag(path, raw):
             raise Quarantine("truncated_pixel_data", f"{name}: the file ends inside (7FE0,0010) Pixel Data", meta)
         raise Quarantine("no_pixel_data", f"{name}: no (7FE0,0010) Pixel Data element", meta)
     frames = meta["n_frames"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,31 @@ def _count_le(offset: int, cumulative: np.ndarray, stored_value: float) -> int:
     return int(cumulative[min(i, len(cumulative) - 1)])
 
 
+def histogram_moments(offset: int, cumulative: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the stored values, from their histogram.
+
+    Exact: the sums are integers (``sum(v)`` and ``sum((v - offset)**2)`` over the pixels), so the
+    mean is the correctly rounded ``sum / n`` (what ``stored.mean(dtype=float64)`` returns while the
+    sum is below 2**53) and the variance the correctly rounded ``(n*S2 - S1**2) / n**2`` (numpy's
+    two-pass float sum may differ from it in the last bits). A few thousand bins instead of a pass
+    over every pixel.
+    """
+    n = int(cumulative[-1])
+    counts = np.diff(cumulative, prepend=0)
+    k = len(counts)
+    if n * (k - 1) ** 2 < 2**62:  # int64 sums cannot overflow
+        v = np.arange(k, dtype=np.int64)
+        cv = counts * v
+        s1, s2 = int(cv.sum()), int(cv @ v)
+    else:  # a huge value range: exact Python integers over the occupied bins
+        nz = np.flatnonzero(counts)
+        s1 = sum(int(counts[i]) * int(i) for i in nz)
+        s2 = sum(int(counts[i]) * int(i) * int(i) for i in nz)
+    mean = (offset * n + s1) / n
+    var = (n * s2 - s1 * s1) / (n * n)
+    return float(mean), math.sqrt(var)
+
+
 def hu_features(
     stored: np.ndarray, offset: int, cumulative: np.ndarray, slope: float, intercept: float
 ) -> dict[str, float]:
@@ -38,8 +64,7 @@ def hu_features(
     """
     n = int(cumulative[-1])
     p1, p50, p99 = histogram_percentiles(offset, cumulative, (1.0, 50.0, 99.0))
-    mean = float(stored.mean(dtype=np.float64))
-    std = float(stored.std(dtype=np.float64))
+    mean, std = histogram_moments(offset, cumulative)
     to_stored = lambda hu: (hu - intercept) / slope  # noqa: E731 - tiny local inverse LUT
     air = _count_le(offset, cumulative, np.nextafter(to_stored(AIR_MAX_HU), -np.inf))
     brain = _count_le(offset, cumulative, to_stored(BRAIN_BAND_HU[1])) - _count_le(

@@ -22,9 +22,21 @@ def stored_histogram(stored: np.ndarray) -> tuple[int, np.ndarray]:
     if not np.issubdtype(stored.dtype, np.integer):
         raise TypeError(f"stored_histogram needs an integer array, got dtype {stored.dtype}")
     flat = stored.ravel()
-    lo = int(flat.min())
-    counts = np.bincount((flat.astype(np.int64, copy=False) - lo))
+    lo, hi = int(flat.min()), int(flat.max())
+    n_bins = hi - lo + 1
+    # Counted a block at a time through one small index buffer: no image-sized int64 temporaries.
+    counts = np.zeros(n_bins, dtype=np.intp)
+    buf = np.empty(min(flat.size, _BLOCK), dtype=np.intp)
+    off = np.intp(lo)
+    for i in range(0, flat.size, _BLOCK):
+        part = flat[i : i + _BLOCK]
+        b = buf[: part.size]
+        np.subtract(part, off, out=b, dtype=np.intp)
+        counts += np.bincount(b, minlength=n_bins)
     return lo, np.cumsum(counts)
+
+
+_BLOCK = 1 << 16  # values per bincount in stored_histogram
 
 
 def histogram_percentiles(offset: int, cumulative: np.ndarray, qs: list[float] | tuple[float, ...]) -> np.ndarray:

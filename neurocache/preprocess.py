@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from neurocache.config import PrepConfig
-from neurocache.crop import bounding_box, letterbox, to_int16
+from neurocache.crop import letterbox, threshold_box, to_int16
 from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
 from neurocache.hu import histogram_percentiles, stored_histogram, stored_to_hu
@@ -66,7 +66,7 @@ def preprocess_slice(data: SliceData, cfg: PrepConfig, name: str = "slice") -> P
             f"({float(p_floor) * data.slope + data.intercept:g} HU), so there is no bone to box",
         )
     # Thresholds compare stored values: exact, and no full-size float image is needed for the mask.
-    box = bounding_box(stored >= p_skull)
+    box = threshold_box(stored, p_skull)
     if box is None or min(box[1] - box[0], box[3] - box[2]) < cfg.min_box_pixels:
         raise Quarantine(
             "no_skull",
@@ -97,6 +97,17 @@ def file_digest(path: Path) -> tuple[int, str]:
             h.update(block)
             n += len(block)
     return n, h.hexdigest()
+
+
+def read_file(path: Path) -> bytes:
+    """The whole content of a regular file. A symlink, FIFO or device swapped in after the caller's
+    ``lstat`` is not followed or waited on (``O_NOFOLLOW``, ``O_NONBLOCK``, then ``fstat``): OSError."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    with open(fd, "rb", closefd=True) as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return fh.read()
 
 
 def empty_meta() -> dict[str, Any]:
@@ -147,12 +158,14 @@ def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.n
         if not stat.S_ISREG(st.st_mode):
             kind = "symlink" if stat.S_ISLNK(st.st_mode) else "special file"
             return None, _quarantine_row(row, "not_regular_file", f"{path.name}: a {kind}; not followed, not read", None)
-        row["file_bytes"], row["sha256"] = file_digest(path)
+        raw = read_file(path)
     except OSError as e:
         return None, _quarantine_row(row, "unreadable", f"{path.name}: {e}", None)
+    # One read serves both the content hash and the parse.
+    row["file_bytes"], row["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
     meta: dict[str, Any] | None = None
     try:
-        data = read_slice(path, cfg, key)
+        data = read_slice(path, cfg, key, raw=raw)
         meta = data.meta
         prepared = preprocess_slice(data, cfg, name=path.name)
     except Quarantine as q:
