@@ -214,7 +214,7 @@ def bench_build(data: Path, work: Path, repeats: int, cores: int) -> tuple[dict[
 def bench_build_parts(data: Path, store: Path, n_files: int = 256) -> dict[str, float]:
     """CPU ms per file of the build's pieces and of the proposed replacements (process time, median of 3).
 
-    The evidence behind docs/benchmarks.md's build proposals: what each stage of ``preprocess_file``
+    The evidence behind docs/benchmarks.md's build-path section: what each stage of ``preprocess_file``
     costs next to the bare decode, and what the cheaper variants cost on the same files.
     """
     import hashlib
@@ -257,7 +257,7 @@ def bench_build_parts(data: Path, store: Path, n_files: int = 256) -> dict[str, 
         m = float(counts @ v) / cum[-1]
         return m, float(counts @ (v - m) ** 2 / cum[-1]) ** 0.5
 
-    t("PROPOSED: mean + std from the histogram", lambda: [moments(o, c) for o, c in hists])
+    t("for comparison: mean + std from the histogram", lambda: [moments(o, c) for o, c in hists])
 
     def one_read() -> None:
         for f in files:
@@ -265,10 +265,10 @@ def bench_build_parts(data: Path, store: Path, n_files: int = 256) -> dict[str, 
             hashlib.sha256(b).hexdigest()
             pydicom.dcmread(io.BytesIO(b)).pixel_array  # noqa: B018
 
-    t("PROPOSED: one read -> sha256 + dcmread(BytesIO) + pixels", one_read)
+    t("for comparison: one read -> sha256 + dcmread(BytesIO) + pixels", one_read)
     imgs = np.asarray(zarr.open_array(str(store / "images"), mode="r")[: min(256, n_files)])
-    for name, c in (("zstd-3 bitshuffle (current)", Blosc("zstd", 3, Blosc.BITSHUFFLE)),
-                    ("PROPOSED: zstd-1 byte shuffle", Blosc("zstd", 1, Blosc.SHUFFLE))):
+    for name, c in (("zstd-3 bitshuffle (before)", Blosc("zstd", 3, Blosc.BITSHUFFLE)),
+                    ("zstd-1 byte shuffle (current)", Blosc("zstd", 1, Blosc.SHUFFLE))):
         enc = [c.encode(x) for x in imgs]
         t(f"encode one stored slice, {name}", lambda c=c: [c.encode(x) for x in imgs], n=len(imgs))
         out[f"compression ratio, {name}"] = round(imgs.nbytes / sum(len(e) for e in enc), 3)
@@ -276,7 +276,7 @@ def bench_build_parts(data: Path, store: Path, n_files: int = 256) -> dict[str, 
     k = min(64, a.shape[0])
     t("staging read as in _compact: get_orthogonal_selection(index array), per slice",
       lambda: a.get_orthogonal_selection((np.arange(k), slice(None), slice(None))), n=k)
-    t("PROPOSED: contiguous read a[lo:hi], per slice", lambda: a[0:k], n=k)
+    t("for comparison: contiguous read a[lo:hi], per slice", lambda: a[0:k], n=k)
     return out
 
 
@@ -599,18 +599,16 @@ def analysis(r: dict[str, Any]) -> list[str]:
             f"compaction {ms('_compact (staging -> images copy)'):.1f} ms/file (profiler overhead included). "
             f"The per-file work alone is {b['preprocess_file_over_bare']:.1f}x the bare decode "
             f"({parts.get('preprocess_file (all per-file work)', float('nan')):.2f} vs {parts.get('bare dcmread().pixel_array', float('nan')):.2f} CPU ms/file), "
-            f"so 2x is out of reach until the build path changes; at {c} cores the Dask LocalCluster alone takes "
-            f"{b['dask_local_cluster_start_stop_s']:.1f} s to start and stop, against {b['bare_decode_s'][c]:.2f} s for the whole bare loop. "
-            "The changes that close most of the gap are listed below with their measured costs (neurocache/ is another "
-            "issue's code, so they are proposals, not edits).",
+            f"so the 2x target is out of reach without a compiled per-slice kernel (see \"Build path\" below; "
+            f"the bare loop at {c} cores takes {b['bare_decode_s'][c]:.2f} s in all).",
         ]
     if b and "compression" in names:
         parts = b["parts_cpu_ms_per_file"]
         lines.append(
-            f"* **`images` compression** {b['images_compression']:.2f}x: zstd with *bit* shuffle on noisy int16 HU. Byte shuffle "
-            f"at zstd level 1 measures {parts.get('compression ratio, PROPOSED: zstd-1 byte shuffle', float('nan')):.2f}x and encodes faster "
-            f"({parts.get('encode one stored slice, PROPOSED: zstd-1 byte shuffle', float('nan')):.2f} vs "
-            f"{parts.get('encode one stored slice, zstd-3 bitshuffle (current)', float('nan')):.2f} ms/slice)."
+            f"* **`images` compression** {b['images_compression']:.2f}x with zstd-1 byte shuffle "
+            f"(zstd-3 bit shuffle, used before: {parts.get('compression ratio, zstd-3 bitshuffle (before)', float('nan')):.2f}x, "
+            f"{parts.get('encode one stored slice, zstd-3 bitshuffle (before)', float('nan')):.2f} vs "
+            f"{parts.get('encode one stored slice, zstd-1 byte shuffle (current)', float('nan')):.2f} ms/slice to encode)."
         )
     if p and "vs (b)" in names:
         bb = p.get("b") or {}
@@ -659,31 +657,24 @@ What is compared:
 """
 
 
-BUILD_PROPOSALS = """### Build-path proposals (for neurocache/; costs in the per-file table above)
+BUILD_PROPOSALS = """### Build path (what `neurocache build` does to stay close to the bare decode)
 
-1. **Compaction without a re-encode.** `build._compact` reads the staging rows with
-   `staging.get_orthogonal_selection((idx, :, :))`, which is several times slower per slice than a
-   contiguous read (table: "staging read as in _compact" vs "contiguous read"). Read runs of
-   consecutive `idx` instead (`np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)` then
-   `staging[run[0]:run[-1] + 1]`). Better still, make a task's batch exactly one output shard (2.): a
-   shard with no quarantined row before or inside it is then byte-identical in `_staging` and
-   `images` (same codec, chunks and shard shape), so `os.replace` of its shard file replaces decode +
-   re-encode, and compaction costs nothing on clean data.
-2. **Batches sized to the shards.** `_batch_size` picks `ceil(n / (8 * workers))` files (60 here);
-   use `shard_size` (or `shard_size / k`) so tasks write whole final shards and (1.) applies.
-3. **Mean and std from the histogram.** `features.hu_features` computes `stored.mean()` and
-   `stored.std()` over the full slice although the exact integer histogram is already there:
-   `counts = np.diff(cum, prepend=0); v = offset + arange(len(cum)); mean = counts @ v / n;
-   var = counts @ (v - mean)**2 / n` (exact; table: "mean + std from the histogram").
-4. **Read each file once.** `preprocess_file` hashes the file (`file_digest`) and `read_slice` reads
-   it again; `b = path.read_bytes(); sha256(b); pydicom.dcmread(io.BytesIO(b))` does both from one read.
-5. **Codec.** zstd level 1 with byte shuffle compresses the synthetic HU better than zstd-3 with
-   bit shuffle and encodes faster (table: ratios and encode ms); `compression_level` and the shuffle
-   are layout-only, so the fingerprint does not change.
-6. **No cluster for a local build.** `LocalCluster` start + stop costs seconds (see the note above);
-   without `--scheduler`, a `concurrent.futures.ProcessPoolExecutor` (fork) running the same
-   `process_batch` starts in milliseconds. zarr's thread pool stays at 1 per task (`process_batch`
-   already sets `threading.max_workers=1`), so tasks x zarr threads = cores.
+1. **One read per file**: the bytes are read once, hashed (sha256) and parsed from memory.
+2. **Exact moments and percentiles from one integer histogram** of the stored values (no sort, no
+   float pass over the slice for mean/std).
+3. **Tasks sized to the shards**: each Dask task preprocesses a batch that divides `shard_size`, writes
+   its staging shard in one pass (`neurocache/shards.py`, byte-identical to zarr's encoding) and commits
+   its feature rows; a staging shard whose rows land 1:1 in `images` is linked, not re-encoded, so
+   compaction costs almost nothing on clean data.
+4. **Codec**: zstd level 1 with byte shuffle, one block per slice (better ratio and faster encode than
+   zstd-3 bit shuffle on HU slices; layout only, so the fingerprint does not change).
+5. **No cluster for a local build**: Dask's local multiprocessing scheduler over a forkserver pool
+   (nothing imports torch or dask.distributed); `dask.distributed` only with `--scheduler`.
+
+What is left between the build and the bare decode is the work the bare loop does not do: the
+sha256 of every file, the header values of the feature table, the histogram, the letterbox resize
+(Pillow) and the zstd encode (see the per-file table above). A 2x target would need a compiled
+one-pass kernel for histogram, box and floor, or skipping the per-file hash.
 """
 
 
