@@ -181,17 +181,7 @@ def remove_store(path: str | Path | StoreLocation) -> None:
 
 def dir_bytes(path: str | Path | StoreLocation) -> int:
     """Bytes on disk (or in the object store) of every file under ``path``."""
-    loc = StoreLocation(path)
-    if loc.path is not None:
-        total = 0
-        for root, _dirs, files in os.walk(loc.path):
-            for f in files:
-                try:
-                    total += os.path.getsize(os.path.join(root, f))
-                except OSError:
-                    pass
-        return total
-    return loc.size()
+    return StoreLocation(path).size()
 
 
 def write_json(path: Path, obj: Any) -> None:
