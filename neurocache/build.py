@@ -394,10 +394,11 @@ def _run_tasks(
                 failed.append(futures[fut])
     finally:
         client.close()
-    # Redo those batches here, decoding the file each dead worker was on in a child process. A batch
-    # that fails for another reason (disk full, a bug) raises now, with its real error.
+    # Redo those batches here, every file decoded in a child process (a dead worker's journal may
+    # not name the file that killed it, and this process must survive it). A batch that fails for
+    # another reason (disk full, a bug) raises now, with its real error.
     for fn, args in failed:
-        on_done(fn(*retry_args(args)))
+        on_done(fn(*_isolate_all(retry_args(args))))
 
 
 #: Pool attempts of a local build before the batches still left are run in this process.
@@ -463,7 +464,14 @@ def _run_local(
             pool.shutdown(wait=True, cancel_futures=True)
         todo = [c for i, c in enumerate(todo) if i not in finished]
     for fn, args in todo:
-        on_done(fn(*retry_args(args)))
+        on_done(fn(*_isolate_all(retry_args(args))))
+
+
+def _isolate_all(args: tuple) -> tuple:
+    """:func:`process_batch` arguments with every file of the batch a suspect, for the last-resort
+    redo in the client process: each file is then decoded in a child process, so a codec crash costs
+    a ``decoder_crash`` row, never the build."""
+    return (*args[:7], sorted({Path(p).name for p in args[5]}))
 
 
 def _init_worker(environ: dict[str, str]) -> None:
