@@ -43,7 +43,7 @@ cv: $(STAMP)  ## cross-validate on $(STORE) with $(CONFIG); writes $(OUT)/run_*_
 final: $(STAMP)  ## final model + held-out test from CV_RUN (default: the latest cv run in $(OUT))
 	$(BIN)/python -m trainer final --cv-run $(or $(CV_RUN),$(shell ls -d $(OUT)/run_*_cv 2>/dev/null | sort | tail -n 1)) --store $(STORE) --out $(OUT)
 
-demo: $(STAMP)  ## synth -> cache -> cv -> final on configs/demo.yaml (a few minutes on 2 CPU cores)
+demo: $(STAMP)  ## synth -> cache -> cv -> final on configs/demo.yaml (about 10 minutes on 2 CPU cores)
 	$(MAKE) synth cache cv final CONFIG=configs/demo.yaml STORE=demo.zarr DATA=$(DATA) OUT=$(OUT)
 
 predict: $(STAMP)  ## score INPUT (DICOM files/folders) with RUN (default: the latest final run in $(OUT)) -> $(OUT)/predictions.csv
@@ -59,7 +59,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "bench: MONAI could not be installed; baseline (b) will be skipped"
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)  ## benchmarks (~10 min on 2 cores): writes bench/results.json and docs/benchmarks.md, prints the tables
+bench: $(BENCH_STAMP)  ## benchmarks (3-6 min on 2 cores): writes bench/results.json and docs/benchmarks.md, prints the tables
 	$(BIN)/python -m bench.run
 
 clean:  ## remove the demo data, stores and runs (not .venv)
