@@ -30,6 +30,26 @@ def synth_store(synth_data, tmp_path_factory) -> Path:
     return store
 
 
+@pytest.fixture(scope="session")
+def trainer_data(tmp_path_factory) -> Path:
+    """The trainer tests' dataset: 16 patients x 4 slices at 128 px (as synth_data).
+
+    More patients than ``synth_data`` so that every CV fold can carve its inner, patient-grouped
+    early-stopping/calibration holdout (``cv_early_stopping: inner_holdout``) with both classes.
+    """
+    root = tmp_path_factory.mktemp("trainer_synth")
+    generate_dataset(root, patients=16, slices_per_patient=4, size=128, positive_frac=0.4, seed=11)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trainer_store(trainer_data, tmp_path_factory) -> Path:
+    """``trainer_data`` cached at 64 px."""
+    store = tmp_path_factory.mktemp("trainer_stores") / "trainer.zarr"
+    build_store(trainer_data, store, cfg=SMALL_PREP, workers=1, progress=False, hash_key=HASH_KEY)
+    return store
+
+
 @pytest.fixture
 def data_copy(synth_data, tmp_path) -> Path:
     """A writable copy of the synthetic dataset."""

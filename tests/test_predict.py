@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def runs(synth_store, tmp_path_factory) -> dict[str, Path]:
-    return tiny_runs(synth_store, tmp_path_factory.getbasetemp() / "eval_runs")
+def runs(trainer_store, tmp_path_factory) -> dict[str, Path]:
+    return tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")
 
 
 def _dicom_paths(store: Path, ids: list[str]) -> list[Path]:

@@ -18,8 +18,8 @@ from trainer.html_report import SECTION_IDS, write_report
 
 
 @pytest.fixture(scope="module")
-def runs(synth_store, tmp_path_factory) -> dict[str, Path]:
-    return tiny_runs(synth_store, tmp_path_factory.getbasetemp() / "eval_runs")
+def runs(trainer_store, tmp_path_factory) -> dict[str, Path]:
+    return tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")
 
 
 class Page(HTMLParser):

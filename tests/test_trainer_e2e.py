@@ -48,8 +48,8 @@ def _run_cv(store: Path, cfg: Path, out: Path, *extra: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cv_run(synth_store, tiny_cfg, tmp_path_factory) -> Path:
-    return _run_cv(synth_store, tiny_cfg, tmp_path_factory.mktemp("out"))
+def cv_run(trainer_store, tiny_cfg, tmp_path_factory) -> Path:
+    return _run_cv(trainer_store, tiny_cfg, tmp_path_factory.mktemp("out"))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def final_run(cv_run) -> Path:
     return sorted(out.glob("run_*_final*"))[-1]
 
 
-def test_cv_writes_every_artifact_with_sane_values(cv_run, synth_store):
+def test_cv_writes_every_artifact_with_sane_values(cv_run, trainer_store):
     for f in CV_FILES:
         assert (cv_run / f).is_file(), f
     split = pd.read_csv(cv_run / "split.csv")
@@ -71,7 +71,7 @@ def test_cv_writes_every_artifact_with_sane_values(cv_run, synth_store):
     assert (split.assign(part=part).groupby("group")["part"].nunique() == 1).all()
 
     oof = pd.read_csv(cv_run / "cv_oof_predictions.csv")
-    assert list(oof.columns) == ["ID", "label", "prob", "fold"]
+    assert list(oof.columns) == ["ID", "label", "prob", "prob_raw", "fold"]
     pool = split[~split["test"]]
     assert sorted(oof["ID"]) == sorted(pool["ID"])  # each training-pool row predicted once, test never
     assert oof["prob"].between(0, 1).all()
@@ -80,7 +80,10 @@ def test_cv_writes_every_artifact_with_sane_values(cv_run, synth_store):
     for c in ("threshold", "sens_mean", "sens_std", "spec_mean", "ppv_mean", "npv_mean", "f1_mean", "acc_mean",
               "ap_mean", "auc_mean", "train_auc_mean", "tp_sum", "fp_sum", "tn_sum", "fn_sum"):
         assert c in summary.columns, c
-    assert len(summary) == 101
+    sel = json.loads((cv_run / "threshold_selection.json").read_text())
+    # candidates from the data: one per gap between distinct pooled OOF scores, none degenerate
+    assert len(summary) == sel["n_candidates"] == oof["prob"].nunique() - 1
+    assert (summary["threshold"] > oof["prob"].min()).all() and (summary["threshold"] <= oof["prob"].max()).all()
     # tp+fn summed over folds = positives of the training pool, at every threshold
     assert ((summary["tp_sum"] + summary["fn_sum"]) == int(pool["label"].sum())).all()
     by_fold = pd.read_csv(cv_run / "cv_thresholds_by_fold.csv")
@@ -88,22 +91,23 @@ def test_cv_writes_every_artifact_with_sane_values(cv_run, synth_store):
         ap = by_fold.loc[by_fold["fold"] == k, "ap"].iloc[0]
         assert ap == pytest.approx(average_precision_score(g["label"], g["prob"]))
 
-    sel = json.loads((cv_run / "threshold_selection.json").read_text())
-    best = summary.loc[summary["f1_mean"].idxmax()]
-    assert sel["strategy"] == "max_f1" and sel["threshold"] == pytest.approx(best["threshold"])
+    best = summary.loc[summary["f1_pooled"].idxmax()]  # threshold_pooling: pooled (the default)
+    assert sel["strategy"] == "max_f1" and sel["pooling"] == "pooled"
+    assert sel["threshold"] == pytest.approx(best["threshold"])
+    assert {f["fold"] for f in sel["per_fold"]} == {0, 1} and "warnings" in sel
     m = json.loads((cv_run / "cv_metrics.json").read_text())
     assert len(m["per_fold"]) == 2 and 0 <= m["best_val_auprc_mean"] <= 1
     hist = pd.read_csv(cv_run / "cv_histories.csv")
     assert set(hist["stage"]) == {"head", "ft"} and set(hist["fold"]) == {0, 1}
     store = json.loads((cv_run / "store.json").read_text())
-    assert store["fingerprint"] == zarr_fingerprint(synth_store)
+    assert store["fingerprint"] == zarr_fingerprint(trainer_store)
 
 
 def test_final_writes_every_artifact_and_metrics_match_sklearn(final_run, cv_run):
     for f in FINAL_FILES:
         assert (final_run / f).is_file(), f
     pred = pd.read_csv(final_run / "test_predictions.csv")
-    assert list(pred.columns) == ["ID", "label", "prob", "pred"]
+    assert list(pred.columns) == ["ID", "label", "prob", "prob_raw", "pred"]
     split = pd.read_csv(cv_run / "split.csv")
     assert sorted(pred["ID"]) == sorted(split.loc[split["test"], "ID"])  # exactly the test rows, once
     sel = json.loads((cv_run / "threshold_selection.json").read_text())
@@ -123,19 +127,19 @@ def test_final_writes_every_artifact_and_metrics_match_sklearn(final_run, cv_run
     assert "fc.1.weight" in sd and sd["fc.1.weight"].shape == (1, 512)
 
 
-def test_same_seed_gives_identical_oof(cv_run, synth_store, tiny_cfg, tmp_path):
-    again = _run_cv(synth_store, tiny_cfg, tmp_path)
+def test_same_seed_gives_identical_oof(cv_run, trainer_store, tiny_cfg, tmp_path):
+    again = _run_cv(trainer_store, tiny_cfg, tmp_path)
     a = pd.read_csv(cv_run / "cv_oof_predictions.csv")
     b = pd.read_csv(again / "cv_oof_predictions.csv")
     pd.testing.assert_frame_equal(a, b)
-    other = _run_cv(synth_store, tiny_cfg, tmp_path, "--seed", "1")
+    other = _run_cv(trainer_store, tiny_cfg, tmp_path, "--seed", "1")
     assert not pd.read_csv(other / "split.csv").equals(pd.read_csv(cv_run / "split.csv"))
 
 
-def test_group_by_none_and_grid(synth_store, tiny_cfg, tmp_path):
+def test_group_by_none_and_grid(trainer_store, tiny_cfg, tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"candidates": [{"lr_ft": 1e-3}, {"dropout": 0.5, "epochs_ft": 1}]}))
-    run = _run_cv(synth_store, tiny_cfg, tmp_path, "--run-grid", "--grid", str(grid), "--set", "group_by=none",
+    run = _run_cv(trainer_store, tiny_cfg, tmp_path, "--run-grid", "--grid", str(grid), "--set", "group_by=none",
                   "--threshold-strategy", "sens_target", "--sens-target", "0.8")
     g = pd.read_csv(run / "grid_results.csv")
     assert list(g["candidate"]) == [0, 1] and g["cv_auprc_mean"].between(0, 1).all()
@@ -147,37 +151,37 @@ def test_group_by_none_and_grid(synth_store, tiny_cfg, tmp_path):
     # sens_target: the highest mean PPV among thresholds whose mean sensitivity reaches 0.8
     summary = pd.read_csv(run / "cv_thresholds_summary.csv")
     sel = json.loads((run / "threshold_selection.json").read_text())
-    ok = summary[summary["sens_mean"] >= 0.8 - 1e-9]
-    assert sel["strategy"] == "sens_target" and sel["sens_mean"] >= 0.8 - 1e-9
-    assert sel["ppv_mean"] == pytest.approx(ok["ppv_mean"].max())
+    ok = summary[summary["sens_pooled"] >= 0.8 - 1e-9]
+    assert sel["strategy"] == "sens_target" and sel["sens_pooled"] >= 0.8 - 1e-9
+    assert sel["ppv_pooled"] == pytest.approx(ok["ppv_pooled"].max())
 
 
-def test_store_with_other_fingerprint_is_refused(synth_store, tiny_cfg, tmp_path, capsys):
+def test_store_with_other_fingerprint_is_refused(trainer_store, tiny_cfg, tmp_path, capsys):
     cfg = yaml.safe_load(tiny_cfg.read_text())
     cfg["preprocess"]["size"] = 128
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(cfg))
-    rc = trainer_main(["cv", "--store", str(synth_store), "--config", str(other), "--out", str(tmp_path), "--quiet"])
+    rc = trainer_main(["cv", "--store", str(trainer_store), "--config", str(other), "--out", str(tmp_path), "--quiet"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "built with other preprocessing" in err and "size: 64 -> 128" in err
 
 
-def test_incomplete_store_is_refused(synth_store, tiny_cfg, tmp_path, capsys):
+def test_incomplete_store_is_refused(trainer_store, tiny_cfg, tmp_path, capsys):
     import shutil
 
     import zarr
 
     s = tmp_path / "inc.zarr"
-    shutil.copytree(synth_store, s)
+    shutil.copytree(trainer_store, s)
     g = zarr.open_group(str(s), mode="r+")
     g.attrs["neurocache"] = {**g.attrs["neurocache"], "complete": False}
     rc = trainer_main(["cv", "--store", str(s), "--config", str(tiny_cfg), "--out", str(tmp_path), "--quiet"])
     assert rc == 2 and "is not complete" in capsys.readouterr().err
 
 
-def test_invalid_sens_target_fails_before_training(synth_store, tiny_cfg, tmp_path, capsys):
-    rc = trainer_main(["cv", "--store", str(synth_store), "--config", str(tiny_cfg), "--out", str(tmp_path), "--quiet",
+def test_invalid_sens_target_fails_before_training(trainer_store, tiny_cfg, tmp_path, capsys):
+    rc = trainer_main(["cv", "--store", str(trainer_store), "--config", str(tiny_cfg), "--out", str(tmp_path), "--quiet",
                        "--threshold-strategy", "sens_target", "--sens-target", "1.01"])
     assert rc == 2 and "sens_target=1.01 must be in [0, 1]" in capsys.readouterr().err
     assert not list(tmp_path.glob("run_*"))  # refused before any run folder or training

@@ -143,6 +143,10 @@ def _cv(args: argparse.Namespace) -> int:
                                            "holdout_frac", "prep_plot_n", "threshold_strategy", "sens_target")}
     cfg = load_config(args.config, config_json=args.config_json, flags=flags, sets=args.set)
     grid = load_grid(args.grid) if args.run_grid else None
+    from trainer.model import check_weights
+
+    for weights in {cfg["weights"], *(str(c["weights"]) for c in grid or [] if "weights" in c)}:
+        check_weights(weights)  # offline without the ImageNet file: fail now, not after the split
     _check_store_arg(args.store)
     client, resources = None, {}
     if args.scheduler:
@@ -203,9 +207,13 @@ def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resourc
     m = write_cv_outputs(run, split, res, cfg, patients=patients)
     m["wall_seconds"] = round(time.perf_counter() - t0, 2)
     write_json(run / "cv_metrics.json", m)
-    print(f"CV AUPRC (best val, mean±sd over folds) {m['best_val_auprc_mean']:.3f}±{m['best_val_auprc_std']:.3f}  "
-          f"OOF ROC-AUC {m['oof_auc_mean']:.3f}±{m['oof_auc_std']:.3f}  AP {m['oof_ap_mean']:.3f}  "
-          f"threshold ({m['threshold_strategy']}) {m['threshold']:.2f}")
+    o = m["oof"]["metrics"]
+    print(f"CV ({m['k_folds']} folds, early stopping on {m['early_stopping']}, calibration {m['calibration']}): "
+          f"OOF ROC-AUC {m['oof_auc_mean']:.3f}±{m['oof_auc_std']:.3f}  AUPRC {m['oof_ap_mean']:.3f}±{m['oof_ap_std']:.3f} "
+          f"(mean±sd over folds); threshold ({m['threshold_strategy']}, {m['threshold_pooling']}) {m['threshold']:.4g}: "
+          f"sens {o['sens']:.3f}  spec {o['spec']:.3f}  PPV {o['ppv']:.3f}  NPV {o['npv']:.3f} (pooled OOF)")
+    for w in m["warnings"]:
+        print(f"WARNING: {w}", file=sys.stderr)
     _write_report(run, m["wall_seconds"])
     print(f"run folder: {run}")
     return 0
@@ -221,6 +229,9 @@ def _final(args: argparse.Namespace) -> int:
     _check_store_arg(args.store)
     cv = read_cv_run(args.cv_run)
     cfg = cv["config"]
+    from trainer.model import check_weights
+
+    check_weights(cfg["weights"])
     device = _setup(cfg)
     store = args.store or cv["store"]["path"]
     data = load_dataset(str(store), cfg, device)
@@ -238,6 +249,12 @@ def _final(args: argparse.Namespace) -> int:
     print(f"TEST (n={m['n_test']}, threshold {m['threshold']:.2f}): ROC-AUC {m['auc']:.3f}  AUPRC {m['ap']:.3f}  "
           f"sens {m['sens']:.3f}  spec {m['spec']:.3f}  PPV {m['ppv']:.3f}  NPV {m['npv']:.3f}  F1 {m['f1']:.3f}  "
           f"(tp {m['tp']} fp {m['fp']} tn {m['tn']} fn {m['fn']}); {time.perf_counter() - t0:.0f} s")
+    if "promised" in m:
+        from trainer.promise import format_promise
+
+        print(format_promise(m["promised"]))
+    for w in m["warnings"]:
+        print(f"WARNING: {w}", file=sys.stderr)
     m["wall_seconds"] = round(time.perf_counter() - t0, 2)
     write_json(run / "test_metrics.json", m)
     _write_report(run, m["wall_seconds"])

@@ -29,7 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "out_size": 224,                # model input side [pixels]
     "windows": [[40, 80]],          # (center, width) [HU] per channel; one window is repeated to 3 channels
     "aug": {"degrees": 10.0, "translate": 0.05, "scale": [0.9, 1.1], "hflip_p": 0.5},
-    "weights": "none",              # none | imagenet | path to a resnet18 state_dict
+    "weights": "none",              # none | imagenet | path to a resnet18 state_dict. configs/default.yaml sets
+                                    # imagenet (the seed's transfer learning); the built-in fallback is none so a
+                                    # config file without the key never starts a download
     "dropout": 0.3,                 # head: Dropout(p) -> Linear(512, 1)
     "optimizer": "adamw",           # adamw | sgd
     "momentum": 0.9,                # sgd only
@@ -38,17 +40,33 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay_head": 5e-5,
     "epochs_head": 12,
     "patience_head": 2,             # epochs without a better validation AUPRC before stopping
+    "min_epochs_head": 0,           # stage A never stops before this many epochs, whatever the patience
     "lr_ft": 1.5e-4,                # stage B: fine-tune
     "weight_decay_ft": 7e-4,
     "epochs_ft": 12,
     "patience_ft": 2,
+    "min_epochs_ft": 0,             # stage B never stops before this many epochs (a model still on its plateau
+                                    # is not stopped by patience alone)
+    "warmup_epochs": 0,             # stage B: learning rate ramps linearly up to lr_ft over this many epochs
+    "lr_schedule": "constant",      # constant | cosine: stage B's rate after warm-up (cosine decays to 0 at epochs_ft)
+    "min_delta": 0.0,               # an epoch counts as better only if validation AUPRC rises by more than this
     "ft_trainable_attrs": None,     # None = all modules; or e.g. [layer3, layer4, fc]
     "sampler": "weighted",          # weighted (class-balanced sampling with replacement) | uniform
     "pos_weight": "none",           # none | auto (n_neg / n_pos) | a number: BCE positive-class weight
-    "holdout_frac": 0.15,           # final model: grouped stratified holdout used only for early stopping
+    "holdout_frac": 0.15,           # grouped stratified holdout carved from a model's training rows (final model
+                                    # and, with cv_early_stopping: inner_holdout, every fold model): early stopping
+                                    # and calibration only
+    "cv_early_stopping": "inner_holdout",  # inner_holdout: each fold stops and calibrates on a holdout of its own
+                                    # training folds, as final does, and its validation fold is scored once |
+                                    # val_fold: the seed's way, stops on the fold it is scored on (optimistic)
+    "calibration": "platt",         # platt | temperature | isotonic | none: post-hoc map fitted on that holdout
+                                    # (trainer/calibrators.py says why platt is the default)
     "threshold_strategy": "max_f1", # max_f1 | sens_target
-    "sens_target": 0.9,             # for sens_target: minimum mean CV sensitivity
-    "threshold_step": 0.01,         # threshold grid step
+    "sens_target": 0.9,             # for sens_target: minimum CV sensitivity
+    "threshold_pooling": "pooled",  # pooled: metrics of all OOF rows at once | folds: mean over folds (the seed's)
+    "threshold_candidates": "oof",  # oof: midpoints between the pooled OOF scores | grid: 0, step, ..., 1;
+                                    # either way, no threshold that puts every OOF slice in one class
+    "threshold_step": 0.01,         # grid step (threshold_candidates: grid)
     "prep_plot_n": 4,               # slices per class in preprocessing_examples_label{0,1}.png
     "device": "auto",               # auto | cpu | cuda | cuda:N
     "amp": True,                    # bf16 autocast on CUDA (ignored on CPU)
@@ -75,6 +93,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "threshold_strategy": ("max_f1", "sens_target"),
     "patient_aggregation": ("max", "mean"),
     "calibration_strategy": ("uniform", "quantile"),
+    "cv_early_stopping": ("inner_holdout", "val_fold"),
+    "calibration": ("platt", "temperature", "isotonic", "none"),
+    "threshold_pooling": ("pooled", "folds"),
+    "threshold_candidates": ("oof", "grid"),
+    "lr_schedule": ("constant", "cosine"),
 }
 
 # The seed's command-line flags and the keys they set.
@@ -152,6 +175,11 @@ def _validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config key gallery_n={cfg['gallery_n']} must be >= 0")
     if not 0 <= cfg["sens_target"] <= 1:
         raise ConfigError(f"config key sens_target={cfg['sens_target']} must be in [0, 1]")
+    for key in ("min_epochs_head", "min_epochs_ft", "warmup_epochs"):
+        if cfg[key] < 0:
+            raise ConfigError(f"config key {key}={cfg[key]} must be >= 0 epochs")
+    if cfg["min_delta"] < 0:
+        raise ConfigError(f"config key min_delta={cfg['min_delta']} must be >= 0 (an AUPRC improvement)")
     if not 0 < cfg["threshold_step"] <= 0.5:
         raise ConfigError(f"config key threshold_step={cfg['threshold_step']} must be in (0, 0.5]")
     pw = cfg["pos_weight"]

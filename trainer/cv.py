@@ -18,14 +18,15 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from neurocache.config import ConfigError
+from trainer.calibrators import fit_calibrator
 from trainer.config import _merge, _validate
 from trainer.data import Dataset
+from trainer.fold_health import stuck_folds
 from trainer.loops import make_transform, predict, train_model
-from trainer.metrics import threshold_grid
 from trainer.report import plot_histories, plot_mean_pr, plot_mean_roc
 from trainer.runs import write_json
-from trainer.split import check_no_group_crosses, make_split
-from trainer.thresholds import cv_threshold_tables, select_threshold
+from trainer.split import check_no_group_crosses, holdout_split, make_split
+from trainer.thresholds import candidate_thresholds, cv_threshold_tables, select_threshold, threshold_spread
 
 
 def split_table(data: Dataset, cfg: dict[str, Any]) -> pd.DataFrame:
@@ -38,11 +39,36 @@ def split_table(data: Dataset, cfg: dict[str, Any]) -> pd.DataFrame:
     )
 
 
+#: ``cv_oof_predictions.csv``: ``prob`` is calibrated (what thresholds are chosen on), ``prob_raw`` the model's sigmoid.
+OOF_COLUMNS: tuple[str, ...] = ("ID", "label", "prob", "prob_raw", "fold")
+
+
 def fold_rows(split: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (train, validation) of fold ``k``: the other folds' pool rows, and fold ``k``'s rows."""
     tr = np.flatnonzero((~split["test"] & (split["fold"] != k)).to_numpy())
     va = np.flatnonzero((split["fold"] == k).to_numpy())
     return tr, va
+
+
+def inner_holdout(data: Dataset, tr: np.ndarray, cfg: dict[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split training rows ``tr`` into (fit rows, early-stopping/calibration holdout rows).
+
+    The same rule as the final model's: a grouped (by ``group_by``), stratified holdout of about
+    ``holdout_frac`` of the groups (:func:`trainer.split.holdout_split`), seeded by ``seed``.
+
+    Raises:
+        ValueError: naming the fold's training rows and the fix, when the rows have too few
+            groups per class for a holdout.
+    """
+    groups = None if cfg["group_by"] == "none" else data.groups[tr]
+    try:
+        hold = holdout_split(data.labels[tr], groups, frac=cfg["holdout_frac"], seed=seed)
+    except ValueError as e:
+        raise ValueError(
+            f"cannot carve an inner holdout (holdout_frac={cfg['holdout_frac']}) from {len(tr)} training rows: {e} "
+            f"Use fewer k_folds, another holdout_frac, more data, or cv_early_stopping=val_fold (optimistic)."
+        ) from None
+    return tr[~hold], tr[hold]
 
 
 def fold_ids(split: pd.DataFrame) -> list[int]:
@@ -56,35 +82,56 @@ def run_fold(
 ) -> dict[str, Any]:
     """Train and score fold ``k`` (seed ``cfg["seed"] + k``); the one per-fold body of every CV path.
 
+    With ``cv_early_stopping: inner_holdout`` (default) the fold's model is what ``trainer final``
+    would make from the other folds: it trains on them minus an inner holdout
+    (:func:`inner_holdout`), early-stops and is calibrated (``calibration``) on that holdout, and
+    its validation fold is scored once, never seen before. With ``val_fold`` (the seed's way,
+    optimistic) it early-stops and is calibrated on the validation fold itself.
+
     Used in turn by :func:`run_folds` and, inside a dask.distributed worker, by
     :func:`trainer.distributed.fold_task`, so a fold-parallel CV is the sequential one by construction.
 
     Returns plain Python values (small enough to send back from a worker):
-    ``{"oof": {"ID": [...], "label": [...], "prob": [...], "fold": [...]}, "history": [epoch rows],
-    "fold": {"fold", "best_val_auprc", "train_auc", "n_train", "n_val", "seconds", "device"}}``.
+    ``{"oof": {"ID", "label", "prob" (calibrated), "prob_raw", "fold"}, "history": [epoch rows],
+    "fold": {"fold", "early_stopping", "best_val_auprc" (on the stopping rows), "holdout_auc",
+    "val_auc", "train_auc", "n_train", "n_holdout", "n_val", "calibration", "seconds", "device"}}``.
     """
     k = int(k)
     tr, va = fold_rows(split, k)
+    seed = int(cfg["seed"]) + k
+    if cfg["cv_early_stopping"] == "inner_holdout":
+        fit, stop = inner_holdout(data, tr, cfg, seed)
+    else:
+        fit, stop = tr, va
     t0 = time.perf_counter()
     tf = make_transform(cfg)
-    model, hist, best = train_model(data, tr, va, cfg, seed=int(cfg["seed"]) + k, on_epoch=on_epoch)
-    p_val = predict(model, data, va, tf, cfg)
-    p_tr = predict(model, data, tr, tf, cfg)
-    y_tr = data.labels[tr]
-    train_auc = float(roc_auc_score(y_tr, p_tr)) if len(np.unique(y_tr)) == 2 else float("nan")
+    model, hist, best = train_model(data, fit, stop, cfg, seed=seed, on_epoch=on_epoch)
+    p_stop = predict(model, data, stop, tf, cfg)
+    cal = fit_calibrator(cfg["calibration"], data.labels[stop], p_stop)
+    p_raw = predict(model, data, va, tf, cfg) if stop is not va else p_stop
+    p_val = cal(p_raw)
+    p_fit = predict(model, data, fit, tf, cfg)
     return {
         "oof": {"ID": [str(i) for i in split["ID"].to_numpy()[va]], "label": data.labels[va].tolist(),
-                "prob": np.asarray(p_val, dtype=np.float64).tolist(), "fold": [k] * len(va)},
+                "prob": p_val.tolist(), "prob_raw": np.asarray(p_raw, dtype=np.float64).tolist(), "fold": [k] * len(va)},
         "history": [{key: (v.item() if isinstance(v, np.generic) else v) for key, v in r.items()} for r in hist],
-        "fold": {"fold": k, "best_val_auprc": float(best), "train_auc": train_auc, "n_train": len(tr), "n_val": len(va),
+        "fold": {"fold": k, "early_stopping": cfg["cv_early_stopping"], "best_val_auprc": float(best),
+                 "holdout_auc": _auc(data.labels[stop], p_stop), "val_auc": _auc(data.labels[va], p_val),
+                 "train_auc": _auc(data.labels[fit], p_fit), "n_train": len(fit),
+                 "n_holdout": len(stop) if stop is not va else 0, "n_val": len(va), "calibration": cal.to_dict(),
                  "seconds": time.perf_counter() - t0, "device": str(data.device)},
     }
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC-AUC, NaN for one class."""
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def collect_folds(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The :func:`run_fold` results of every fold -> ``{"oof", "histories", "folds"}`` (frames ordered by fold)."""
     parts = sorted(parts, key=lambda r: r["fold"]["fold"])
-    oof = pd.concat([pd.DataFrame(r["oof"], columns=["ID", "label", "prob", "fold"]) for r in parts], ignore_index=True)
+    oof = pd.concat([pd.DataFrame(r["oof"], columns=list(OOF_COLUMNS)) for r in parts], ignore_index=True)
     hist = pd.concat([pd.DataFrame(r["history"]).assign(fold=r["fold"]["fold"]) for r in parts], ignore_index=True)
     cols = ["fold"] + [c for c in hist.columns if c != "fold"]
     return {"oof": oof, "histories": hist[cols], "folds": [dict(r["fold"]) for r in parts]}
@@ -117,13 +164,21 @@ def run_folds(
 
 
 def summarise(result: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
-    """Threshold tables over the OOF predictions and the per-fold metric summary."""
-    by_fold, summary = cv_threshold_tables(
-        result["oof"], threshold_grid(cfg["threshold_step"]), {f["fold"]: f["train_auc"] for f in result["folds"]}
-    )
+    """Threshold tables over the OOF predictions (candidates from the pooled OOF scores, see
+    :func:`trainer.thresholds.candidate_thresholds`) and the per-fold metric summary.
+
+    ``oof_ap_mean`` (mean over folds of the validation folds' AUPRC, each scored once) is what
+    a grid ranks candidates by; ``best_mean`` is the mean best early-stopping AUPRC.
+    """
+    cand = candidate_thresholds(result["oof"]["prob"].to_numpy(), source=cfg["threshold_candidates"],
+                                step=cfg["threshold_step"])
+    by_fold, summary = cv_threshold_tables(result["oof"], cand, {f["fold"]: f["train_auc"] for f in result["folds"]})
     best = np.array([f["best_val_auprc"] for f in result["folds"]], dtype=float)
+    fold_ap = by_fold.groupby("fold")["ap"].first().to_numpy(dtype=float)
     return {"by_fold": by_fold, "summary": summary, "best_mean": float(np.mean(best)),
-            "best_std": float(np.std(best, ddof=1)) if len(best) > 1 else float("nan")}
+            "best_std": float(np.std(best, ddof=1)) if len(best) > 1 else float("nan"),
+            "oof_ap_mean": float(np.nanmean(fold_ap)),
+            "oof_ap_std": float(np.nanstd(fold_ap, ddof=1)) if len(fold_ap) > 1 else float("nan")}
 
 
 def load_grid(path: str | Path) -> list[dict[str, Any]]:
@@ -157,9 +212,11 @@ def run_grid(
     rows, best = [], None
     for i, (over, c, res) in enumerate(zip(grid, cands, results)):
         s = summarise(res, c)
-        rows.append({"candidate": i, **{k: str(v) for k, v in over.items()}, "cv_auprc_mean": s["best_mean"], "cv_auprc_std": s["best_std"]})
-        if best is None or s["best_mean"] > best[0]:
-            best = (s["best_mean"], c, res)
+        # ranked by the validation folds' AUPRC, each fold scored once by a model that never saw it
+        rows.append({"candidate": i, **{k: str(v) for k, v in over.items()}, "cv_auprc_mean": s["oof_ap_mean"],
+                     "cv_auprc_std": s["oof_ap_std"], "stopping_auprc_mean": s["best_mean"]})
+        if best is None or s["oof_ap_mean"] > best[0]:
+            best = (s["oof_ap_mean"], c, res)
     return pd.DataFrame(rows), best[1], best[2]
 
 
@@ -180,10 +237,22 @@ def write_cv_outputs(
     roc = plot_mean_roc(res["oof"], run / "cv_mean_roc.png")
     pr = plot_mean_pr(res["oof"], run / "cv_mean_pr.png")
     plot_histories(res["histories"], run / "cv_history.png")
-    selection = select_threshold(s["summary"], cfg["threshold_strategy"], cfg["sens_target"] if cfg["threshold_strategy"] == "sens_target" else None)
+    selection = select_threshold(s["summary"], cfg["threshold_strategy"],
+                                 cfg["sens_target"] if cfg["threshold_strategy"] == "sens_target" else None,
+                                 pooling=cfg["threshold_pooling"])
+    spread = threshold_spread(s["by_fold"], selection["threshold"])
+    pooled_pos = int((res["oof"]["prob"] >= selection["threshold"]).sum())
+    if pooled_pos in (0, len(res["oof"])) and res["oof"]["label"].nunique() == 2:
+        spread["warnings"].append(f"every OOF slice falls in one class at threshold {selection['threshold']:.4g}: "
+                                  f"the fold models do not separate the classes")
+    selection.update({"candidates": cfg["threshold_candidates"], "n_candidates": int(len(s["summary"])),
+                      "per_fold": spread["per_fold"], "sens_std_folds": spread["sens_std"],
+                      "spec_std_folds": spread["spec_std"], "warnings": spread["warnings"]})
     write_json(run / "threshold_selection.json", selection)
+    stuck = stuck_folds(res["folds"])
     metrics = {
         "k_folds": int(cfg["k_folds"]),
+        "early_stopping": cfg["cv_early_stopping"], "calibration": cfg["calibration"],
         "per_fold": res["folds"],
         "best_val_auprc_mean": s["best_mean"],
         "best_val_auprc_std": s["best_std"],
@@ -191,6 +260,9 @@ def write_cv_outputs(
         "oof_ap_mean": pr["mean_ap"], "oof_ap_std": pr["std_ap"],
         "n_train_pool": int((~split["test"]).sum()), "n_test": int(split["test"].sum()),
         "threshold": selection["threshold"], "threshold_strategy": selection["strategy"],
+        "threshold_pooling": selection["pooling"],
+        "stuck_folds": stuck,
+        "warnings": [f"fold {f['fold']}: {f['why']}" for f in stuck] + spread["warnings"],
     }
     from trainer.evaluation import cv_evaluation
 

@@ -11,10 +11,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer.calibrators import fit_calibrator
 from trainer.data import Dataset
+from trainer.fold_health import chance_warning
 from trainer.loops import make_transform, predict, train_model
 from trainer.metrics import binary_metrics
 from trainer.model import save_weights
+from trainer.promise import promise_vs_delivery
 from trainer.report import plot_confusion, plot_pr, plot_roc
 from trainer.runs import read_json, write_json
 from trainer.split import holdout_split
@@ -36,6 +39,7 @@ def read_cv_run(cv_run: str | Path) -> dict[str, Any]:
         "split": pd.read_csv(run / "split.csv", dtype={"ID": str, "group": str}),
         "threshold": read_json(run / "threshold_selection.json"),
         "store": read_json(run / "store.json"),
+        "metrics": read_json(run / "cv_metrics.json") if (run / "cv_metrics.json").is_file() else None,
         "run": run,
     }
 
@@ -52,7 +56,14 @@ def align_split(data: Dataset, split: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) -> dict[str, Any]:
-    """Train on all non-test rows (grouped stratified holdout for early stopping), score test once."""
+    """Train on all non-test rows, score the test once.
+
+    A grouped stratified holdout (``holdout_frac``) of the training pool is used for early stopping
+    and for fitting the ``calibration`` map, exactly as each CV fold model did with its inner
+    holdout; test probabilities are calibrated (``prob``) with the raw ones beside them
+    (``prob_raw``). ``test_metrics.json["promised"]`` sets the CV's promise at the threshold
+    beside the test's delivery (:func:`trainer.promise.promise_vs_delivery`).
+    """
     cfg = cv["config"]
     split = align_split(data, cv["split"])
     pool = np.flatnonzero(~split["test"].to_numpy())
@@ -64,16 +75,24 @@ def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) ->
     save_weights(model, run / "final_model.pt")
     pd.DataFrame(hist).to_csv(run / "final_history.csv", index=False)
 
+    tf = make_transform(cfg)
+    p_ho = predict(model, data, ho, tf, cfg)
+    cal = fit_calibrator(cfg["calibration"], data.labels[ho], p_ho)
     threshold = float(cv["threshold"]["threshold"])
-    prob = predict(model, data, test, make_transform(cfg), cfg)
+    prob_raw = predict(model, data, test, tf, cfg)
+    prob = cal(prob_raw)
     y = data.labels[test]
     pred = (prob >= threshold).astype(int)
-    pd.DataFrame({"ID": split["ID"].to_numpy()[test], "label": y, "prob": prob, "pred": pred}).to_csv(
+    pd.DataFrame({"ID": split["ID"].to_numpy()[test], "label": y, "prob": prob, "prob_raw": prob_raw, "pred": pred}).to_csv(
         run / "test_predictions.csv", index=False
     )
     m = binary_metrics(y, prob, threshold)
+    y_ho = data.labels[ho]
+    holdout_auc = float(binary_metrics(y_ho, p_ho, 0.5)["auc"]) if len(np.unique(y_ho)) == 2 else float("nan")
+    warnings = [w for w in (chance_warning("final model", holdout_auc), cal.note or None) if w]
     metrics = {**m, "confusion": {k: m[k] for k in ("tp", "fp", "tn", "fn")}, "holdout_best_auprc": best,
-               "n_train": len(tr), "n_holdout": len(ho), "n_test": len(test)}
+               "holdout_auc": holdout_auc, "calibration": cal.to_dict(),
+               "n_train": len(tr), "n_holdout": len(ho), "n_test": len(test), "warnings": warnings}
     # intervals (Wilson, DeLong, patient bootstrap), calibration and patient-level metrics
     from trainer.data import group_keys
     from trainer.evaluation import final_evaluation
@@ -82,6 +101,8 @@ def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) ->
     oof = pd.read_csv(oof_path, dtype={"ID": str}) if oof_path is not None and oof_path.is_file() else None
     metrics.update(final_evaluation(run, split["ID"].to_numpy()[test], y, prob, group_keys(data.table, "patient")[test],
                                     threshold, cfg, oof=oof))
+    if cv.get("metrics") and cv["metrics"].get("oof"):
+        metrics["promised"] = promise_vs_delivery(cv["metrics"]["oof"], m, metrics.get("intervals"), threshold)
     write_json(run / "test_metrics.json", metrics)
     plot_roc(y, prob, run / "test_roc_curve.png", title="Test ROC")
     plot_pr(y, prob, run / "test_pr_curve.png", title="Test precision-recall")
@@ -93,6 +114,8 @@ def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) ->
         "config": cfg,
         "threshold": threshold,
         "threshold_selection": cv["threshold"],
+        # applied to the sigmoid output before the threshold (trainer/calibrators.py); fitted on the holdout
+        "calibration": cal.to_dict(),
         "train_prevalence": float(data.labels[pool].mean()),
         "test_prevalence": float(y.mean()) if len(y) else None,
         "input": {"windows": cfg["windows"], "out_size": cfg["out_size"], "normalisation": "ImageNet mean/std"},

@@ -6,6 +6,8 @@ no script and no external link, so the file opens offline and can be archived or
 Sections (stable ``id`` attributes, in this order):
 
 ================== =====================================================================
+``promise``        what CV promised at the threshold beside what the test delivered (final
+                   runs; a cv run shows its promise), and every warning of the run
 ``summary``        run kind, folder, headline numbers
 ``data-manifest``  the store: files, ok, quarantined by reason, fixes, class balance,
                    transfer syntaxes, image sizes, duplicates, outliers, preprocessing
@@ -42,11 +44,11 @@ import pandas as pd
 __all__ = ["SECTION_IDS", "build_report", "write_report"]
 
 SECTION_IDS: tuple[str, ...] = (
-    "summary", "data-manifest", "split-manifest", "config-environment", "cv-curves", "threshold-table",
+    "promise", "summary", "data-manifest", "split-manifest", "config-environment", "cv-curves", "threshold-table",
     "oof-metrics", "test-metrics", "confusion", "calibration", "gallery",
 )
 TITLES = {
-    "summary": "Summary", "data-manifest": "Data manifest", "split-manifest": "Split manifest",
+    "promise": "Promise vs delivery", "summary": "Summary", "data-manifest": "Data manifest", "split-manifest": "Split manifest",
     "config-environment": "Configuration and environment", "cv-curves": "Cross-validation curves",
     "threshold-table": "Threshold table", "oof-metrics": "Out-of-fold metrics (cross-validation)",
     "test-metrics": "Test metrics", "confusion": "Confusion matrix", "calibration": "Calibration",
@@ -64,6 +66,7 @@ tr.chosen td{background:#fff3c4;font-weight:bold}
 .pass{color:#15692b;font-weight:bold} .fail{color:#a30d0d;font-weight:bold}
 .missing{color:#8a5a00;background:#fff8e6;padding:.4em .6em;border-left:4px solid #e0a800}
 .note{color:#555;font-size:.9em}
+.warn{color:#7a2e00;background:#fff0e6;padding:.4em .6em;border-left:4px solid #d9480f;margin:.3em 0}
 img.plot{max-width:100%;border:1px solid #eee;margin:.3em}
 .gallery{display:flex;flex-wrap:wrap;gap:.8em}
 .gallery figure{margin:0;text-align:center;font-size:.8em}
@@ -208,6 +211,38 @@ def _eval_block(ctx: dict[str, Any]) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------
 # sections
 # --------------------------------------------------------------------------------------------
+def run_warnings(ctx: dict[str, Any]) -> list[str]:
+    """Every warning of the run: stuck folds and threshold spread (cv), the final model's (final)."""
+    out = list((ctx["cv_metrics"] or {}).get("warnings") or [])
+    out += list((ctx["test_metrics"] or {}).get("warnings") or [])
+    return out
+
+
+def sec_promise(ctx: dict[str, Any]) -> str:
+    from trainer.promise import NAMES
+
+    parts = [f'<p class="warn">{esc(w)}</p>' for w in run_warnings(ctx)]
+    table_ = (ctx["test_metrics"] or {}).get("promised")
+    if table_ is None:
+        oof = (ctx["cv_metrics"] or {}).get("oof")
+        if not oof:
+            raise Missing("cv_metrics.json has no pooled OOF evaluation")
+        from trainer.promise import promise_vs_delivery
+
+        table_ = promise_vs_delivery(oof, {}, None, float(ctx["threshold"]))
+        parts.append('<p class="note">The CV promise at the chosen threshold. The held-out test has not been scored: '
+                     f"<code>python -m trainer final --cv-run {esc(ctx['run'])}</code> adds what it delivers.</p>")
+    rows = [{"metric": NAMES[r["metric"]], "CV (pooled OOF)": fmt(r["cv"]), "CV interval": ci([r["cv_lo"], r["cv_hi"]]),
+             "test": fmt(r["test"]), "test interval": ci([r["test_lo"], r["test_hi"]]),
+             "test − CV": fmt(r["diff"]),
+             "held?": "" if r["test"] is None else ('<span class="fail">outside the CV interval</span>' if r["outside"]
+                                                    else '<span class="pass">within</span>')}
+            for r in table_["rows"]]
+    parts.insert(0, f"<p>At threshold <b>{fmt(table_['threshold'], 4)}</b>. {esc(table_['what'])}</p>"
+                 + table(rows, list(rows[0]), left=("metric",), raw=("held?",)))
+    return "".join(parts)
+
+
 def sec_summary(ctx: dict[str, Any]) -> str:
     run = ctx["run"]
     rows = {"run folder": str(run.resolve()), "kind": ctx["kind"],
@@ -218,7 +253,10 @@ def sec_summary(ctx: dict[str, Any]) -> str:
         rows["decision threshold"] = ctx["threshold"]
     cm = ctx["cv_metrics"] or {}
     if cm:
-        rows["CV AUPRC (best val, mean ± sd)"] = f"{fmt(cm.get('best_val_auprc_mean'))} ± {fmt(cm.get('best_val_auprc_std'))}"
+        rows["CV AUPRC (OOF, mean ± sd over folds)"] = f"{fmt(cm.get('oof_ap_mean'))} ± {fmt(cm.get('oof_ap_std'))}"
+        rows["CV early stopping / calibration"] = f"{cm.get('early_stopping', 'val_fold')} / {cm.get('calibration', 'none')}"
+        for f in cm.get("stuck_folds") or []:
+            rows[f"fold {f['fold']} did not learn"] = f["why"]
         rows["CV ROC-AUC (OOF, mean ± sd over folds)"] = f"{fmt(cm.get('oof_auc_mean'))} ± {fmt(cm.get('oof_auc_std'))}"
     tm = ctx["test_metrics"]
     if tm:
@@ -351,7 +389,12 @@ def sec_cv_curves(ctx: dict[str, Any]) -> str:
              "<h3>Training histories</h3>", img_file(d / "cv_history.png", "training histories")]
     cm = ctx["cv_metrics"] or {}
     if cm.get("per_fold"):
-        parts.append("<h3>Per fold</h3>" + table(cm["per_fold"], ["fold", "n_train", "n_val", "best_val_auprc", "train_auc", "seconds"]))
+        cols = [c for c in ("fold", "early_stopping", "n_train", "n_holdout", "n_val", "best_val_auprc", "holdout_auc",
+                            "val_auc", "train_auc", "seconds") if c in cm["per_fold"][0]]
+        parts.append("<h3>Per fold</h3>" + table(cm["per_fold"], cols)
+                     + '<p class="note">best_val_auprc and holdout_auc: on the rows the fold model early-stopped and was '
+                       "calibrated on (its inner holdout, or with cv_early_stopping: val_fold its validation fold); "
+                       "val_auc: its validation fold, scored once.</p>")
     return "".join(parts)
 
 
@@ -368,8 +411,9 @@ def sec_threshold_table(ctx: dict[str, Any]) -> str:
     summ = pd.read_csv(d / "cv_thresholds_summary.csv")
     thr = float(sel["threshold"])
     near = threshold_rows(summ, thr)
-    cols = [c for c in ("threshold", "sens_mean", "sens_std", "spec_mean", "spec_std", "ppv_mean", "npv_mean", "f1_mean",
-                        "acc_mean", "tp_sum", "fp_sum", "tn_sum", "fn_sum") if c in near.columns]
+    cols = [c for c in ("threshold", "sens_pooled", "spec_pooled", "f1_pooled", "sens_mean", "sens_std", "spec_mean",
+                        "spec_std", "ppv_mean", "npv_mean", "f1_mean", "tp_sum", "fp_sum", "tn_sum", "fn_sum")
+            if c in near.columns]
     recs = near[cols].to_dict("records")
     for r in recs:
         for k in ("tp_sum", "fp_sum", "tn_sum", "fn_sum"):
@@ -377,9 +421,14 @@ def sec_threshold_table(ctx: dict[str, Any]) -> str:
                 r[k] = int(r[k])
     strat = sel.get("strategy")
     extra = f", sens_target {sel.get('sens_target')}" if strat == "sens_target" else ""
-    return (f'<p>Chosen threshold <b>{fmt(thr, 2)}</b> by <code>{esc(strat)}</code>{esc(extra)} on the mean over folds of '
-            f"the out-of-fold threshold tables (highlighted). Means and SDs are across folds; counts are summed.</p>"
-            + table(recs, cols, highlight=lambda r: abs(float(r["threshold"]) - thr) < 1e-9))
+    on = ("the pooled out-of-fold predictions (<code>_pooled</code> columns)" if sel.get("pooling") == "pooled"
+          else "the mean over folds of the out-of-fold threshold tables (<code>_mean</code> columns)")
+    per_fold = sel.get("per_fold") or []
+    return (f'<p>Chosen threshold <b>{fmt(thr, 4)}</b> by <code>{esc(strat)}</code>{esc(extra)} on {on} '
+            f"(highlighted), among {fmt(sel.get('n_candidates'))} candidates ({esc(sel.get('candidates', 'grid'))}). "
+            "Means and SDs are across folds; counts are summed.</p>"
+            + table(recs, cols, highlight=lambda r: abs(float(r["threshold"]) - thr) < 1e-9)
+            + ("<h3>Each fold at the chosen threshold</h3>" + table(per_fold, list(per_fold[0])) if per_fold else ""))
 
 
 METRIC_ROWS = (("sens", "sensitivity", "wilson"), ("spec", "specificity", "wilson"), ("ppv", "PPV (precision)", "wilson"),
@@ -540,7 +589,7 @@ def sec_gallery(ctx: dict[str, Any]) -> str:
 
 
 SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "summary": sec_summary, "data-manifest": sec_data_manifest, "split-manifest": sec_split_manifest,
+    "promise": sec_promise, "summary": sec_summary, "data-manifest": sec_data_manifest, "split-manifest": sec_split_manifest,
     "config-environment": sec_config_env, "cv-curves": sec_cv_curves, "threshold-table": sec_threshold_table,
     "oof-metrics": sec_oof_metrics, "test-metrics": sec_test_metrics, "confusion": sec_confusion,
     "calibration": sec_calibration, "gallery": sec_gallery,

@@ -7,6 +7,7 @@ stopping on validation AUPRC and restores the best weights; :func:`train_model` 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -50,9 +51,9 @@ def predict(model: nn.Module, data: Dataset, idx: np.ndarray, tf: BatchTransform
         x = tf(hu, train=False)
         with _autocast(data.device, cfg):
             logits = model(x).float().squeeze(1)
-        probs.append(torch.sigmoid(logits))
+        probs.append(torch.sigmoid(logits.double()))  # float64: no saturation at 1.0 before |logit| ~ 37
         rows.append(b)
-    p = torch.cat(probs).double().cpu().numpy()  # the one device -> host copy (a sync point)
+    p = torch.cat(probs).cpu().numpy()  # the one device -> host copy (a sync point)
     r = torch.cat(rows).cpu().numpy()
     if np.array_equal(r, idx):
         return p
@@ -123,6 +124,22 @@ def _pos_weight(cfg: dict[str, Any], y: np.ndarray, device: torch.device) -> tor
     return torch.tensor(float(pw), device=device)
 
 
+def lr_factor(epoch: int, epochs: int, *, warmup: int = 0, schedule: str = "constant") -> float:
+    """Multiplier of a stage's base learning rate in epoch ``epoch`` (1-based) of ``epochs``.
+
+    Warm-up: epochs 1..``warmup`` ramp linearly, ``e / (warmup + 1)``, so the base rate is first
+    reached in epoch ``warmup + 1``. Then ``constant`` keeps 1; ``cosine`` decays as
+    ``0.5 (1 + cos(pi t))``, ``t = (e - warmup - 1) / (epochs - warmup)``: 1 in the first epoch
+    after warm-up, just above 0 in the last (no epoch is wasted at rate 0).
+    """
+    if warmup and epoch <= warmup:
+        return epoch / (warmup + 1)
+    if schedule == "cosine":
+        t = (epoch - warmup - 1) / max(1, epochs - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0
+
+
 @dataclass
 class StageResult:
     best_auprc: float
@@ -144,11 +161,17 @@ def fit_stage(
 ) -> StageResult:
     """Train one stage (``head`` or ``ft``) with early stopping on validation AUPRC.
 
-    The best epoch's weights are restored at the end (the initial weights when no epoch beats
-    the AUPRC before training). Returns the per-epoch history.
+    An epoch is better when its AUPRC beats the best so far by more than ``min_delta``. Patience
+    counts only the epochs after ``min_epochs_<stage>``, so a model still on its initial plateau
+    is not stopped before it starts. Stage ``ft`` follows :func:`lr_factor` (``warmup_epochs``,
+    ``lr_schedule``); stage ``head`` keeps its rate. The best epoch's weights are restored at the
+    end (the initial weights when no epoch beats the AUPRC before training). Returns the
+    per-epoch history.
     """
     sfx = "head" if stage == "head" else "ft"
     epochs, patience = int(cfg[f"epochs_{sfx}"]), int(cfg[f"patience_{sfx}"])
+    min_epochs, min_delta = int(cfg[f"min_epochs_{sfx}"]), float(cfg["min_delta"])
+    warmup, schedule = (int(cfg["warmup_epochs"]), cfg["lr_schedule"]) if sfx == "ft" else (0, "constant")
     params = set_trainable(model, stage, cfg["ft_trainable_attrs"] if stage == "ft" else None)
     opt = make_optimizer(
         params, name=cfg["optimizer"], lr=cfg[f"lr_{sfx}"], weight_decay=cfg[f"weight_decay_{sfx}"],
@@ -160,7 +183,11 @@ def fit_stage(
     best_ap, _ = _scores(y_val, predict(model, data, val_idx, tf, cfg)) if epochs else (float("nan"), 0)
     best_ap = -1.0 if np.isnan(best_ap) else best_ap
     best_state, best_epoch, bad, history = copy.deepcopy(model.state_dict()), 0, 0, []
+    base_lr = float(cfg[f"lr_{sfx}"])
     for epoch in range(1, epochs + 1):
+        lr = base_lr * lr_factor(epoch, epochs, warmup=warmup, schedule=schedule)
+        for group in opt.param_groups:
+            group["lr"] = lr
         model.train()
         t0, losses, seen = time.perf_counter(), [], 0
         clock = _StepClock(data.device)
@@ -191,17 +218,17 @@ def fit_stage(
             val_loss = float(nn.functional.binary_cross_entropy(torch.as_tensor(p_val).clamp(1e-7, 1 - 1e-7), torch.as_tensor(y_val, dtype=torch.float64)))
         ap, auc = _scores(y_val, p_val)
         secs = time.perf_counter() - t0
-        rec = {"stage": stage, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auprc": ap,
+        rec = {"stage": stage, "epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss, "val_auprc": ap,
                "val_auc": auc, "seconds": secs, "images_per_s": seen / secs if secs else float("nan"),
                "train_seconds": train_secs, "train_images_per_s": seen / train_secs if train_secs else float("nan"),
                "data_wait_s": wait_s, "data_wait_frac": wait_s / step_s if step_s else float("nan")}
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
-        if not np.isnan(ap) and ap > best_ap:
+        if not np.isnan(ap) and ap > best_ap + min_delta:
             best_ap, best_epoch, bad = ap, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-        else:
+        elif epoch > min_epochs:
             bad += 1
             if bad > patience:
                 break

@@ -82,6 +82,29 @@ def _fetch_imagenet_state_dict() -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def check_weights(weights: str) -> None:
+    """Fail fast, before any split or training, when the config's ``weights`` cannot be had.
+
+    ``imagenet``: fetched once here (from the torch hub cache, else downloaded), so an offline
+    machine without the file gets :class:`WeightsUnavailableError` naming the hub-cache path and
+    the ``none`` / state_dict alternatives at start-up; a path must be a file.
+
+    Raises:
+        WeightsUnavailableError, FileNotFoundError.
+    """
+    spec = str(weights).strip()
+    if spec.lower() == "none":
+        return
+    if spec.lower() == "imagenet":
+        _fetch_imagenet_state_dict()
+        return
+    if not Path(spec).expanduser().is_file():
+        raise FileNotFoundError(
+            f"weights file {spec!r} (config key `weights`) does not exist; "
+            f"use `weights: none`, `weights: imagenet` or the path of a state_dict file"
+        )
+
+
 def _load_backbone(model: nn.Module, sd: Mapping[str, torch.Tensor], *, in_channels: int, source: str) -> None:
     """Load a torchvision-style ResNet18 state_dict into everything but ``fc``, strictly."""
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}

@@ -4,9 +4,11 @@ Each input file goes through the store's own preprocessing (:func:`neurocache.pr
 with the parameters recorded in the final run's ``model_card.json`` -- refused unless their
 fingerprint equals the one of the store the model was trained on -- then through the training
 pipeline's evaluation transform (window, resize, ImageNet normalisation; no augmentation), the
-model in eval mode, and the frozen threshold chosen in cross-validation.
+model in eval mode, the final model's calibration map (``model_card.json["calibration"]``) and
+the frozen threshold chosen in cross-validation.
 
-Output CSV, one row per input file, in input order: ``ID`` (file stem), ``path``, ``prob``,
+Output CSV, one row per input file, in input order: ``ID`` (file stem), ``path``, ``prob``
+(calibrated, what the threshold applies to), ``prob_raw`` (the model's sigmoid output),
 ``pred`` (0/1 at the threshold), ``status`` (``ok`` | ``quarantined``), ``reason`` and ``detail``
 (the store's reason codes, :data:`neurocache.reasons.REASONS`; empty when ok). Quarantined rows
 have empty ``prob`` and ``pred``: a non-CT or broken file gets a reason, never a made-up score.
@@ -28,7 +30,7 @@ from trainer.final import RunError
 
 __all__ = ["PREDICT_COLUMNS", "collect_inputs", "load_final_run", "predict_files"]
 
-PREDICT_COLUMNS: tuple[str, ...] = ("ID", "path", "prob", "pred", "status", "reason", "detail")
+PREDICT_COLUMNS: tuple[str, ...] = ("ID", "path", "prob", "prob_raw", "pred", "status", "reason", "detail")
 #: Hash key for the header's patient/study/series hashes; predictions do not use them.
 _NO_KEY = b"\0" * 16
 
@@ -66,8 +68,11 @@ def load_final_run(run: str | Path) -> dict[str, Any]:
             f"but the model was trained on a store with fingerprint {want[:12]}…: refusing to predict with other "
             f"preprocessing than training used"
         )
+    from trainer.calibrators import Calibrator
+
     return {"run": run, "card": card, "config": cfg, "threshold": float(card["threshold"]), "prep": prep,
-            "weights": run / card.get("weights_file", "final_model.pt")}
+            "weights": run / card.get("weights_file", "final_model.pt"),
+            "calibrator": Calibrator.from_dict(card.get("calibration"))}
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -126,7 +131,7 @@ def _score(model: torch.nn.Module, tf: Any, images: list[np.ndarray], cfg: dict[
     x = tf(hu, train=False)
     with _autocast(device, cfg):
         logits = model(x).float().squeeze(1)
-    return torch.sigmoid(logits).cpu().double().numpy()
+    return torch.sigmoid(logits.double()).cpu().numpy()  # float64, as trainer.loops.predict
 
 
 def predict_files(
@@ -166,10 +171,11 @@ def predict_files(
     def flush() -> None:
         if not pending:
             return
-        probs = _score(model, tf, [im for _, im in pending], cfg, dev)
-        for (i, _), pr in zip(pending, probs):
-            rows[i]["prob"] = float(pr)
-            rows[i]["pred"] = int(pr >= run["threshold"])
+        raw = _score(model, tf, [im for _, im in pending], cfg, dev)
+        for (i, _), pr, pc in zip(pending, raw, run["calibrator"](raw)):
+            rows[i]["prob"] = float(pc)
+            rows[i]["prob_raw"] = float(pr)
+            rows[i]["pred"] = int(pc >= run["threshold"])
         pending.clear()
 
     bar = None
@@ -180,7 +186,7 @@ def predict_files(
     try:
         for path in files:
             image, meta = preprocess_file(path, run["prep"], _NO_KEY)
-            rows.append({"ID": _file_id(path), "path": str(path), "prob": np.nan, "pred": pd.NA,
+            rows.append({"ID": _file_id(path), "path": str(path), "prob": np.nan, "prob_raw": np.nan, "pred": pd.NA,
                          "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")})
             if meta["status"] == OK and image is not None:
                 pending.append((len(rows) - 1, image))

@@ -15,20 +15,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainer.metrics import binary_metrics, threshold_table
+from trainer.metrics import _ratios, binary_metrics, threshold_grid, threshold_table
 
 __all__ = [
+    "MAX_CANDIDATES",
+    "POOLINGS",
     "RATIO_METRICS",
+    "SPREAD_WARN",
     "STRATEGIES",
     "ThresholdUnreachableError",
+    "candidate_thresholds",
     "cv_threshold_tables",
     "select_threshold",
+    "threshold_spread",
 ]
 
 #: Per-threshold ratios that get a ``_mean`` and ``_std`` column in the summary.
 RATIO_METRICS: tuple[str, ...] = ("sens", "spec", "ppv", "npv", "f1", "acc")
 #: Allowed values of ``select_threshold(strategy=...)``.
 STRATEGIES: tuple[str, ...] = ("max_f1", "sens_target")
+#: Allowed values of ``select_threshold(pooling=...)``: the summary's ``_pooled`` or ``_mean`` columns.
+POOLINGS: tuple[str, ...] = ("pooled", "folds")
+#: At most this many data-driven candidates (quantiles of the midpoints beyond it): 750k OOF rows
+#: must not mean 750k thresholds per fold.
+MAX_CANDIDATES: int = 2000
+#: A fold standard deviation of sensitivity or specificity above this at the chosen threshold is
+#: reported as a warning: the operating point is not stable across folds.
+SPREAD_WARN: float = 0.15
 #: Tolerance used when comparing ``sens_mean`` with ``sens_target`` (absorbs
 #: float round-off of the fold average, e.g. mean([0.9, 0.9, 0.9])).
 SENS_TOL: float = 1e-9
@@ -150,8 +163,69 @@ def cv_threshold_tables(
     for c in ("tp", "fp", "tn", "fn"):
         cols[f"{c}_sum"] = g[c].sum().reindex(order).to_numpy().astype(np.int64)
     cols["n_folds"] = g["fold"].nunique().reindex(order).to_numpy().astype(np.int64)
+    pooled = _ratios(cols["tp_sum"], cols["fp_sum"], cols["tn_sum"], cols["fn_sum"])
+    for m_name in RATIO_METRICS:
+        cols[f"{m_name}_pooled"] = pooled[m_name]
     summary = pd.DataFrame(cols)
     return by_fold, summary
+
+
+def candidate_thresholds(prob: Any, *, source: str = "oof", step: float = 0.01) -> np.ndarray:
+    """Thresholds worth evaluating for pooled out-of-fold scores ``prob`` (shape (n,), in [0, 1]).
+
+    ``source="oof"``: the midpoints between consecutive distinct scores, so the candidates are
+    dense exactly where the scores are (a model whose scores all sit below 0.01 still gets a
+    fine choice); more than :data:`MAX_CANDIDATES` are thinned to that many quantiles.
+    ``source="grid"``: :func:`trainer.metrics.threshold_grid` with ``step``.
+
+    Either way a candidate that puts every pooled score on one side (``t <= min`` predicts all
+    positive, ``t > max`` all negative) is dropped -- unless all scores are equal, when nothing
+    else exists and the caller is told by the one-class check of :func:`threshold_spread`.
+
+    Returns:
+        float64 thresholds, ascending, unique.
+    """
+    p = np.unique(np.asarray(prob, dtype=np.float64))
+    if p.size == 0:
+        raise ValueError("candidate_thresholds needs at least one score")
+    if source == "grid":
+        cand = threshold_grid(step)
+    elif source == "oof":
+        cand = (p[:-1] + p[1:]) / 2.0 if p.size > 1 else p.copy()
+        if cand.size > MAX_CANDIDATES:
+            cand = np.unique(np.quantile(cand, np.linspace(0.0, 1.0, MAX_CANDIDATES)))
+    else:
+        raise ValueError(f"threshold candidates source={source!r} is invalid; allowed: oof, grid")
+    keep = (cand > p[0]) & (cand <= p[-1])
+    return np.unique(cand[keep]) if keep.any() else np.unique(cand)
+
+
+def threshold_spread(by_fold: pd.DataFrame, threshold: float) -> dict[str, Any]:
+    """Per-fold sensitivity/specificity/PPV/NPV at ``threshold`` (a row of ``by_fold``) and warnings.
+
+    Returns:
+        ``{"per_fold": [{fold, sens, spec, ppv, npv, n_pred_pos, n}], "sens_std", "spec_std",
+        "warnings": [str]}``; a warning when a fold standard deviation exceeds
+        :data:`SPREAD_WARN` or a fold predicts one class only at the threshold.
+    """
+    rows = by_fold[np.isclose(by_fold["threshold"].to_numpy(dtype=float), float(threshold), rtol=0, atol=1e-12)]
+    per_fold = [{"fold": int(r.fold), "sens": float(r.sens), "spec": float(r.spec), "ppv": float(r.ppv),
+                 "npv": float(r.npv), "n_pred_pos": int(r.tp + r.fp), "n": int(r.tp + r.fp + r.tn + r.fn)}
+                for r in rows.itertuples()]
+    out: dict[str, Any] = {"per_fold": per_fold, "warnings": []}
+    for m in ("sens", "spec"):
+        vals = np.array([f[m] for f in per_fold], dtype=float)
+        sd = float(np.std(vals, ddof=1)) if vals.size > 1 else float("nan")
+        out[f"{m}_std"] = sd
+        if np.isfinite(sd) and sd > SPREAD_WARN:
+            each = ", ".join("fold %d: %.2f" % (f["fold"], f[m]) for f in per_fold)
+            out["warnings"].append(f"{m} at threshold {threshold:.4g} varies across folds (sd {sd:.2f} > "
+                                   f"{SPREAD_WARN}; {each}): the operating point is unstable")
+    for f in per_fold:
+        if f["n_pred_pos"] in (0, f["n"]):
+            what = "negative" if f["n_pred_pos"] == 0 else "positive"
+            out["warnings"].append(f"fold {f['fold']} predicts every slice {what} at threshold {threshold:.4g}")
+    return out
 
 
 def _row_to_dict(row: pd.Series) -> dict[str, Any]:
@@ -168,25 +242,30 @@ def select_threshold(
     summary: pd.DataFrame,
     strategy: str,
     sens_target: float | None = None,
+    pooling: str = "folds",
 ) -> dict[str, Any]:
     """Pick an operating threshold from a :func:`cv_threshold_tables` summary.
+
+    ``pooling="folds"`` (the seed's) reads the fold means (``f1_mean``, ``sens_mean``,
+    ``ppv_mean``); ``pooling="pooled"`` the ratios of the pooled OOF counts (``f1_pooled``...).
+    Below, ``_x`` is that suffix.
 
     Strategies
     ----------
     ``"max_f1"``
-        The row with the largest ``f1_mean``. Ties (exactly equal
-        ``f1_mean``) are broken toward the **lowest** threshold, i.e. the
-        more sensitive operating point. NaN ``f1_mean`` rows are ignored.
+        The row with the largest ``f1_x``. Ties (exactly equal
+        ``f1_x``) are broken toward the **lowest** threshold, i.e. the
+        more sensitive operating point. NaN ``f1_x`` rows are ignored.
     ``"sens_target"``
-        Among rows with ``sens_mean >= sens_target`` (up to a ``1e-9``
-        round-off tolerance), the row with the largest ``ppv_mean`` (NaN
+        Among rows with ``sens_x >= sens_target`` (up to a ``1e-9``
+        round-off tolerance), the row with the largest ``ppv_x`` (NaN
         counts as lowest); ties are broken toward the **highest** threshold.
 
     Returns
     -------
     dict
-        ``strategy``, ``threshold``, ``sens_target`` (None for ``max_f1``) and
-        every other column of the selected row converted to ``float``.
+        ``strategy``, ``pooling``, ``threshold``, ``sens_target`` (None for
+        ``max_f1``) and every other column of the selected row converted to ``float``.
 
     Raises
     ------
@@ -200,9 +279,13 @@ def select_threshold(
             f"The 'strategy' parameter of select_threshold must be one of "
             f"{list(STRATEGIES)}; got {strategy!r}."
         )
+    if pooling not in POOLINGS:
+        raise ValueError(f"The 'pooling' parameter of select_threshold must be one of {list(POOLINGS)}; got {pooling!r}.")
     if not isinstance(summary, pd.DataFrame) or len(summary) == 0:
         raise ValueError("The 'summary' parameter must be a non-empty pandas DataFrame.")
-    needed = ["threshold", "f1_mean"] if strategy == "max_f1" else ["threshold", "sens_mean", "ppv_mean"]
+    sfx = "mean" if pooling == "folds" else "pooled"
+    what = "mean" if pooling == "folds" else "pooled"
+    needed = ["threshold", f"f1_{sfx}"] if strategy == "max_f1" else ["threshold", f"sens_{sfx}", f"ppv_{sfx}"]
     missing = [c for c in needed if c not in summary.columns]
     if missing:
         raise ValueError(
@@ -217,10 +300,10 @@ def select_threshold(
                 "The 'sens_target' parameter is only used with strategy='sens_target'; "
                 f"got sens_target={sens_target!r} with strategy='max_f1'."
             )
-        f1 = summary["f1_mean"].to_numpy(dtype=np.float64)
+        f1 = summary[f"f1_{sfx}"].to_numpy(dtype=np.float64)
         valid = ~np.isnan(f1)
         if not valid.any():
-            raise ValueError("The 'summary' column 'f1_mean' is all NaN; cannot select a threshold.")
+            raise ValueError(f"The 'summary' column 'f1_{sfx}' is all NaN; cannot select a threshold.")
         best = np.nanmax(f1)
         cand = np.flatnonzero(valid & (f1 == best))
         idx = int(cand[np.argmin(thr[cand])])
@@ -240,21 +323,21 @@ def select_threshold(
             raise ValueError(
                 f"The 'sens_target' parameter must be a float in [0, 1]; got {sens_target!r}."
             )
-        sens = summary["sens_mean"].to_numpy(dtype=np.float64)
+        sens = summary[f"sens_{sfx}"].to_numpy(dtype=np.float64)
         ok = sens >= target - SENS_TOL  # NaN compares False
         if not ok.any():
             if np.isnan(sens).all():
                 raise ThresholdUnreachableError(
-                    f"sens_target={target:g} cannot be reached: 'sens_mean' is all NaN. "
+                    f"sens_target={target:g} cannot be reached: 'sens_{sfx}' is all NaN. "
                     "Lower `sens_target` or use strategy='max_f1'."
                 )
             i_best = int(np.nanargmax(sens))
             raise ThresholdUnreachableError(
-                f"sens_target={target:g} is unreachable: the best mean sensitivity is "
+                f"sens_target={target:g} is unreachable: the best {what} sensitivity is "
                 f"{sens[i_best]:.4f} at threshold={thr[i_best]:g}. "
                 "Lower `sens_target` or use strategy='max_f1'."
             )
-        ppv = np.nan_to_num(summary["ppv_mean"].to_numpy(dtype=np.float64), nan=-np.inf)
+        ppv = np.nan_to_num(summary[f"ppv_{sfx}"].to_numpy(dtype=np.float64), nan=-np.inf)
         best = ppv[ok].max()
         cand = np.flatnonzero(ok & (ppv == best))
         idx = int(cand[np.argmax(thr[cand])])
@@ -263,6 +346,7 @@ def select_threshold(
     row = summary.iloc[idx]
     out: dict[str, Any] = {
         "strategy": strategy,
+        "pooling": pooling,
         "threshold": float(row["threshold"]),
         "sens_target": target_out,
     }
