@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install neurocache with pinned dependencies
 
 synth: $(STAMP)  ## write the synthetic demo dataset into $(DATA)
-	$(BIN)/neurocache synth $(DATA) --patients 40 --slices-per-patient 12 --seed 0
+	$(BIN)/neurocache synth $(DATA) --patients 100 --slices-per-patient 6 --seed 0
 
 validate: $(STAMP)  ## check $(DATA)'s structure and labels
 	$(BIN)/neurocache validate --data-root $(DATA)

@@ -69,7 +69,7 @@ def device_pipeline(store: Path, out_size: int, batch: int, seconds: float) -> d
     from trainer.data import load_dataset, pick_device
     from trainer.loops import make_transform
 
-    cfg = load_config(ROOT / "configs" / "default.yaml", sets=[f"out_size={out_size}"])
+    cfg = load_config(ROOT / "configs" / "default.yaml", sets=[f"out_size={out_size}", "weights=none"])
     dev = pick_device("auto")
     t = time.perf_counter()
     data = load_dataset(str(store), cfg, dev)

@@ -42,7 +42,8 @@ rm -rf "$STORE"
 t2=$(now)
 "$PY" -m bench.gpu pipeline "$STORE" --out-size "$OUT_SIZE" --out "$WORK/pipeline.json"
 t3=$(now)
-SETS=(--set "out_size=$OUT_SIZE")
+# the GPU machine is offline: random init (weights: none) unless the hub cache holds the ImageNet file
+SETS=(--set "out_size=$OUT_SIZE" --set "weights=${WEIGHTS:-none}")
 for s in $EXTRA_SET; do SETS+=(--set "$s"); done
 rm -rf "$RUNS"
 "$PY" -m trainer cv --store "$STORE" --config configs/default.yaml "${SETS[@]}" --out "$RUNS" --quiet
