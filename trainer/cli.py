@@ -1,5 +1,5 @@
-"""``python -m trainer {cv,final,predict,report}``: cross-validation and the final model, from a neurocache
-store; scoring new DICOM files with a final run; the runs' report.html."""
+"""``python -m trainer {cv,final,predict,report,runs}``: cross-validation and the final model, from a neurocache
+store; scoring new DICOM files with a final run; the runs' report.html; every run side by side."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ EPILOG = """examples:
   python -m trainer final --cv-run outputs/run_20260101_120000_cv
   python -m trainer predict --run outputs/run_20260101_130000_final new_scans/ one.dcm --out predictions.csv
   python -m trainer report outputs/run_20260101_130000_final
+  python -m trainer runs --out outputs --sort cv_auprc --csv runs.csv --plot runs.png
 """
 
 
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run", type=Path, help="a cv or final run folder")
     rp.add_argument("--store", default=None, help="store to read the manifest and images from (default: the run's)")
     rp.add_argument("--out", type=Path, default=None, help="HTML file to write (default: RUN/report.html)")
+    from trainer.run_table import add_parser as add_runs_parser
+
+    add_runs_parser(sub)
     return p
 
 
@@ -90,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "runs":
+            from trainer.run_table import command
+
+            return command(args)
         return _cv(args) if args.command == "cv" else _final(args)
     except (ConfigError, StoreError, RunError, WeightsUnavailableError, ThresholdUnreachableError, ClusterError,
             FileNotFoundError, ValueError) as e:
