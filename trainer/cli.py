@@ -145,11 +145,13 @@ def _check_store_arg(store: str | None) -> None:
 def _cv(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.cv import load_grid
+    from trainer.tracking import check_tracking
 
     t0 = time.perf_counter()
     flags = {k: getattr(args, k) for k in ("seed", "test_size", "k_folds", "batch_size", "num_workers", "out_size",
                                            "holdout_frac", "prep_plot_n", "threshold_strategy", "sens_target")}
     cfg = load_config(args.config, config_json=args.config_json, flags=flags, sets=args.set)
+    check_tracking(cfg)
     grid = load_grid(args.grid) if args.run_grid else None
     _check_store_arg(args.store)
     client, resources = None, {}
@@ -176,6 +178,7 @@ def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resourc
     from trainer.examples import plot_examples
     from trainer.loops import make_transform
     from trainer.runs import environment, new_run_dir, write_json
+    from trainer.tracking import track
 
     device = _setup(cfg)
     run = new_run_dir(args.out, "cv")
@@ -215,6 +218,7 @@ def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resourc
           f"OOF ROC-AUC {m['oof_auc_mean']:.3f}±{m['oof_auc_std']:.3f}  AP {m['oof_ap_mean']:.3f}  "
           f"threshold ({m['threshold_strategy']}) {m['threshold']:.2f}")
     _write_report(run, m["wall_seconds"])
+    track(run)
     print(f"run folder: {run}")
     return 0
 
@@ -224,11 +228,13 @@ def _final(args: argparse.Namespace) -> int:
     from trainer.distributed import store_address
     from trainer.final import read_cv_run, run_final
     from trainer.runs import environment, new_run_dir, write_json
+    from trainer.tracking import check_tracking, track
 
     t0 = time.perf_counter()
     _check_store_arg(args.store)
     cv = read_cv_run(args.cv_run)
     cfg = cv["config"]
+    check_tracking(cfg)
     device = _setup(cfg)
     store = args.store or cv["store"]["path"]
     data = load_dataset(str(store), cfg, device)
@@ -249,6 +255,7 @@ def _final(args: argparse.Namespace) -> int:
     m["wall_seconds"] = round(time.perf_counter() - t0, 2)
     write_json(run / "test_metrics.json", m)
     _write_report(run, m["wall_seconds"])
+    track(run)
     print(f"run folder: {run}")
     return 0
 
