@@ -6,16 +6,19 @@ CONFIG ?= configs/default.yaml
 OUT    ?= outputs
 CV_RUN ?=
 INPUT  ?=
+ARGS   ?=
 PYTHON ?= python3
 
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install synth validate cache info cv final demo predict test bench clean
+.PHONY: help install synth validate cache info cv final demo predict runs notebook test bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+	@echo "Open the notebook in Jupyter: $(BIN)/pip install jupyterlab, then $(BIN)/jupyter lab $(OUT)/eda_executed.ipynb"
+	@echo "  (the executed copy from make notebook) or notebooks/eda.ipynb (edit its parameters cell); VS Code opens both too."
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +51,12 @@ demo: $(STAMP)  ## synth -> cache -> cv -> final on configs/demo.yaml (about 10 
 
 predict: $(STAMP)  ## score INPUT (DICOM files/folders) with RUN (default: the latest final run in $(OUT)) -> $(OUT)/predictions.csv
 	$(BIN)/python -m trainer predict --run $(or $(RUN),$(shell ls -d $(OUT)/run_*_final* 2>/dev/null | sort | tail -n 1)) $(INPUT) --out $(OUT)/predictions.csv
+
+runs: $(STAMP)  ## every cv/final run in $(OUT) side by side (python -m trainer runs; add ARGS="--sort cv_auprc --plot runs.png")
+	$(BIN)/python -m trainer runs --out $(OUT) $(ARGS)
+
+notebook: $(STAMP)  ## execute notebooks/eda.ipynb on $(STORE) and $(OUT) -> $(OUT)/eda_executed.ipynb (see below to open it)
+	$(BIN)/python -m neurocache.notebook notebooks/eda.ipynb --set STORE=$(STORE) --set OUTPUTS=$(OUT) --to $(OUT)/eda_executed.ipynb
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q

@@ -1,7 +1,27 @@
 """neurocache: brain CT DICOM slices -> a validated, chunked Zarr cache of HU arrays + a feature table.
 
 The build path imports numpy, pydicom, zarr and dask only (never torch), so caching stays cheap.
+
+Python API (what ``neurocache info``, the trainer and the notebook use)::
+
+    store = neurocache.open_store("store.zarr")   # refuses an incomplete store or another schema
+    store.features, store.quality, store.images   # DataFrame, dict, lazy int16 HU (N, S, S)
+    store.image("ID_0a1b2c"), store.info()        # one HU slice by ID; the `neurocache info --json` summary
 """
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 SCHEMA_VERSION = 2  # 2: fixes/n_frames columns, new reason codes, incremental-build attrs
+
+__all__ = ["SCHEMA_VERSION", "__version__", "open_store"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``neurocache.open_store`` without importing zarr/pandas on ``import neurocache``
+    if name == "open_store":
+        from neurocache.store import open_store
+
+        return open_store
+    raise AttributeError(f"module 'neurocache' has no attribute {name!r}")

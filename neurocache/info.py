@@ -6,20 +6,23 @@ from pathlib import Path
 from typing import Any
 
 from neurocache.remote import StoreLocation
-from neurocache.store import dir_bytes, open_store, read_attrs
+from neurocache.store import Store, StoreError, dir_bytes, open_store, read_attrs
 
 
-def store_info(path: str | Path) -> dict[str, Any]:
+def store_info(path: str | Path | Store) -> dict[str, Any]:
     """Summary of a store; works on an incomplete store too (``complete: false``, no counts).
+
+    ``path``: a store folder or URL, or a :class:`~neurocache.store.Store` already open (``Store.info()``).
 
     Keys: n_files, n_ok, n_quarantined, n_missing_file, shape, dtype, fingerprint, complete,
     bytes_on_disk, source_bytes, images_bytes, compression_ratio, by_reason, preprocess, created.
     """
+    opened = path if isinstance(path, Store) else None
+    if opened is not None:
+        path = opened.path
     loc = StoreLocation(path)  # a folder or an fsspec URL
-    attrs = read_attrs(loc)
+    attrs = opened.attrs if opened is not None else read_attrs(loc)
     if attrs is None:
-        from neurocache.store import StoreError
-
         raise StoreError(f"no neurocache store at {path}: run `neurocache build --store {path} ...` first")
     info: dict[str, Any] = {
         "store": str(path),
@@ -35,7 +38,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "n_files": attrs.get("source", {}).get("n_files"),
     }
     if info["complete"]:
-        s = open_store(loc)
+        s = opened if opened is not None else open_store(loc)
         counts = attrs.get("counts", {})
         images_bytes = loc.size("images")
         raw = int(s.images.size) * 2

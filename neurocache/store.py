@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +91,12 @@ def param_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 @dataclass
 class Store:
-    """A complete store opened for reading.
+    """A complete store opened for reading: the object :func:`neurocache.open_store` returns.
 
     Attributes:
         path: the store's folder (a ``Path``), or its URL (a :class:`neurocache.remote.StoreURL`).
         attrs: the ``neurocache`` group attrs.
-        images: the int16 (N, S, S) Zarr array, HU.
+        images: the int16 (N, S, S) Zarr array, HU (lazy: slices are read when indexed).
         features: the feature table, one row per input file.
     """
 
@@ -117,8 +118,34 @@ class Store:
         ok = self.features[self.features["status"] == "ok"]
         return ok.sort_values("row").reset_index(drop=True)
 
+    @cached_property
     def quality(self) -> dict[str, Any]:
+        """``quality.json``: counts by status and reason, class balance, duplicates, outliers, ..."""
         return json.loads(StoreLocation(self.path).read_text(QUALITY_FILE))
+
+    def image(self, id_: str) -> np.ndarray:
+        """The cached int16 HU slice (S, S) of the file with this ID.
+
+        Raises:
+            KeyError: the ID is not in the store, or its file was not cached; the message names the
+                ID and, for a quarantined file or a label without a file, its status, reason and detail.
+        """
+        rows = self.features[self.features["ID"].astype(str) == str(id_)]
+        ok = rows[rows["status"] == "ok"]
+        if not ok.empty:
+            return np.asarray(self.images[int(ok["row"].iloc[0])])
+        if rows.empty:
+            raise KeyError(f"ID {id_!r} is not in store {self.path} (no file or label with that ID)")
+        r = rows.iloc[0]
+        detail = f": {r['detail']}" if r.get("detail") else ""
+        raise KeyError(f"ID {id_!r} has no image in store {self.path}: it is {r['status']} "
+                       f"(reason {r['reason']}{detail})")
+
+    def info(self) -> dict[str, Any]:
+        """The summary ``neurocache info --json`` prints (:func:`neurocache.info.store_info`)."""
+        from neurocache.info import store_info
+
+        return store_info(self)
 
 
 def open_store(path: str | Path | StoreLocation, *, expect: PrepConfig | None = None) -> Store:

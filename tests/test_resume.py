@@ -34,7 +34,7 @@ def assert_same_store(a: Path, b: Path) -> None:
     assert sa.images.shape == sb.images.shape
     np.testing.assert_array_equal(sa.images[:], sb.images[:])
     pd.testing.assert_frame_equal(sa.features, sb.features)
-    assert sa.quality() == sb.quality()
+    assert sa.quality == sb.quality
     assert sa.fingerprint == sb.fingerprint and sa.attrs["hash_key"] == sb.attrs["hash_key"]
     for s in (a, b):
         assert not (s / "_staging").exists() and not (s / "_progress").exists()

@@ -469,7 +469,7 @@ def test_mixed_folder_every_file_accounted_for(synth_data, tmp_path):
         img, _ = preprocess_file(root / "CTs" / rec.file, cfg, key)
         np.testing.assert_array_equal(s.images[int(rec.row)], img)
     assert {str(t) for t in ok["transfer_syntax"]} >= set(LOSSLESS.values()) | {"1.2.840.10008.1.2.4.91"}
-    q = s.quality()
+    q = s.quality
     assert q["counts"]["by_reason"]["secondary_capture"] == 4 and q["fixes"] == {"rsna_12bit_wrap": 1}
     assert set(q["fixes"]) <= set(FIXES)
     assert got["rsna_wrapped.dcm"] == ("ok", "") and f.set_index("file").at["rsna_wrapped.dcm", "fixes"] == "rsna_12bit_wrap"

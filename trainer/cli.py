@@ -1,5 +1,5 @@
-"""``python -m trainer {cv,final,predict,report}``: cross-validation and the final model, from a neurocache
-store; scoring new DICOM files with a final run; the runs' report.html."""
+"""``python -m trainer {cv,final,predict,report,runs}``: cross-validation and the final model, from a neurocache
+store; scoring new DICOM files with a final run; the runs' report.html; every run side by side."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ EPILOG = """examples:
   python -m trainer final --cv-run outputs/run_20260101_120000_cv
   python -m trainer predict --run outputs/run_20260101_130000_final new_scans/ one.dcm --out predictions.csv
   python -m trainer report outputs/run_20260101_130000_final
+  python -m trainer runs --out outputs --sort cv_auprc --csv runs.csv --plot runs.png
 """
 
 
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run", type=Path, help="a cv or final run folder")
     rp.add_argument("--store", default=None, help="store to read the manifest and images from (default: the run's)")
     rp.add_argument("--out", type=Path, default=None, help="HTML file to write (default: RUN/report.html)")
+    from trainer.run_table import add_parser as add_runs_parser
+
+    add_runs_parser(sub)
     return p
 
 
@@ -90,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "runs":
+            from trainer.run_table import command
+
+            return command(args)
         return _cv(args) if args.command == "cv" else _final(args)
     except (ConfigError, StoreError, RunError, WeightsUnavailableError, ThresholdUnreachableError, ClusterError,
             FileNotFoundError, ValueError) as e:
@@ -137,11 +145,13 @@ def _check_store_arg(store: str | None) -> None:
 def _cv(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.cv import load_grid
+    from trainer.tracking import check_tracking
 
     t0 = time.perf_counter()
     flags = {k: getattr(args, k) for k in ("seed", "test_size", "k_folds", "batch_size", "num_workers", "out_size",
                                            "holdout_frac", "prep_plot_n", "threshold_strategy", "sens_target")}
     cfg = load_config(args.config, config_json=args.config_json, flags=flags, sets=args.set)
+    check_tracking(cfg)
     grid = load_grid(args.grid) if args.run_grid else None
     from trainer.model import check_weights
 
@@ -172,6 +182,7 @@ def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resourc
     from trainer.examples import plot_examples
     from trainer.loops import make_transform
     from trainer.runs import environment, new_run_dir, write_json
+    from trainer.tracking import track
 
     device = _setup(cfg)
     run = new_run_dir(args.out, "cv")
@@ -215,6 +226,7 @@ def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resourc
     for w in m["warnings"]:
         print(f"WARNING: {w}", file=sys.stderr)
     _write_report(run, m["wall_seconds"])
+    track(run)
     print(f"run folder: {run}")
     return 0
 
@@ -224,6 +236,7 @@ def _final(args: argparse.Namespace) -> int:
     from trainer.distributed import store_address
     from trainer.final import read_cv_run, run_final
     from trainer.runs import environment, new_run_dir, write_json
+    from trainer.tracking import check_tracking, track
 
     t0 = time.perf_counter()
     _check_store_arg(args.store)
@@ -232,6 +245,7 @@ def _final(args: argparse.Namespace) -> int:
     from trainer.model import check_weights
 
     check_weights(cfg["weights"])
+    check_tracking(cfg)
     device = _setup(cfg)
     store = args.store or cv["store"]["path"]
     data = load_dataset(str(store), cfg, device)
@@ -258,6 +272,7 @@ def _final(args: argparse.Namespace) -> int:
     m["wall_seconds"] = round(time.perf_counter() - t0, 2)
     write_json(run / "test_metrics.json", m)
     _write_report(run, m["wall_seconds"])
+    track(run)
     print(f"run folder: {run}")
     return 0
 

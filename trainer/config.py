@@ -84,6 +84,9 @@ DEFAULTS: dict[str, Any] = {
     "calibration_bins": 10,         # reliability-diagram bins
     "calibration_strategy": "uniform",  # uniform | quantile bin edges
     "gallery_n": 6,                 # report.html: most confident false positives / false negatives shown
+    # experiment tracking (trainer/tracking.py): optional, needs `pip install 'neurocache[tracking]'`
+    "tracking": "none",             # none | mlflow: log each cv/final run (flattened config, metrics, run folder as artifacts)
+    "tracking_uri": "",             # MLflow tracking URI; "" = sqlite file OUT/mlruns/mlflow.db (+ OUT/mlruns/artifacts), no server
 }
 
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -98,6 +101,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "threshold_pooling": ("pooled", "folds"),
     "threshold_candidates": ("oof", "grid"),
     "lr_schedule": ("constant", "cosine"),
+    "tracking": ("none", "mlflow"),
 }
 
 # The seed's command-line flags and the keys they set.

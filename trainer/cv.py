@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from neurocache.config import ConfigError
 from trainer.calibrators import fit_calibrator
@@ -94,7 +94,7 @@ def run_fold(
     Returns plain Python values (small enough to send back from a worker):
     ``{"oof": {"ID", "label", "prob" (calibrated), "prob_raw", "fold"}, "history": [epoch rows],
     "fold": {"fold", "early_stopping", "best_val_auprc" (on the stopping rows), "holdout_auc",
-    "val_auc", "train_auc", "n_train", "n_holdout", "n_val", "calibration", "seconds", "device"}}``.
+    "val_auc", "val_ap", "train_auc", "n_train", "n_holdout", "n_val", "calibration", "seconds", "device"}}``.
     """
     k = int(k)
     tr, va = fold_rows(split, k)
@@ -117,6 +117,7 @@ def run_fold(
         "history": [{key: (v.item() if isinstance(v, np.generic) else v) for key, v in r.items()} for r in hist],
         "fold": {"fold": k, "early_stopping": cfg["cv_early_stopping"], "best_val_auprc": float(best),
                  "holdout_auc": _auc(data.labels[stop], p_stop), "val_auc": _auc(data.labels[va], p_val),
+                 "val_ap": _ap(data.labels[va], p_val),
                  "train_auc": _auc(data.labels[fit], p_fit), "n_train": len(fit),
                  "n_holdout": len(stop) if stop is not va else 0, "n_val": len(va), "calibration": cal.to_dict(),
                  "seconds": time.perf_counter() - t0, "device": str(data.device)},
@@ -126,6 +127,11 @@ def run_fold(
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
     """ROC-AUC, NaN for one class."""
     return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def _ap(y: np.ndarray, p: np.ndarray) -> float:
+    """AUPRC (average precision), NaN without positives."""
+    return float(average_precision_score(y, p)) if y.sum() > 0 else float("nan")
 
 
 def collect_folds(parts: list[dict[str, Any]]) -> dict[str, Any]:

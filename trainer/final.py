@@ -19,29 +19,18 @@ from trainer.metrics import binary_metrics
 from trainer.model import save_weights
 from trainer.promise import promise_vs_delivery
 from trainer.report import plot_confusion, plot_pr, plot_roc
-from trainer.runs import read_json, write_json
+from trainer.run_folder import RunError, load_run, run_kind  # noqa: F401 - RunError is re-exported
+from trainer.runs import write_json
 from trainer.split import holdout_split
 
 
-class RunError(RuntimeError):
-    """A cv run folder is missing files or does not match the store."""
-
-
 def read_cv_run(cv_run: str | Path) -> dict[str, Any]:
-    """The pieces of a cv run the final model needs; a clear error naming a missing file."""
-    run = Path(cv_run)
-    need = ["effective_config.json", "split.csv", "threshold_selection.json", "store.json"]
-    missing = [f for f in need if not (run / f).is_file()]
-    if missing:
-        raise RunError(f"{run} is not a complete cv run (missing {', '.join(missing)}); run `python -m trainer cv` first")
-    return {
-        "config": read_json(run / "effective_config.json"),
-        "split": pd.read_csv(run / "split.csv", dtype={"ID": str, "group": str}),
-        "threshold": read_json(run / "threshold_selection.json"),
-        "store": read_json(run / "store.json"),
-        "metrics": read_json(run / "cv_metrics.json") if (run / "cv_metrics.json").is_file() else None,
-        "run": run,
-    }
+    """The pieces of a cv run the final model needs (:func:`trainer.load_run`); a clear error naming a missing file."""
+    if Path(cv_run).is_dir() and run_kind(cv_run) != "cv":
+        raise RunError(f"{cv_run} is a final run, not a cv run: pass the cv run it was made from")
+    r = load_run(cv_run, require=("effective_config.json", "split.csv", "threshold_selection.json", "store.json"))
+    return {"config": r.config, "split": r.split, "threshold": r.selection, "store": r.store,
+            "metrics": r.cv_metrics, "run": r.path}
 
 
 def align_split(data: Dataset, split: pd.DataFrame) -> pd.DataFrame:

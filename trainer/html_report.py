@@ -141,43 +141,18 @@ def img_file(path: Path, alt: str) -> str:
     return img_png(Path(path).read_bytes(), alt)
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text()) if Path(path).is_file() else None
-
-
 # --------------------------------------------------------------------------------------------
 # context: everything the sections read
 # --------------------------------------------------------------------------------------------
 def _context(run: Path, store_path: str | Path | None, wall_seconds: float | None) -> dict[str, Any]:
-    run = Path(run)
-    ctx: dict[str, Any] = {"run": run, "kind": "final" if (run / "model_card.json").is_file() else "cv"}
-    ctx["config"] = _read_json(run / "effective_config.json") or {}
-    ctx["store_json"] = _read_json(run / "store.json") or {}
-    ctx["run_args"] = _read_json(run / "run_args.json") or {}
-    if ctx["kind"] == "cv":
-        cv_dir: Path | None = run
-    else:
-        c = ctx["run_args"].get("cv_run")
-        cv_dir = None
-        if c:  # as given on the command line (maybe relative to another cwd), else a sibling folder
-            for cand in (Path(c), run.parent / Path(c).name):
-                if cand.is_dir():
-                    cv_dir = cand
-                    break
-    ctx["cv_dir"] = cv_dir
-    ctx["cv_metrics"] = _read_json(cv_dir / "cv_metrics.json") if cv_dir else None
-    ctx["selection"] = _read_json(cv_dir / "threshold_selection.json") if cv_dir else None
-    split_path = cv_dir / "split.csv" if cv_dir else None
-    ctx["split"] = (pd.read_csv(split_path, dtype={"ID": str, "group": str})
-                    if split_path and split_path.is_file() else None)
-    ctx["test_metrics"] = _read_json(run / "test_metrics.json") if ctx["kind"] == "final" else None
-    ctx["card"] = _read_json(run / "model_card.json") if ctx["kind"] == "final" else None
-    thr = None
-    if ctx["card"]:
-        thr = ctx["card"].get("threshold")
-    elif ctx["selection"]:
-        thr = ctx["selection"].get("threshold")
-    ctx["threshold"] = thr
+    from trainer.run_folder import load_run
+
+    r = load_run(run, require=())  # whatever the run has; missing pieces are None and their sections say so
+    ctx: dict[str, Any] = {"run": r.path, "kind": r.kind, "config": r.config, "store_json": r.store,
+                           "run_args": r.run_args, "cv_dir": r.path if r.kind == "cv" else r.cv_run,
+                           "cv_metrics": r.cv_metrics, "selection": r.selection, "split": r.split,
+                           "test_metrics": r.metrics if r.kind == "final" else None, "card": r.model_card,
+                           "threshold": r.threshold}
     ctx["wall_seconds"] = wall_seconds if wall_seconds is not None else (
         (ctx["test_metrics"] or {}).get("wall_seconds") if ctx["kind"] == "final" else (ctx["cv_metrics"] or {}).get("wall_seconds"))
     # the store (manifest, gallery images)
@@ -277,7 +252,7 @@ def sec_data_manifest(ctx: dict[str, Any]) -> str:
                        "ok slices used by the run": sj.get("n_ok")})]
     if st is None:
         raise Missing(f"the store could not be opened ({ctx['store_error']}); only store.json is shown above")
-    q = st.quality()
+    q = st.quality
     a = st.attrs
     src = a.get("source", {})
     c = q.get("counts", {})
