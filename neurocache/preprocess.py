@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from neurocache.crop import letterbox, threshold_box, to_int16
 from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
 from neurocache.hu import histogram_percentiles, stored_histogram, stored_to_hu
+from neurocache.inputs import entry_kind, label_id, open_regular
+from neurocache.names import bad_name, shown_name
 from neurocache.reasons import OK, QUARANTINED, Quarantine
 
 
@@ -101,12 +102,8 @@ def file_digest(path: Path) -> tuple[int, str]:
 
 def read_file(path: Path) -> bytes:
     """The whole content of a regular file. A symlink, FIFO or device swapped in after the caller's
-    ``lstat`` is not followed or waited on (``O_NOFOLLOW``, ``O_NONBLOCK``, then ``fstat``): OSError."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
-    with open(fd, "rb", closefd=True) as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path}: not a regular file")
+    ``lstat`` is not followed or waited on (:func:`neurocache.inputs.open_regular`): OSError."""
+    with open_regular(path) as fh:
         return fh.read()
 
 
@@ -141,6 +138,28 @@ def _quarantine_row(row: dict[str, Any], reason: str, detail: str, meta: dict[st
     return row
 
 
+def entry_problem(path: Path) -> tuple[str, str] | None:
+    """``(reason, detail)`` when the entry cannot be read as a slice whatever its content, else None.
+
+    Checked from ``lstat`` and the name alone, nothing is opened: ``not_regular_file`` (a directory,
+    symlink, FIFO, socket or device; not entered, followed or read), then ``bad_file_name`` (a
+    name that is not valid UTF-8, shown with its bytes escaped, :func:`neurocache.inputs.shown_name`).
+
+    Raises:
+        OSError: the entry cannot be ``lstat``-ed.
+    """
+    shown = shown_name(path.name)
+    kind = entry_kind(path)
+    if kind is not None:
+        return "not_regular_file", (f"{shown}: a {kind}, not a regular file; never entered, followed or read. "
+                                    "Replace it with the slice's DICOM file (a regular file) or move it out of the CT folder")
+    if bad_name(path.name):
+        return "bad_file_name", (f"{shown}: the name is not valid UTF-8 (the bytes shown as \\xNN); not read. Its ID read "
+                                 f"as Latin-1 is {label_id(path.name)!r}. Rename it to UTF-8, e.g. "
+                                 "`convmv -f latin1 -t utf8 --notest FILE`")
+    return None
+
+
 def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Read and preprocess one file; never raises for bad input.
 
@@ -154,13 +173,12 @@ def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.n
         os.kill(os.getpid(), signal.SIGSEGV)
     row = empty_row()
     try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "symlink" if stat.S_ISLNK(st.st_mode) else "special file"
-            return None, _quarantine_row(row, "not_regular_file", f"{path.name}: a {kind}; not followed, not read", None)
+        early = entry_problem(path)
+        if early is not None:
+            return None, _quarantine_row(row, *early, None)
         raw = read_file(path)
     except OSError as e:
-        return None, _quarantine_row(row, "unreadable", f"{path.name}: {e}", None)
+        return None, _quarantine_row(row, "unreadable", shown_name(f"{path.name}: {e}"), None)
     # One read serves both the content hash and the parse.
     row["file_bytes"], row["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
     meta: dict[str, Any] | None = None
