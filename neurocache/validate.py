@@ -95,19 +95,19 @@ def validate_dataset(
     if not dicom:
         fatal.append(f"{inputs.cts_dir} holds no DICOM files (none has the DICM preamble)")
     if not_dicom:
-        warn.append(f"{len(not_dicom)} file(s) without the DICM preamble (they will be quarantined): {not_dicom[:5]}")
+        warn.append(f"{len(not_dicom)} file(s) without the DICM preamble (they will be quarantined): {_some(not_dicom)}")
     if report["not_regular_entries"]:
         warn.append(f"{len(report['not_regular_entries'])} entries that are not regular files (folders, symlinks, FIFOs ...; "
-                    f"quarantined as not_regular_file, never read): {report['not_regular_entries'][:5]}")
+                    f"quarantined as not_regular_file, never read): {_some(report['not_regular_entries'])}")
     if report["bad_name_entries"]:
         warn.append(f"{len(report['bad_name_entries'])} file name(s) that are not valid UTF-8 (quarantined as bad_file_name, "
-                    f"never read; rename them to UTF-8, e.g. `convmv -f latin1 -t utf8 --notest`): {report['bad_name_entries'][:5]}")
+                    f"never read; rename them to UTF-8, e.g. `convmv -f latin1 -t utf8 --notest`): {_some(report['bad_name_entries'])}")
     if dup_files:
         warn.append(f"{len(dup_files)} ID(s) with more than one file: {list(dup_files.items())[:5]}")
     if report["ids_without_file"]:
-        warn.append(f"{len(report['ids_without_file'])} label ID(s) without a file: {report['ids_without_file'][:5]}")
+        warn.append(f"{len(report['ids_without_file'])} label ID(s) without a file: {_some(report['ids_without_file'])}")
     if report["files_without_id"]:
-        warn.append(f"{len(report['files_without_id'])} file(s) without a label ID: {report['files_without_id'][:5]}")
+        warn.append(f"{len(report['files_without_id'])} file(s) without a label ID: {_some(report['files_without_id'])}")
     cb = report["class_balance"]
     if cb and (cb["n_label0"] == 0 or cb["n_label1"] == 0):
         fatal.append(f"only one class in {inputs.labels_path.name}: {cb['n_label0']} label-0 and {cb['n_label1']} label-1 rows")
@@ -116,6 +116,11 @@ def validate_dataset(
     report["fatal"], report["warnings"] = [shown_name(m) for m in fatal], [shown_name(m) for m in warn]
     report["ok"] = not fatal
     return report
+
+
+def _some(names: list[str], n: int = 5) -> str:
+    """The first ``n`` names, comma-separated as they are (no quotes, so an escaped ``\\xNN`` reads as one)."""
+    return ", ".join(names[:n]) + (" …" if len(names) > n else "")
 
 
 def format_report(r: dict[str, Any]) -> str:
