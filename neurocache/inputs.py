@@ -85,6 +85,28 @@ def entry_kind(path: Path) -> str | None:
     return next((kind for test, kind in _KINDS if test(mode)), "special file")
 
 
+def entry_problem(path: Path) -> tuple[str, str] | None:
+    """``(reason, detail)`` when the entry cannot be read as a slice whatever its content, else None.
+
+    Checked from ``lstat`` and the name alone, nothing is opened: ``not_regular_file`` (a directory,
+    symlink, FIFO, socket or device; not entered, followed or read), then ``bad_file_name`` (a
+    name that is not valid UTF-8, shown with its bytes escaped, :func:`neurocache.names.shown_name`).
+
+    Raises:
+        OSError: the entry cannot be ``lstat``-ed.
+    """
+    shown = shown_name(path.name)
+    kind = entry_kind(path)
+    if kind is not None:
+        return "not_regular_file", (f"{shown}: a {kind}, not a regular file; never entered, followed or read. "
+                                    "Replace it with the slice's DICOM file (a regular file) or move it out of the CT folder")
+    if bad_name(path.name):
+        return "bad_file_name", (f"{shown}: the name is not valid UTF-8 (the bytes shown as \\xNN); not read. Its ID read "
+                                 f"as Latin-1 is {label_id(path.name)!r}. Rename it to UTF-8, e.g. "
+                                 "`convmv -f latin1 -t utf8 --notest FILE`")
+    return None
+
+
 def open_regular(path: Path) -> BinaryIO:
     """Open a regular file for reading. A symlink, FIFO or device (even one swapped in after the
     caller's ``lstat``) is not followed or waited on (``O_NOFOLLOW``, ``O_NONBLOCK``, then ``fstat``).

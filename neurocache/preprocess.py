@@ -20,8 +20,8 @@ from neurocache.crop import letterbox, threshold_box, to_int16
 from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
 from neurocache.hu import histogram_percentiles, stored_histogram, stored_to_hu
-from neurocache.inputs import entry_kind, label_id, open_regular
-from neurocache.names import bad_name, shown_name
+from neurocache.inputs import entry_problem, open_regular
+from neurocache.names import shown_name
 from neurocache.reasons import OK, QUARANTINED, Quarantine
 
 
@@ -136,28 +136,6 @@ def _quarantine_row(row: dict[str, Any], reason: str, detail: str, meta: dict[st
         row.update({k: v for k, v in meta.items() if k in row})
     row.update(status=QUARANTINED, reason=reason, detail=detail)
     return row
-
-
-def entry_problem(path: Path) -> tuple[str, str] | None:
-    """``(reason, detail)`` when the entry cannot be read as a slice whatever its content, else None.
-
-    Checked from ``lstat`` and the name alone, nothing is opened: ``not_regular_file`` (a directory,
-    symlink, FIFO, socket or device; not entered, followed or read), then ``bad_file_name`` (a
-    name that is not valid UTF-8, shown with its bytes escaped, :func:`neurocache.inputs.shown_name`).
-
-    Raises:
-        OSError: the entry cannot be ``lstat``-ed.
-    """
-    shown = shown_name(path.name)
-    kind = entry_kind(path)
-    if kind is not None:
-        return "not_regular_file", (f"{shown}: a {kind}, not a regular file; never entered, followed or read. "
-                                    "Replace it with the slice's DICOM file (a regular file) or move it out of the CT folder")
-    if bad_name(path.name):
-        return "bad_file_name", (f"{shown}: the name is not valid UTF-8 (the bytes shown as \\xNN); not read. Its ID read "
-                                 f"as Latin-1 is {label_id(path.name)!r}. Rename it to UTF-8, e.g. "
-                                 "`convmv -f latin1 -t utf8 --notest FILE`")
-    return None
 
 
 def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.ndarray | None, dict[str, Any]]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neurocache.inputs import ID_COL, LABEL_COL, InputError, Inputs, entry_kind, label_id, open_regular, scan_inputs
-from neurocache.names import bad_name, shown_name
+from neurocache.inputs import ID_COL, LABEL_COL, InputError, Inputs, entry_problem, label_id, open_regular, scan_inputs
+from neurocache.names import shown_name
 from neurocache.quality import class_balance
 
 _DICM_OFFSET = 128
@@ -30,16 +30,16 @@ def looks_like_dicom(path: Path) -> bool:
 
 
 def entry_classes(files: list[Path]) -> dict[str, list[Path]]:
-    """The CT-folder entries by what the build will do with them before reading any: ``not_regular``
-    (folders, symlinks, special files: ``not_regular_file``), ``bad_name`` (regular files whose name
-    is not valid UTF-8: ``bad_file_name``) and ``files`` (the rest: read and decoded)."""
-    out: dict[str, list[Path]] = {"not_regular": [], "bad_name": [], "files": []}
+    """The CT-folder entries by what the build does with them before reading any
+    (:func:`neurocache.inputs.entry_problem`): ``not_regular_file``, ``bad_file_name``, and
+    ``files`` (the rest: read and decoded)."""
+    out: dict[str, list[Path]] = {"not_regular_file": [], "bad_file_name": [], "files": []}
     for p in files:
         try:
-            kind = entry_kind(p)
+            problem = entry_problem(p)
         except OSError:
-            kind = None  # vanished: the build reports it as unreadable
-        out["not_regular" if kind else "bad_name" if bad_name(p.name) else "files"].append(p)
+            problem = None  # vanished: the build reports it as unreadable
+        out[problem[0] if problem else "files"].append(p)
     return out
 
 
@@ -80,8 +80,8 @@ def validate_dataset(
             "n_files": len(entries),
             "n_dicom_files": len(dicom),
             "non_dicom_files": not_dicom,
-            "not_regular_entries": [shown_name(p.name) for p in classes["not_regular"]],
-            "bad_name_entries": [shown_name(p.name) for p in classes["bad_name"]],
+            "not_regular_entries": [shown_name(p.name) for p in classes["not_regular_file"]],
+            "bad_name_entries": [shown_name(p.name) for p in classes["bad_file_name"]],
             "n_labels": int(len(df)),
             "duplicate_ids": df[ID_COL][df[ID_COL].duplicated()].unique().tolist() if ID_COL in df.columns else [],
             "duplicate_files": dup_files,
