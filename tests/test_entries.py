@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from html import escape as html_escape
@@ -25,8 +26,9 @@ import pytest
 from _tiny_runs import tiny_runs
 
 from neurocache.build import _Journal, _suspects, build_store
-from neurocache.inputs import label_id
+from neurocache.inputs import entry_problem, label_id
 from neurocache.names import bad_name, shown_name
+from neurocache.preprocess import preprocess_file
 from neurocache.reasons import REASONS
 from neurocache.remote import StoreLocation
 from neurocache.store import open_store
@@ -106,6 +108,18 @@ def test_names_are_escaped_and_answer_to_their_latin1_reading():
     assert shown_name(LATIN1) == "ID_caf\\xe9.dcm" and shown_name("ID_café.dcm") == "ID_café.dcm"
     assert label_id(LATIN1) == "ID_café" and label_id("ID_x.dcm") == "ID_x" and label_id("ID_y") == "ID_y"
     assert label_id(os.fsdecode(b"\xff\xfe")) == "ÿþ"  # every byte has its Latin-1 character
+
+
+def test_socket_and_vanished_entries(tmp_path):
+    sock_path = tmp_path / "ID_sock.dcm"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))
+        image, row = preprocess_file(sock_path, SMALL_PREP, HASH_KEY)
+    assert image is None and row["reason"] == "not_regular_file" and row["detail"].startswith("ID_sock.dcm: a socket")
+    assert entry_problem(sock_path)[0] == "not_regular_file"
+    _, gone = preprocess_file(tmp_path / LATIN1, SMALL_PREP, HASH_KEY)  # listed, then removed before the build read it
+    assert gone["reason"] == "unreadable" and gone["detail"].startswith("ID_caf\\xe9.dcm: ")
+    gone["detail"].encode("utf-8")  # escaped, also inside the OS error message
 
 
 def test_build_gives_every_entry_its_reason_and_counts_them(entries):
