@@ -44,6 +44,7 @@ import math
 import os
 import re
 import signal
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -57,11 +58,12 @@ import zarr
 from neurocache import SCHEMA_VERSION, __version__
 from neurocache.config import PrepConfig
 from neurocache.dicomio import quiet_pydicom
-from neurocache.inputs import ID_COL, LABEL_COL, InputError, Inputs, scan_inputs
+from neurocache.inputs import ID_COL, LABEL_COL, InputError, Inputs, label_id, scan_inputs
+from neurocache.names import shown_name
 from neurocache.isolate import preprocess_isolated
 from neurocache.preprocess import ROW_COLUMNS, file_digest, preprocess_file
 from neurocache.quality import quality_report
-from neurocache.reasons import MISSING, OK, QUARANTINED, TABLE_REASONS
+from neurocache.reasons import ENTRY_REASONS, MISSING, OK, QUARANTINED, TABLE_REASONS
 from neurocache.remote import StoreLocation, StoreURL, store_address
 from neurocache.shards import NO_CHUNK, ShardLayout
 from neurocache.store import (
@@ -141,14 +143,22 @@ def manifest_digest(inputs: Inputs) -> str:
     """sha256 over (name, bytes, mtime) of every CT-folder entry and the labels CSV's content.
 
     Cheap to compute (no file is read but the CSV; symlinks are not followed); it decides whether a
-    complete store is up to date and whether an interrupted build may be resumed.
+    complete store is up to date and whether an interrupted build may be resumed. Names are hashed
+    as their bytes, so a name that is not valid UTF-8 counts too.
     """
     h = hashlib.sha256()
     for p in inputs.files:
         st = os.lstat(p)
-        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(os.fsencode(p.name) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     h.update(inputs.labels_path.read_bytes())
     return h.hexdigest()
+
+
+def _regular_bytes(paths: list[Path]) -> int:
+    """Total size of the regular files among ``paths`` (from ``lstat``: folders, symlinks and special
+    files count 0, as they are never read)."""
+    sizes = (os.lstat(p) for p in paths)
+    return int(sum(st.st_size for st in sizes if stat.S_ISREG(st.st_mode)))
 
 
 def _batch_size(n_files: int, workers: int, shard_size: int) -> int:
@@ -229,7 +239,7 @@ def _process_batch(
         for i, p in enumerate(paths):
             name = Path(p).name
             image, row, reused = None, None, False
-            hit = reuse.get(name)
+            hit = reuse.get(shown_name(name))
             if hit is not None and old_feats is not None and os.path.isfile(p) and not os.path.islink(p):
                 try:
                     digest = file_digest(Path(p))[1]
@@ -249,7 +259,7 @@ def _process_batch(
                 _kill_point("file")
             if image is not None:
                 stack[i] = image
-            row["file"] = name
+            row["file"] = shown_name(name)  # valid UTF-8 for Parquet; the bytes of a bad name escaped
             row["input_index"] = start + i
             row["_reused"] = reused
             rows.append(row)
@@ -284,14 +294,15 @@ def _write_staging(loc: StoreLocation, start: int, stack: np.ndarray) -> None:
 
 class _Journal:
     """``_progress/inflight_NNNNNN.txt``: the name of the file a task is decoding, rewritten before each
-    file. Locally one open file rewritten in place (a write and a truncate, no open/close per file);
-    on an object store one small object per file."""
+    file, as one line of JSON (ASCII: a name with a newline or bytes that are not UTF-8 survives; see
+    :func:`_suspects`). Locally one open file rewritten in place (a write and a truncate, no
+    open/close per file); on an object store one small object per file."""
 
     def __init__(self, loc: StoreLocation, name: str) -> None:
         self.loc, self.name, self.fd = loc, name, None
 
     def note(self, file: str) -> None:
-        data = (file + "\n").encode()
+        data = (json.dumps(file) + "\n").encode()
         if self.loc.path is None:
             self.loc.write_bytes(self.name, data, atomic=False)
             return
@@ -339,7 +350,13 @@ def _suspects(loc: StoreLocation, index: int) -> list[str]:
         text = loc.read_text(f"{PROGRESS}/inflight_{index:06d}.txt")
     except (OSError, FileNotFoundError):
         return []
-    name = text.split("\n", 1)[0].strip()
+    line = text.split("\n", 1)[0]
+    try:
+        name = json.loads(line)
+    except ValueError:
+        name = None
+    if not isinstance(name, str):
+        name = line.strip()  # a journal written before names were JSON
     return [name] if name else []
 
 
@@ -519,22 +536,30 @@ def _assemble(inputs: Inputs, staged: pd.DataFrame) -> pd.DataFrame:
 
     Sets ``ID``, ``label``, ``status``/``reason`` for files without a label, duplicate IDs and
     labels without a file, and ``row`` (the index into ``images``; -1 when not ok), ordered by ID.
+
+    A label row belongs to every entry that answers to its ID (:func:`neurocache.inputs.label_id`:
+    the entry's ID, or for a name that is not valid UTF-8 the ID of its Latin-1 reading), whatever
+    the entry's type, so it is ``missing_file`` only when no entry answers to it. Entries quarantined
+    for their type or name (:data:`ENTRY_REASONS`) are not files of their ID: they never make
+    another file a ``duplicate_file`` and keep their own reason.
     """
     labels = inputs.labels.set_index(ID_COL)
     staged = staged.sort_values("input_index").reset_index(drop=True)
     staged.insert(0, ID_COL, [Inputs.file_id(Path(f)) for f in staged["file"]])
-    staged.insert(1, "label", pd.array([labels[LABEL_COL].get(i, pd.NA) for i in staged[ID_COL]], dtype="Int8"))
+    answers = [label_id(inputs.files[int(k)].name) for k in staged["input_index"]]
+    staged.insert(1, "label", pd.array([labels[LABEL_COL].get(i, pd.NA) for i in answers], dtype="Int8"))
 
-    dup = staged[ID_COL].duplicated(keep="first")
+    files = ~staged["reason"].isin(list(ENTRY_REASONS))
+    dup = staged[ID_COL].where(files).duplicated(keep="first") & files
     for i in np.flatnonzero(dup.to_numpy()):
-        first = staged.loc[staged[ID_COL] == staged.at[i, ID_COL], "file"].iloc[0]
+        first = staged.loc[files & (staged[ID_COL] == staged.at[i, ID_COL]), "file"].iloc[0]
         staged.loc[i, ["status", "reason", "detail"]] = [QUARANTINED, "duplicate_file", f"{staged.at[i, 'file']}: same ID as {first}"]
     nolab = (staged["label"].isna() & (staged["status"] == OK)).to_numpy()
     staged.loc[nolab, "reason"] = "no_label"
     staged.loc[nolab, "detail"] = [f"{f}: ID not in {inputs.labels_path.name}" for f in staged.loc[nolab, "file"]]
     staged.loc[nolab, "status"] = QUARANTINED
 
-    have = set(staged[ID_COL])
+    have = set(answers)
     missing_ids = [i for i in inputs.labels[ID_COL] if i not in have]
     if missing_ids:
         miss = pd.DataFrame({ID_COL: missing_ids})
@@ -545,12 +570,13 @@ def _assemble(inputs: Inputs, staged: pd.DataFrame) -> pd.DataFrame:
         miss["file"] = ""
         miss["input_index"] = -1
         staged = pd.concat([staged, miss], ignore_index=True)
+        answers += missing_ids
 
     # Extra CSV columns are kept (prefixed when a name is taken).
     extra = [c for c in inputs.labels.columns if c not in (ID_COL, LABEL_COL)]
     for c in extra:
         name = c if c not in staged.columns else f"csv_{c}"
-        staged[name] = [labels[c].get(i, None) for i in staged[ID_COL]]
+        staged[name] = [labels[c].get(i, None) for i in answers]
 
     staged = staged.sort_values([ID_COL, "file"], kind="stable").reset_index(drop=True)
     ok = (staged["status"] == OK).to_numpy()
@@ -816,7 +842,7 @@ def build_store(
             "cts": cts,
             "labels": labels,
             "n_files": n,
-            "bytes": int(sum(os.lstat(p).st_size for p in inputs.files)),
+            "bytes": _regular_bytes(inputs.files),
             "manifest": manifest,
         },
         "build": {"batch_files": batch, "workers": workers, "scheduler": scheduler or "local"},
@@ -833,7 +859,7 @@ def build_store(
         if index in done:
             continue
         paths = [os.path.abspath(p) for p in inputs.files[start : start + batch]]  # workers may run elsewhere
-        sub = {p.name: reuse[p.name] for p in inputs.files[start : start + batch] if p.name in reuse}
+        sub = {n: reuse[n] for n in map(shown_name, (p.name for p in inputs.files[start : start + batch])) if n in reuse}
         calls.append((process_batch, (store_address(loc.url), cfg.to_dict(), key_hex, index, start, paths, sub, _suspects(loc, index))))
     n_todo = sum(len(c[1][5]) for c in calls)
     bar = _bar(n, n - n_todo, "decode", progress)

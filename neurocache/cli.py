@@ -75,15 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from neurocache.config import ConfigError
     from neurocache.inputs import InputError
+    from neurocache.names import shown_name
     from neurocache.store import StoreError
 
     try:
         return _COMMANDS[args.command](args)
     except (ConfigError, InputError, StoreError, ValueError) as e:
-        print(f"neurocache {args.command}: error: {e}", file=sys.stderr)
+        print(f"neurocache {args.command}: error: {shown_name(str(e))}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # BuildError and friends
-        print(f"neurocache {args.command}: error: {e}", file=sys.stderr)
+        print(f"neurocache {args.command}: error: {shown_name(str(e))}", file=sys.stderr)
         return 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from neurocache.names import shown_name
 from neurocache.remote import StoreLocation
 from neurocache.store import Store, StoreError, dir_bytes, open_store, read_attrs
 
@@ -33,7 +34,7 @@ def store_info(path: str | Path | Store) -> dict[str, Any]:
         "preprocess": attrs.get("preprocess"),
         "created": attrs.get("created"),
         "source_bytes": attrs.get("source", {}).get("bytes"),
-        "source_root": attrs.get("source", {}).get("data_root"),
+        "source_root": _shown(attrs.get("source", {}).get("data_root")),
         "bytes_on_disk": dir_bytes(loc),
         "n_files": attrs.get("source", {}).get("n_files"),
     }
@@ -61,6 +62,11 @@ def store_info(path: str | Path | Store) -> dict[str, Any]:
     else:
         info.update({"n_ok": None, "n_quarantined": None, "shape": None, "dtype": "int16"})
     return info
+
+
+def _shown(path: str | None) -> str | None:
+    """A path for output: bytes of it that are not valid UTF-8 escaped (:func:`shown_name`)."""
+    return shown_name(path) if isinstance(path, str) else path
 
 
 def format_info(info: dict[str, Any]) -> str:

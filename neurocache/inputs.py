@@ -7,10 +7,14 @@ fatal problems before writing anything).
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO
 
 import pandas as pd
+
+from neurocache.names import bad_name, shown_name
 
 ID_COL = "ID"
 LABEL_COL = "Label"
@@ -27,7 +31,8 @@ class Inputs:
     Attributes:
         data_root, cts_dir, labels_path: the resolved paths.
         labels: the labels CSV (ID as str, Label as int) — may hold extra columns.
-        files: every regular, non-hidden file of ``cts_dir``, sorted by (ID, name), as paths.
+        files: every non-hidden entry of ``cts_dir`` (regular files, folders, symlinks, special
+            files; names as the OS gives them), sorted by (ID, name), as paths.
         problems: fatal problems found in the labels CSV (empty when usable).
     """
 
@@ -40,8 +45,82 @@ class Inputs:
 
     @staticmethod
     def file_id(path: Path) -> str:
-        """The ID of a file: its name without the last suffix (``ID_0a1b.dcm`` -> ``ID_0a1b``)."""
-        return path.stem if path.suffix else path.name
+        """The ID of a file: its name without the last suffix (``ID_0a1b.dcm`` -> ``ID_0a1b``), with
+        the bytes of a name that is not valid UTF-8 escaped (:func:`shown_name`)."""
+        return shown_name(path.stem if path.suffix else path.name)
+
+
+def label_id(name: str) -> str:
+    """The labels-CSV ID an entry named ``name`` answers to.
+
+    For a valid UTF-8 name, its ID (:meth:`Inputs.file_id`). For a name that is not valid UTF-8, the
+    ID of the name's bytes read as Latin-1 (``ID_caf\\xe9.dcm`` -> ``ID_café``): every byte is a
+    Latin-1 character, so each name has exactly one such reading, and it is what the Windows shares
+    and old PACS exports that write such names meant by them.
+    """
+    if not bad_name(name):
+        return Inputs.file_id(Path(name))
+    try:
+        raw = os.fsencode(name)
+    except UnicodeEncodeError:
+        return Inputs.file_id(Path(name))
+    return Inputs.file_id(Path(raw.decode("latin-1")))
+
+
+#: ``stat`` file types that are not regular files, as named in ``not_regular_file`` details.
+_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+          (stat.S_ISSOCK, "socket"), (stat.S_ISBLK, "block device"), (stat.S_ISCHR, "character device"))
+
+
+def entry_kind(path: Path) -> str | None:
+    """None for a regular file, else what the entry is (``directory``, ``symbolic link``, ...),
+    from ``lstat``: a symlink is never followed, whatever (or whether) it points to.
+
+    Raises:
+        OSError: the entry cannot be ``lstat``-ed (it vanished, no permission).
+    """
+    mode = os.lstat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "special file")
+
+
+def entry_problem(path: Path) -> tuple[str, str] | None:
+    """``(reason, detail)`` when the entry cannot be read as a slice whatever its content, else None.
+
+    Checked from ``lstat`` and the name alone, nothing is opened: ``not_regular_file`` (a directory,
+    symlink, FIFO, socket or device; not entered, followed or read), then ``bad_file_name`` (a
+    name that is not valid UTF-8, shown with its bytes escaped, :func:`neurocache.names.shown_name`).
+
+    Raises:
+        OSError: the entry cannot be ``lstat``-ed.
+    """
+    shown = shown_name(path.name)
+    kind = entry_kind(path)
+    if kind is not None:
+        return "not_regular_file", (f"{shown}: a {kind}, not a regular file; never entered, followed or read. "
+                                    "Replace it with the slice's DICOM file (a regular file) or move it out of the CT folder")
+    if bad_name(path.name):
+        return "bad_file_name", (f"{shown}: the name is not valid UTF-8 (the bytes shown as \\xNN); not read. Its ID read "
+                                 f"as Latin-1 is {label_id(path.name)!r}. Rename it to UTF-8, e.g. "
+                                 "`convmv -f latin1 -t utf8 --notest FILE`")
+    return None
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading. A symlink, FIFO or device (even one swapped in after the
+    caller's ``lstat``) is not followed or waited on (``O_NOFOLLOW``, ``O_NONBLOCK``, then ``fstat``).
+
+    Raises:
+        OSError: ``path`` is not a regular file or cannot be opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    fh = open(fd, "rb", closefd=True)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise OSError(f"{shown_name(str(path))}: not a regular file")
+    return fh
 
 
 def unsafe_id(value: str) -> str | None:
@@ -60,17 +139,14 @@ def unsafe_id(value: str) -> str | None:
 
 
 def list_files(cts_dir: Path) -> list[Path]:
-    """Non-hidden entries of the CT folder that are not folders (not recursive), sorted by (ID, file name).
+    """Every non-hidden entry of the CT folder (not recursive), sorted by (ID, file name).
 
-    Symlinks and special files are listed too (never followed): the build gives them a
-    ``not_regular_file`` row, so every entry of the folder is accounted for and nothing outside
-    the data root is read.
+    Folders, symlinks and special files are listed too (never entered, followed or read): the
+    build gives them a ``not_regular_file`` row, so every entry of the folder is accounted for and
+    nothing outside the data root is read. Names that are not valid UTF-8 are listed as the OS
+    gives them (the build gives them a ``bad_file_name`` row). Hidden names (``.DS_Store``) are skipped.
     """
-    files = [
-        cts_dir / e.name
-        for e in os.scandir(cts_dir)
-        if not e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
-    ]
+    files = [cts_dir / e.name for e in os.scandir(cts_dir) if not e.name.startswith(".")]
     return sorted(files, key=lambda p: (Inputs.file_id(p), p.name))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from neurocache.config import PrepConfig
+from neurocache.names import shown_name
 from neurocache.preprocess import empty_row, file_digest
 
 #: Seconds one isolated decode may take before it counts as a crash (a hung decoder).
@@ -58,7 +59,7 @@ def preprocess_isolated(path: str | Path, cfg: PrepConfig, key: bytes, scratch: 
             why = f"was killed by signal {-rc}"
     else:
         why = f"exited with status {rc}"
-    row.update(status="quarantined", reason="decoder_crash", detail=f"{path.name}: the decoding process {why}")
+    row.update(status="quarantined", reason="decoder_crash", detail=f"{shown_name(path.name)}: the decoding process {why}")
     return None, row
 
 

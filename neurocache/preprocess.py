@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from neurocache.crop import letterbox, threshold_box, to_int16
 from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
 from neurocache.hu import histogram_percentiles, stored_histogram, stored_to_hu
+from neurocache.inputs import entry_problem, open_regular
+from neurocache.names import shown_name
 from neurocache.reasons import OK, QUARANTINED, Quarantine
 
 
@@ -101,12 +102,8 @@ def file_digest(path: Path) -> tuple[int, str]:
 
 def read_file(path: Path) -> bytes:
     """The whole content of a regular file. A symlink, FIFO or device swapped in after the caller's
-    ``lstat`` is not followed or waited on (``O_NOFOLLOW``, ``O_NONBLOCK``, then ``fstat``): OSError."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
-    with open(fd, "rb", closefd=True) as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path}: not a regular file")
+    ``lstat`` is not followed or waited on (:func:`neurocache.inputs.open_regular`): OSError."""
+    with open_regular(path) as fh:
         return fh.read()
 
 
@@ -154,13 +151,12 @@ def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.n
         os.kill(os.getpid(), signal.SIGSEGV)
     row = empty_row()
     try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "symlink" if stat.S_ISLNK(st.st_mode) else "special file"
-            return None, _quarantine_row(row, "not_regular_file", f"{path.name}: a {kind}; not followed, not read", None)
+        early = entry_problem(path)
+        if early is not None:
+            return None, _quarantine_row(row, *early, None)
         raw = read_file(path)
     except OSError as e:
-        return None, _quarantine_row(row, "unreadable", f"{path.name}: {e}", None)
+        return None, _quarantine_row(row, "unreadable", shown_name(f"{path.name}: {e}"), None)
     # One read serves both the content hash and the parse.
     row["file_bytes"], row["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
     meta: dict[str, Any] | None = None

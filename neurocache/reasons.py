@@ -15,7 +15,10 @@ MISSING = "missing"  # a label row with no file: not an input file, so neither o
 # Ordered as the checks run (first failing check wins), then the table-level ones.
 REASONS: dict[str, str] = {
     # -- the file itself
-    "not_regular_file": "a symlink or special file in the CT folder: never followed or read (nothing outside the data root is read)",
+    "not_regular_file": "a directory, symlink (to a file or a folder, or dangling), FIFO, socket or device in the CT folder: "
+    "listed, never entered, followed or read (nothing outside the data root is read); put the slice's DICOM file there instead",
+    "bad_file_name": "the entry's name is not valid UTF-8 (a Latin-1 byte from a Windows share or an old PACS export): "
+    "listed under its name with those bytes escaped (ID_caf\\xe9), never read; rename it to UTF-8 (convmv -f latin1 -t utf8)",
     "not_dicom": "the file is not DICOM (no DICM prefix and no parseable dataset)",
     "unreadable": "the file could not be read or parsed (corrupt header, bad tag values or lengths)",
     "no_file_meta": "no Part-10 file meta information (preamble + DICM + group 0002) or no (0002,0010) TransferSyntaxUID in it",
@@ -48,6 +51,10 @@ REASONS: dict[str, str] = {
 #: Reasons set when the labels are joined, not when the file is decoded: a rebuild must decode such
 #: a file again (its decode result is not recorded in the table).
 TABLE_REASONS = frozenset({"duplicate_file", "no_label", "missing_file"})
+
+#: Reasons about the CT-folder entry itself (its type or its name), found without reading it: such an
+#: entry is not a file of its ID, so it never makes another file with that ID a ``duplicate_file``.
+ENTRY_REASONS = frozenset({"not_regular_file", "bad_file_name"})
 
 FIXES: dict[str, str] = {
     "rsna_12bit_wrap": "BitsStored 12, PixelRepresentation 0, RescaleIntercept > -100: stored values wrapped around "

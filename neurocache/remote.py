@@ -23,6 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from neurocache.names import bad_name, shown_name
+
 #: ``scheme://user:password@...``: credentials in a URL (refused).
 _USERINFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@")
 
@@ -65,6 +67,11 @@ class StoreLocation:
             self.__dict__.update(store.__dict__)
             return
         s = str(store)
+        if bad_name(s):
+            raise ValueError(
+                f"store path {shown_name(s)} is not valid UTF-8 (the bytes shown as \\xNN): Zarr and Parquet need a "
+                "UTF-8 path; choose another --store path (a name in UTF-8)"
+            )
         if _USERINFO.match(s):
             raise ValueError(
                 "credentials in a store URL are refused (they would end up in logs and run folders): "

@@ -11,22 +11,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neurocache.inputs import ID_COL, LABEL_COL, InputError, Inputs, scan_inputs
+from neurocache.inputs import ID_COL, LABEL_COL, InputError, Inputs, entry_problem, label_id, open_regular, scan_inputs
+from neurocache.names import shown_name
 from neurocache.quality import class_balance
 
 _DICM_OFFSET = 128
 
 
 def looks_like_dicom(path: Path) -> bool:
-    """True when the file has the ``DICM`` magic at byte 128 (Part 10), checked without parsing."""
-    if path.is_symlink():
-        return False  # never followed: nothing outside the data root is read
+    """True when the entry is a regular file with the ``DICM`` magic at byte 128 (Part 10), checked
+    without parsing. A symlink, folder or special file is never followed, opened or waited on."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             fh.seek(_DICM_OFFSET)
             return fh.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def entry_classes(files: list[Path]) -> dict[str, list[Path]]:
+    """The CT-folder entries by what the build does with them before reading any
+    (:func:`neurocache.inputs.entry_problem`): ``not_regular_file``, ``bad_file_name``, and
+    ``files`` (the rest: read and decoded)."""
+    out: dict[str, list[Path]] = {"not_regular_file": [], "bad_file_name": [], "files": []}
+    for p in files:
+        try:
+            problem = entry_problem(p)
+        except OSError:
+            problem = None  # vanished: the build reports it as unreadable
+        out[problem[0] if problem else "files"].append(p)
+    return out
 
 
 def validate_dataset(
@@ -38,37 +52,41 @@ def validate_dataset(
         A JSON-able dict with ``ok`` (no fatal problem), ``fatal`` and ``warnings`` (messages), and the
         counts and lists described in the module docstring.
     """
-    report: dict[str, Any] = {"data_root": str(data_root), "fatal": [], "warnings": []}
+    report: dict[str, Any] = {"data_root": shown_name(str(data_root)), "fatal": [], "warnings": []}
     try:
         inputs = scan_inputs(data_root, labels=labels, cts=cts)
     except InputError as e:
-        report["fatal"].append(str(e))
+        report["fatal"].append(shown_name(str(e)))
         report["ok"] = False
         return report
     fatal, warn = report["fatal"], report["warnings"]
-    files = inputs.files
+    entries = inputs.files
+    classes = entry_classes(entries)
+    files = classes["files"]
     dicom = [p for p in files if looks_like_dicom(p)]
     not_dicom = [p.name for p in files if p not in set(dicom)]
-    ids = [Inputs.file_id(p) for p in files]
     seen: dict[str, list[str]] = {}
-    for i, p in zip(ids, files):
-        seen.setdefault(i, []).append(p.name)
+    for p in files:  # folders, symlinks and bad names are no file of their ID: never duplicates
+        seen.setdefault(Inputs.file_id(p), []).append(p.name)
     dup_files = {i: names for i, names in seen.items() if len(names) > 1}
     df = inputs.labels
     has_cols = ID_COL in df.columns and LABEL_COL in df.columns
     label_ids = set(df[ID_COL].astype(str)) if ID_COL in df.columns else set()
+    answered = {label_id(p.name) for p in entries}  # the label IDs the entries answer to (build's rule)
     report.update(
         {
-            "cts_dir": str(inputs.cts_dir),
-            "labels_csv": str(inputs.labels_path),
-            "n_files": len(files),
+            "cts_dir": shown_name(str(inputs.cts_dir)),
+            "labels_csv": shown_name(str(inputs.labels_path)),
+            "n_files": len(entries),
             "n_dicom_files": len(dicom),
             "non_dicom_files": not_dicom,
+            "not_regular_entries": [shown_name(p.name) for p in classes["not_regular_file"]],
+            "bad_name_entries": [shown_name(p.name) for p in classes["bad_file_name"]],
             "n_labels": int(len(df)),
             "duplicate_ids": df[ID_COL][df[ID_COL].duplicated()].unique().tolist() if ID_COL in df.columns else [],
             "duplicate_files": dup_files,
-            "ids_without_file": sorted(label_ids - set(ids)),
-            "files_without_id": sorted(set(ids) - label_ids),
+            "ids_without_file": sorted(label_ids - answered),
+            "files_without_id": sorted({Inputs.file_id(p) for p in entries if label_id(p.name) not in label_ids}),
             "class_balance": class_balance(df[LABEL_COL]) if has_cols and not inputs.problems else None,
             "expected_count": expected_count,
         }
@@ -77,20 +95,32 @@ def validate_dataset(
     if not dicom:
         fatal.append(f"{inputs.cts_dir} holds no DICOM files (none has the DICM preamble)")
     if not_dicom:
-        warn.append(f"{len(not_dicom)} file(s) without the DICM preamble (they will be quarantined): {not_dicom[:5]}")
+        warn.append(f"{len(not_dicom)} file(s) without the DICM preamble (they will be quarantined): {_some(not_dicom)}")
+    if report["not_regular_entries"]:
+        warn.append(f"{len(report['not_regular_entries'])} entries that are not regular files (folders, symlinks, FIFOs ...; "
+                    f"quarantined as not_regular_file, never read): {_some(report['not_regular_entries'])}")
+    if report["bad_name_entries"]:
+        warn.append(f"{len(report['bad_name_entries'])} file name(s) that are not valid UTF-8 (quarantined as bad_file_name, "
+                    f"never read; rename them to UTF-8, e.g. `convmv -f latin1 -t utf8 --notest`): {_some(report['bad_name_entries'])}")
     if dup_files:
         warn.append(f"{len(dup_files)} ID(s) with more than one file: {list(dup_files.items())[:5]}")
     if report["ids_without_file"]:
-        warn.append(f"{len(report['ids_without_file'])} label ID(s) without a file: {report['ids_without_file'][:5]}")
+        warn.append(f"{len(report['ids_without_file'])} label ID(s) without a file: {_some(report['ids_without_file'])}")
     if report["files_without_id"]:
-        warn.append(f"{len(report['files_without_id'])} file(s) without a label ID: {report['files_without_id'][:5]}")
+        warn.append(f"{len(report['files_without_id'])} file(s) without a label ID: {_some(report['files_without_id'])}")
     cb = report["class_balance"]
     if cb and (cb["n_label0"] == 0 or cb["n_label1"] == 0):
         fatal.append(f"only one class in {inputs.labels_path.name}: {cb['n_label0']} label-0 and {cb['n_label1']} label-1 rows")
     if expected_count is not None and len(dicom) != expected_count:
         fatal.append(f"--expected-count={expected_count} but {inputs.cts_dir} holds {len(dicom)} DICOM files")
+    report["fatal"], report["warnings"] = [shown_name(m) for m in fatal], [shown_name(m) for m in warn]
     report["ok"] = not fatal
     return report
+
+
+def _some(names: list[str], n: int = 5) -> str:
+    """The first ``n`` names, comma-separated as they are (no quotes, so an escaped ``\\xNN`` reads as one)."""
+    return ", ".join(names[:n]) + (" …" if len(names) > n else "")
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -99,7 +129,8 @@ def format_report(r: dict[str, Any]) -> str:
     if "n_files" in r:
         cb = r.get("class_balance") or {}
         lines += [
-            f"  CT folder      {r['cts_dir']}: {r['n_files']} files, {r['n_dicom_files']} DICOM",
+            f"  CT folder      {r['cts_dir']}: {r['n_files']} entries, {r['n_dicom_files']} DICOM, "
+            f"{len(r['not_regular_entries'])} not regular files, {len(r['bad_name_entries'])} names not UTF-8",
             f"  labels         {r['labels_csv']}: {r['n_labels']} rows",
         ]
         if cb:

@@ -19,8 +19,8 @@ from _tiny_runs import tiny_runs
 
 
 @pytest.fixture(scope="module")
-def runs(synth_store, tmp_path_factory):
-    return tiny_runs(synth_store, tmp_path_factory.getbasetemp() / "eval_runs")
+def runs(trainer_store, tmp_path_factory):
+    return tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")
 
 
 def test_open_store_reads_like_the_cli(synth_store):

@@ -58,12 +58,12 @@ def _texts(nb) -> tuple[str, list[str], int, list[str]]:
     return "".join(out), plain, png, errors
 
 
-def test_notebook_runs_top_to_bottom_on_the_test_store(synth_store, tmp_path, tmp_path_factory):
-    runs = tiny_runs(synth_store, tmp_path_factory.getbasetemp() / "eval_runs")
+def test_notebook_runs_top_to_bottom_on_the_test_store(trainer_store, tmp_path, tmp_path_factory):
+    runs = tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")
     t0 = time.perf_counter()
     # LEAK_AUC=0 makes any AUC count as a leak: the loud branch must print
     nb = execute_notebook(NOTEBOOK, tmp_path / "eda_executed.ipynb",
-                          {"STORE": str(synth_store), "OUTPUTS": str(runs["cv"].parent), "LEAK_AUC": 0.0}, cwd=tmp_path)
+                          {"STORE": str(trainer_store), "OUTPUTS": str(runs["cv"].parent), "LEAK_AUC": 0.0}, cwd=tmp_path)
     assert time.perf_counter() - t0 < 120
     assert (tmp_path / "eda_executed.ipynb").is_file()
     stdout, plain, png, errors = _texts(nb)

@@ -585,6 +585,14 @@ def test_bad_data_doc_lists_every_reason_and_fix():
     assert not missing, missing
 
 
+def test_bad_data_reason_table_is_reasons_py_in_order():
+    """The README's reason table lists exactly :data:`REASONS`, in the order the checks run."""
+    text = (REPO / "README.md").read_text().split("## What happens to bad data", 1)[1]
+    table = text.split("| reason | what it means |", 1)[1].split("\n\n", 1)[0]
+    codes = re.findall(r"^\| `([a-z_0-9]+)` \|", table, flags=re.M)
+    assert codes == list(REASONS)
+
+
 def test_decoder_crash_is_isolated_and_quarantined(synth_data, tmp_path):
     """A codec that segfaults on one file (simulated by a test hook) costs one row, not the build."""
     victim = sorted(os.listdir(synth_data / "CTs"))[9]  # in the second batch of 8

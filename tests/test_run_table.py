@@ -15,13 +15,13 @@ from trainer.run_table import FIXED_COLUMNS, METRIC_COLUMNS, run_table, sort_tab
 
 
 @pytest.fixture(scope="module")
-def outputs(synth_store, tmp_path_factory) -> Path:
+def outputs(trainer_store, tmp_path_factory) -> Path:
     """tiny cv + its final (copied), a second cv with dropout=0.5, a half-written run and a foreign folder."""
-    tiny = tiny_runs(synth_store, tmp_path_factory.getbasetemp() / "eval_runs")
+    tiny = tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")
     out = tmp_path_factory.mktemp("runs_table")
     for k in ("cv", "final"):
         shutil.copytree(tiny[k], out / tiny[k].name)
-    assert main(["cv", "--store", str(synth_store), "--config", str(tiny["config"]), "--out", str(out), "--quiet",
+    assert main(["cv", "--store", str(trainer_store), "--config", str(tiny["config"]), "--out", str(out), "--quiet",
                  "--set", "dropout=0.5"]) == 0
     (out / "run_20990101_000000_cv").mkdir()  # killed right after it started
     (out / "run_20990101_000000_cv" / "run_args.json").write_text("{}")
@@ -60,7 +60,7 @@ def test_only_the_differing_key_is_a_column(outputs):
     assert pd.isna(by.loc[r["cv2"].name, "test_roc_auc"]) and pd.isna(by.loc[r["cv2"].name, "linked"])
 
 
-def test_sort_csv_plot_and_store_filter_from_the_cli(outputs, synth_store, tmp_path, capsys):
+def test_sort_csv_plot_and_store_filter_from_the_cli(outputs, trainer_store, tmp_path, capsys):
     csv, png = tmp_path / "runs.csv", tmp_path / "runs.png"
     assert main(["runs", "--out", str(outputs), "--sort", "cv_auprc", "--csv", str(csv), "--plot", str(png)]) == 0
     cap = capsys.readouterr()
@@ -75,7 +75,7 @@ def test_sort_csv_plot_and_store_filter_from_the_cli(outputs, synth_store, tmp_p
     shutil.copytree(outputs, other, ignore=shutil.ignore_patterns("scratch", "run_2099*"))
     sj = other / r["cv2"].name / "store.json"
     sj.write_text(json.dumps({**json.loads(sj.read_text()), "fingerprint": "0" * 64}))
-    assert main(["runs", "--out", str(other), "--store", str(synth_store), "--csv", str(csv)]) == 0
+    assert main(["runs", "--out", str(other), "--store", str(trainer_store), "--csv", str(csv)]) == 0
     assert set(pd.read_csv(csv)["run"]) == {r["cv"].name, r["final"].name}
     assert main(["runs", "--out", str(outputs), "--sort", "nope"]) == 2
     assert "--sort 'nope' is not a column" in capsys.readouterr().err

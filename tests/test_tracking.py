@@ -28,10 +28,10 @@ def _numeric(d: dict) -> dict[str, float]:
     return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def test_cv_run_is_logged_with_its_config_and_metrics(synth_store, tmp_path, tmp_path_factory):
-    tiny = tiny_runs(synth_store, tmp_path_factory.getbasetemp() / "eval_runs")
+def test_cv_run_is_logged_with_its_config_and_metrics(trainer_store, tmp_path, tmp_path_factory):
+    tiny = tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")
     out = tmp_path / "out"
-    assert main(["cv", "--store", str(synth_store), "--config", str(tiny["config"]), "--out", str(out), "--quiet",
+    assert main(["cv", "--store", str(trainer_store), "--config", str(tiny["config"]), "--out", str(out), "--quiet",
                  "--set", "tracking=mlflow"]) == 0
     run = next(out.glob("run_*_cv"))
     client = _client(out)
@@ -54,8 +54,8 @@ def test_cv_run_is_logged_with_its_config_and_metrics(synth_store, tmp_path, tmp
     assert {"cv_metrics.json", "effective_config.json", "split.csv", "cv_oof_predictions.csv", "report.html"} <= logged
 
 
-def test_final_run_is_logged_with_test_metrics(synth_store, tmp_path, tmp_path_factory):
-    tiny = tiny_runs(synth_store, tmp_path_factory.getbasetemp() / "eval_runs")
+def test_final_run_is_logged_with_test_metrics(trainer_store, tmp_path, tmp_path_factory):
+    tiny = tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")
     out = tmp_path / "out"
     final = out / tiny["final"].name
     shutil.copytree(tiny["final"], final, ignore=shutil.ignore_patterns("final_model.pt"))
@@ -69,20 +69,20 @@ def test_final_run_is_logged_with_test_metrics(synth_store, tmp_path, tmp_path_f
     assert ml.data.metrics["auc"] == pytest.approx(json.loads((final / "test_metrics.json").read_text())["auc"])
 
 
-def test_no_tracking_by_default(synth_store, tmp_path_factory):
-    tiny = tiny_runs(synth_store, tmp_path_factory.getbasetemp() / "eval_runs")
+def test_no_tracking_by_default(trainer_store, tmp_path_factory):
+    tiny = tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")
     assert json.loads((tiny["cv"] / "effective_config.json").read_text())["tracking"] == "none"
     assert log_run(tiny["cv"]) is None
     assert not (tiny["cv"].parent / "mlruns").exists()
 
 
-def test_clear_error_at_start_up_without_mlflow(synth_store, tmp_path, monkeypatch, capsys):
+def test_clear_error_at_start_up_without_mlflow(trainer_store, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
     with pytest.raises(TrackingError, match=r"tracking=mlflow needs the Python package 'mlflow'.*neurocache\[tracking\]"):
         check_tracking(load_config(sets=["tracking=mlflow"]))
     check_tracking(load_config())  # tracking: none needs nothing
     out = tmp_path / "out"
-    assert main(["cv", "--store", str(synth_store), "--out", str(out), "--quiet", "--set", "tracking=mlflow"]) == 2
+    assert main(["cv", "--store", str(trainer_store), "--out", str(out), "--quiet", "--set", "tracking=mlflow"]) == 2
     assert "neurocache[tracking]" in capsys.readouterr().err
     assert not out.exists()  # refused before any run folder was written
     with pytest.raises(ConfigError, match="allowed values: none, mlflow"):

@@ -295,6 +295,7 @@ def _write_report(run: Path, wall_seconds: float | None) -> None:
 def _predict(args: argparse.Namespace) -> int:
     import torch
 
+    from neurocache.names import shown_name
     from trainer.predict import load_final_run, predict_files, write_predictions
 
     t0 = time.perf_counter()
@@ -308,7 +309,7 @@ def _predict(args: argparse.Namespace) -> int:
     reasons = frame.loc[~ok, "reason"].value_counts().to_dict()
     print(f"predict: {len(frame)} files, {int(ok.sum())} scored ({int(frame['pred'].fillna(0).sum())} positive at threshold "
           f"{run['threshold']:.2f}), {int((~ok).sum())} not scored{' ' + str(reasons) if reasons else ''}; "
-          f"{time.perf_counter() - t0:.1f} s -> {args.out}")
+          f"{time.perf_counter() - t0:.1f} s -> {shown_name(str(args.out))}")
     return 0
 
 

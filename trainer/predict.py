@@ -12,6 +12,8 @@ Output CSV, one row per input file, in input order: ``ID`` (file stem), ``path``
 ``pred`` (0/1 at the threshold), ``status`` (``ok`` | ``quarantined``), ``reason`` and ``detail``
 (the store's reason codes, :data:`neurocache.reasons.REASONS`; empty when ok). Quarantined rows
 have empty ``prob`` and ``pred``: a non-CT or broken file gets a reason, never a made-up score.
+A name that is not valid UTF-8 is shown (``ID``, ``path``) with those bytes escaped (``\\xNN``) and gets
+``bad_file_name``, as in the store; a folder's symlinks and special files get ``not_regular_file``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import pandas as pd
 import torch
 
 from neurocache.config import PrepConfig
+from neurocache.inputs import Inputs
+from neurocache.names import shown_name
 from neurocache.reasons import OK
 from trainer.final import RunError
 
@@ -76,9 +80,11 @@ def load_final_run(run: str | Path) -> dict[str, Any]:
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files to score: each file as given; each folder's non-hidden files, recursively, sorted.
+    """Files to score: each file as given; each folder's non-hidden entries, recursively, sorted.
 
-    A path that does not exist is kept (it is reported as ``unreadable``).
+    A path that does not exist is kept (it is reported as ``unreadable``). Inside a folder, symlinks
+    and special files are listed but never followed (a symlink to a folder included: it is reported
+    as ``not_regular_file``, not entered).
     """
     out: list[Path] = []
     for item in inputs:
@@ -86,8 +92,9 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         if p.is_dir():
             found = []
             for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [Path(root) / f for f in files if not f.startswith(".")]
+                links = [d for d in dirs if os.path.islink(os.path.join(root, d))]  # os.walk does not enter them
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
+                found += [Path(root) / f for f in [*files, *links] if not f.startswith(".")]
             out += sorted(found)
         else:
             out.append(p)
@@ -103,10 +110,6 @@ def _autocast(device: torch.device, cfg: dict[str, Any]):
 
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.get("amp") else nullcontext()
     return loops_autocast(device, cfg)
-
-
-def _file_id(path: Path) -> str:
-    return path.stem if path.suffix else path.name
 
 
 def build_predictor(run: dict[str, Any], device: torch.device) -> tuple[torch.nn.Module, Any]:
@@ -186,8 +189,8 @@ def predict_files(
     try:
         for path in files:
             image, meta = preprocess_file(path, run["prep"], _NO_KEY)
-            rows.append({"ID": _file_id(path), "path": str(path), "prob": np.nan, "prob_raw": np.nan, "pred": pd.NA,
-                         "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")})
+            rows.append({"ID": Inputs.file_id(path), "path": shown_name(str(path)), "prob": np.nan, "prob_raw": np.nan,
+                         "pred": pd.NA, "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")})
             if meta["status"] == OK and image is not None:
                 pending.append((len(rows) - 1, image))
                 if len(pending) >= bs:
