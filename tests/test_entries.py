@@ -224,8 +224,8 @@ def test_journal_keeps_any_name(tmp_path):
 # trainer: predict and the report
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def runs(synth_store, tmp_path_factory) -> dict[str, Path]:
-    return tiny_runs(synth_store, tmp_path_factory.getbasetemp() / "eval_runs")
+def runs(trainer_store, tmp_path_factory) -> dict[str, Path]:
+    return tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")
 
 
 def test_predict_escapes_names_and_reports_non_regular_entries(runs, synth_data, tmp_path):
