@@ -74,7 +74,7 @@ def test_notebook_runs_top_to_bottom_on_the_test_store(trainer_store, tmp_path, 
     # figures: slices per patient, acquisition mix, HU histograms, tissue boxplots, outlier slices,
     # 2 skull-crop grids, windows, runs plot, OOF histogram
     assert png >= 10
-    assert "48 files, 48 ok, 0 quarantined" in stdout
+    assert "64 files, 64 ok, 0 quarantined" in stdout  # the trainer store: 16 patients x 4 slices
     assert "!!! LEAKAGE: header metadata alone predicts the label" in stdout
     assert any("n_label1" in t and "positive_fraction" in t for t in plain)  # the class-balance table
     assert any("grouped_cv_roc_auc" in t and "header + HU" in t for t in plain)  # the leakage table
