@@ -16,18 +16,24 @@ SMALL_PREP = PrepConfig(size=64, shard_size=16)
 HASH_KEY = bytes(range(16))
 
 
+def _dataset(root: Path, patients: int, slices: int, seed: int) -> Path:
+    generate_dataset(root, patients=patients, slices_per_patient=slices, size=128, positive_frac=0.4, seed=seed)
+    return root
+
+
+def _store(data: Path, store: Path) -> Path:
+    build_store(data, store, cfg=SMALL_PREP, workers=1, progress=False, hash_key=HASH_KEY)
+    return store
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, patients=8, slices_per_patient=6, size=128, positive_frac=0.4, seed=7)
-    return root
+    return _dataset(tmp_path_factory.mktemp("synth"), 8, 6, seed=7)
 
 
 @pytest.fixture(scope="session")
 def synth_store(synth_data, tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("stores") / "small.zarr"
-    build_store(synth_data, store, cfg=SMALL_PREP, workers=1, progress=False, hash_key=HASH_KEY)
-    return store
+    return _store(synth_data, tmp_path_factory.mktemp("stores") / "small.zarr")
 
 
 @pytest.fixture(scope="session")
@@ -37,17 +43,13 @@ def trainer_data(tmp_path_factory) -> Path:
     More patients than ``synth_data`` so that every CV fold can carve its inner, patient-grouped
     early-stopping/calibration holdout (``cv_early_stopping: inner_holdout``) with both classes.
     """
-    root = tmp_path_factory.mktemp("trainer_synth")
-    generate_dataset(root, patients=16, slices_per_patient=4, size=128, positive_frac=0.4, seed=11)
-    return root
+    return _dataset(tmp_path_factory.mktemp("trainer_synth"), 16, 4, seed=11)
 
 
 @pytest.fixture(scope="session")
 def trainer_store(trainer_data, tmp_path_factory) -> Path:
     """``trainer_data`` cached at 64 px."""
-    store = tmp_path_factory.mktemp("trainer_stores") / "trainer.zarr"
-    build_store(trainer_data, store, cfg=SMALL_PREP, workers=1, progress=False, hash_key=HASH_KEY)
-    return store
+    return _store(trainer_data, tmp_path_factory.mktemp("trainer_stores") / "trainer.zarr")
 
 
 @pytest.fixture
