@@ -29,6 +29,38 @@ def looks_like_dicom(path: Path) -> bool:
         return False
 
 
+def structure(inputs: Inputs, is_dicom: list[bool]) -> dict[str, Any]:
+    """The counts and lists of the report from the scanned inputs and a DICOM flag per file.
+
+    Linear in files + labels (one pass over each, sets and dicts only; ``tests/test_scale.py`` counts
+    the operations): at 750k files a quadratic step here would take hours.
+    """
+    files = inputs.files
+    not_dicom = [p.name for p, d in zip(files, is_dicom) if not d]
+    ids = [Inputs.file_id(p) for p in files]
+    seen: dict[str, list[str]] = {}
+    for i, p in zip(ids, files):
+        seen.setdefault(i, []).append(p.name)
+    dup_files = {i: names for i, names in seen.items() if len(names) > 1}
+    df = inputs.labels
+    has_cols = ID_COL in df.columns and LABEL_COL in df.columns
+    label_ids = set(df[ID_COL].astype(str)) if ID_COL in df.columns else set()
+    file_ids = set(seen)
+    return {
+        "cts_dir": str(inputs.cts_dir),
+        "labels_csv": str(inputs.labels_path),
+        "n_files": len(files),
+        "n_dicom_files": len(files) - len(not_dicom),
+        "non_dicom_files": not_dicom,
+        "n_labels": int(len(df)),
+        "duplicate_ids": df[ID_COL][df[ID_COL].duplicated()].unique().tolist() if ID_COL in df.columns else [],
+        "duplicate_files": dup_files,
+        "ids_without_file": sorted(label_ids - file_ids),
+        "files_without_id": sorted(file_ids - label_ids),
+        "class_balance": class_balance(df[LABEL_COL]) if has_cols and not inputs.problems else None,
+    }
+
+
 def validate_dataset(
     data_root: str | Path, *, labels: str = "labels1.csv", cts: str = "CTs", expected_count: int | None = None
 ) -> dict[str, Any]:
@@ -45,36 +77,13 @@ def validate_dataset(
         report["fatal"].append(str(e))
         report["ok"] = False
         return report
+    report.update(structure(inputs, [looks_like_dicom(p) for p in inputs.files]))
+    report["expected_count"] = expected_count
     fatal, warn = report["fatal"], report["warnings"]
-    files = inputs.files
-    dicom = [p for p in files if looks_like_dicom(p)]
-    not_dicom = [p.name for p in files if p not in set(dicom)]
-    ids = [Inputs.file_id(p) for p in files]
-    seen: dict[str, list[str]] = {}
-    for i, p in zip(ids, files):
-        seen.setdefault(i, []).append(p.name)
-    dup_files = {i: names for i, names in seen.items() if len(names) > 1}
-    df = inputs.labels
-    has_cols = ID_COL in df.columns and LABEL_COL in df.columns
-    label_ids = set(df[ID_COL].astype(str)) if ID_COL in df.columns else set()
-    report.update(
-        {
-            "cts_dir": str(inputs.cts_dir),
-            "labels_csv": str(inputs.labels_path),
-            "n_files": len(files),
-            "n_dicom_files": len(dicom),
-            "non_dicom_files": not_dicom,
-            "n_labels": int(len(df)),
-            "duplicate_ids": df[ID_COL][df[ID_COL].duplicated()].unique().tolist() if ID_COL in df.columns else [],
-            "duplicate_files": dup_files,
-            "ids_without_file": sorted(label_ids - set(ids)),
-            "files_without_id": sorted(set(ids) - label_ids),
-            "class_balance": class_balance(df[LABEL_COL]) if has_cols and not inputs.problems else None,
-            "expected_count": expected_count,
-        }
-    )
+    not_dicom, dup_files = report["non_dicom_files"], report["duplicate_files"]
+    n_dicom = report["n_dicom_files"]
     fatal.extend(inputs.problems)
-    if not dicom:
+    if not n_dicom:
         fatal.append(f"{inputs.cts_dir} holds no DICOM files (none has the DICM preamble)")
     if not_dicom:
         warn.append(f"{len(not_dicom)} file(s) without the DICM preamble (they will be quarantined): {not_dicom[:5]}")
@@ -87,8 +96,8 @@ def validate_dataset(
     cb = report["class_balance"]
     if cb and (cb["n_label0"] == 0 or cb["n_label1"] == 0):
         fatal.append(f"only one class in {inputs.labels_path.name}: {cb['n_label0']} label-0 and {cb['n_label1']} label-1 rows")
-    if expected_count is not None and len(dicom) != expected_count:
-        fatal.append(f"--expected-count={expected_count} but {inputs.cts_dir} holds {len(dicom)} DICOM files")
+    if expected_count is not None and n_dicom != expected_count:
+        fatal.append(f"--expected-count={expected_count} but {inputs.cts_dir} holds {n_dicom} DICOM files")
     report["ok"] = not fatal
     return report
 
