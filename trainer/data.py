@@ -15,7 +15,6 @@ no DataLoader, no workers, no per-sample Python.
 
 from __future__ import annotations
 
-import queue
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -74,6 +73,7 @@ class Dataset:
         labels: int64 numpy (N,) 0/1.
         groups: str numpy (N,) — the split key per row (patient hash by default; the ID for ``none``).
         stream_shards: streaming mode: shards shuffled together (and held on the device) at a time.
+        stream_readers: streaming mode: threads reading and decoding shards ahead of the consumer.
     """
 
     store: Store
@@ -82,6 +82,7 @@ class Dataset:
     labels: np.ndarray
     groups: np.ndarray
     stream_shards: int = 4
+    stream_readers: int = 1
 
     @property
     def device(self) -> torch.device:
@@ -127,7 +128,7 @@ class Dataset:
             order = torch.as_tensor(idx)
         if self.streaming:
             yield from _stream(self.images, order, batch_size, generator if shuffle else None,
-                               self.stream_shards, drop_last)
+                               self.stream_shards, drop_last, self.stream_readers)
             return
         order = order.to(self.device, non_blocking=True)  # one host -> device copy per epoch
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
@@ -193,6 +194,7 @@ def load_dataset(store_path: str, cfg: dict[str, Any], device: torch.device) -> 
         labels=np.array(table["label"].astype(int), dtype=np.int64),
         groups=np.array(table["group"], dtype=str),
         stream_shards=int(cfg.get("stream_shards", 4)),
+        stream_readers=int(cfg.get("stream_readers", 1)),
     )
 
 
@@ -234,13 +236,14 @@ def _stream(
     generator: torch.Generator | None,
     group_shards: int,
     drop_last: bool,
+    readers: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Streaming mode of :meth:`Dataset.batches`.
 
     The shards holding ``order``'s rows are visited in a random order (in order without a
     generator) and cut into groups of ``group_shards``; the rows are regrouped by shard group,
     keeping their random draw order inside a group, and cut into batches. A background thread
-    reads the shards (each one whole) ahead of the consumer; a group is copied to the device
+    reads the shards (each one whole) ahead of the consumer (``readers`` threads); a group is copied to the device
     when its first batch needs it and freed after its last one (a batch may straddle two groups).
     """
     rows = order.numpy()
@@ -258,7 +261,7 @@ def _stream(
     if stop <= 0:
         return
     n_groups = int(group_of_row[stop - 1]) + 1
-    reader = _ShardReader(images, [int(k) for k in shards[: n_groups * g]], ahead=2 * g)
+    reader = _ShardReader(images, [int(k) for k in shards[: n_groups * g]], ahead=max(2 * g, 2 * readers), threads=readers)
     slot = np.full(len(rank), -1, dtype=np.int64)  # shard -> position within its group's buffer
     slot[shards] = np.arange(len(shards)) % g
     loaded: dict[int, torch.Tensor] = {}
@@ -294,45 +297,63 @@ def _load_group(reader: "_ShardReader", images: StoreImages, n_shards: int) -> t
 
 
 class _ShardReader:
-    """Reads shards in a given order on a daemon thread, up to ``ahead`` shards ahead of :meth:`next`.
+    """Reads shards in a given order on ``threads`` daemon threads, up to ``ahead`` shards ahead of
+    :meth:`next`, which returns them in that order.
 
-    Zarr's decompression and file reads release the GIL, so the reads overlap the training step.
-    Pinned host buffers on CUDA let the device copies run asynchronously; the caching host
-    allocator does not reuse a pinned block before its copy has finished.
+    Zarr's decompression and file reads release the GIL, so the reads overlap the training step, and
+    several threads decode several shards at once (``stream_readers``; one thread decodes about one
+    core's worth, see docs/benchmarks.md). Pinned host buffers on CUDA let the device copies run
+    asynchronously; the caching host allocator does not reuse a pinned block before its copy has finished.
     """
 
-    def __init__(self, images: StoreImages, order: list[int], ahead: int) -> None:
-        self._q: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    def __init__(self, images: StoreImages, order: list[int], ahead: int, threads: int = 1) -> None:
+        self._order = order
+        self._done: dict[int, Any] = {}  # position in order -> shard tensor or the exception raised
+        self._cv = threading.Condition()
+        self._next_claim = 0  # next position a thread reads
+        self._pos = 0  # next position next() returns
+        self._ahead = max(1, ahead)
         self._stop = threading.Event()
         pin = images.device.type == "cuda"
 
         def work() -> None:
-            try:
-                for k in order:
-                    if not self._put(images.read_shard(k, pin)):
+            while True:
+                with self._cv:
+                    while not self._stop.is_set() and self._next_claim - self._pos >= self._ahead:
+                        self._cv.wait(0.1)
+                    if self._stop.is_set() or self._next_claim >= len(order):
                         return
-            except BaseException as e:  # handed to the consumer, raised there
-                self._put(e)
+                    i = self._next_claim
+                    self._next_claim += 1
+                try:
+                    item: Any = images.read_shard(order[i], pin)
+                except BaseException as e:  # handed to the consumer, raised there
+                    item = e
+                with self._cv:
+                    self._done[i] = item
+                    self._cv.notify_all()
+                if isinstance(item, BaseException):
+                    return
 
-        self._thread = threading.Thread(target=work, name="neurocache-shard-reader", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        """Queue ``item`` unless :meth:`close` was called meanwhile; False when closed."""
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        self._threads = [threading.Thread(target=work, name=f"neurocache-shard-reader-{j}", daemon=True)
+                         for j in range(max(1, int(threads)))]
+        for t in self._threads:
+            t.start()
 
     def next(self) -> torch.Tensor:
-        item = self._q.get()
+        with self._cv:
+            while self._pos not in self._done:
+                self._cv.wait()
+            item = self._done.pop(self._pos)
+            self._pos += 1
+            self._cv.notify_all()
         if isinstance(item, BaseException):
             raise RuntimeError(f"reading a store shard failed: {type(item).__name__}: {item}") from item
         return item
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        with self._cv:
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
