@@ -249,6 +249,88 @@ def build_vs_bare(data: Path, work: Path, cores: int, repeats: int = 2) -> dict[
             "ratio": min(builds) / min(bare), "bare_all": bare, "build_all": builds}
 
 
+def alternatives_figures(files: list[Path], repeats: int = 3) -> dict[str, Any]:
+    """CPU ms per file (best of ``repeats``, one process) of the build's per-file pieces and of the
+    candidate replacements of issue #12: blake3 / xxh3 for the content hash, a numba histogram
+    kernel, pydicom's ``pixel_array`` against the Pixel Data fast path. A package that is not
+    installed is reported as such (they are not dependencies of neurocache)."""
+    import hashlib
+    import io
+
+    import pydicom
+
+    from neurocache.config import PrepConfig
+    from neurocache.dicomio import header_meta, quiet_pydicom, read_slice
+    from neurocache.hu import stored_histogram
+    from neurocache.preprocess import preprocess_file, preprocess_slice
+
+    raws = [f.read_bytes() for f in files]
+    cfg = PrepConfig()
+    with quiet_pydicom():
+        slices = [read_slice(f, cfg, bytes(16), raw=r) for f, r in zip(files, raws)]
+    out: dict[str, Any] = {"files": len(files), "ms": {}, "missing": []}
+
+    def t(name: str, fn: Any, items: list[Any]) -> None:
+        best = float("inf")
+        for _ in range(repeats):
+            c = time.process_time()
+            for x in items:
+                fn(x)
+            best = min(best, time.process_time() - c)
+        out["ms"][name] = 1e3 * best / len(items)
+
+    with quiet_pydicom():
+        t("bare dcmread().pixel_array", lambda r: pydicom.dcmread(io.BytesIO(r)).pixel_array, raws)
+        t("preprocess_file (all per-file work but the store write)", lambda f: preprocess_file(f, cfg, bytes(16)), files)
+        t("read_slice (dcmread + header + pixels)", lambda fr: read_slice(fr[0], cfg, bytes(16), raw=fr[1]),
+          list(zip(files, raws)))
+        t("dcmread alone", lambda r: pydicom.dcmread(io.BytesIO(r)), raws)
+        dss = [pydicom.dcmread(io.BytesIO(r)) for r in raws]
+        t("header_meta", lambda ds: header_meta(ds, bytes(16)), dss)
+        t("pydicom pixel_array (fresh dataset)", lambda r: pydicom.dcmread(io.BytesIO(r)).pixel_array, raws)
+        out["ms"]["pydicom pixel_array (fresh dataset)"] -= out["ms"]["dcmread alone"]
+    t("preprocess_slice (histogram, features, box, letterbox)", lambda d: preprocess_slice(d, cfg), slices)
+    t("stored_histogram (numpy bincount)", lambda d: stored_histogram(d.stored), slices)
+    t("sha256", lambda r: hashlib.sha256(r).hexdigest(), raws)
+    try:
+        import blake3
+
+        t("blake3 (1 thread)", lambda r: blake3.blake3(r).hexdigest(), raws)
+    except ImportError:
+        out["missing"].append("blake3")
+    try:
+        import xxhash
+
+        t("xxh3_128", lambda r: xxhash.xxh3_128_hexdigest(r), raws)
+    except ImportError:
+        out["missing"].append("xxhash")
+    try:
+        import numba
+
+        @numba.njit(nogil=True, cache=False)
+        def _hist(a: np.ndarray) -> tuple[int, np.ndarray]:  # min, max and counts in two passes, no temporaries
+            f = a.ravel()
+            lo, hi = f[0], f[0]
+            for v in f:
+                lo, hi = min(lo, v), max(hi, v)
+            counts = np.zeros(int(hi) - int(lo) + 1, np.int64)
+            for v in f:
+                counts[int(v) - int(lo)] += 1
+            return int(lo), counts
+
+        c = time.perf_counter()
+        for d in {(d.stored.dtype.str, d.stored.flags.writeable): d for d in slices}.values():
+            _hist(d.stored)  # one compilation per array type, outside the timing
+        out["numba_compile_s"] = time.perf_counter() - c
+        lo, counts = _hist(slices[0].stored)
+        ref = stored_histogram(slices[0].stored)
+        out["numba_identical"] = bool(lo == ref[0] and np.array_equal(np.cumsum(counts), ref[1]))
+        t("stored_histogram as a numba kernel", lambda d: np.cumsum(_hist(d.stored)[1]), slices)
+    except ImportError:
+        out["missing"].append("numba")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------
@@ -310,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sources", type=int, default=4000, help="distinct source files (default 4000)")
     ap.add_argument("--patients", type=int, default=2000, help="distinct patients among them (default 2000)")
     ap.add_argument("--predict-files", type=int, default=10_000, help="files scored by trainer predict (0: skip)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["sizes", "stream", "split", "build-vs-bare"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["sizes", "stream", "split", "build-vs-bare", "alternatives"])
     ap.add_argument("--stream-seconds", type=float, default=20.0, help="seconds per streaming figure (default 20)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite the Scale section of docs/benchmarks.md")
     args = ap.parse_args(argv)
@@ -348,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         _log("build vs bare decode, 5,123 files")
         d = make_input(work / "sources", sources, work / "data_5123", 5123, seed=1)
         r["build_vs_bare"] = build_vs_bare(d, work, cores)
+    if "alternatives" not in args.skip:
+        _log("per-file pieces and candidate replacements")
+        r["alternatives"] = alternatives_figures(sorted((work / "sources").glob("*.dcm"))[:200])
     r["machine"]["loadavg_end"] = list(os.getloadavg())
     r["wall_s"] = time.perf_counter() - t0
     RESULTS.write_text(json.dumps(r, indent=2, default=float))
@@ -434,6 +519,17 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"Build vs bare decode on {b['files']:,} files, {b['cores']} processes each, best of "
                   f"{len(b['build_all'])}: `build_store` {b['build_s']:.1f} s, bare `dcmread().pixel_array` "
                   f"{b['bare_s']:.1f} s: **{b['ratio']:.2f}x** (target 2x).", ""]
+    a = r.get("alternatives")
+    if a:
+        lines += [f"Per-file pieces and candidate replacements (CPU ms per file, one process, best of 3, {a['files']} "
+                  "distinct 512 px files):", "", "| piece | ms |", "| --- | ---: |"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in a["ms"].items()]
+        if "numba_compile_s" in a:
+            lines.append(f"| (numba kernel: compile {a['numba_compile_s']:.1f} s per process, identical histogram: "
+                         f"{a['numba_identical']}) | |")
+        if a["missing"]:
+            lines.append(f"| (not installed, not measured: {', '.join(a['missing'])}) | |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
