@@ -144,9 +144,11 @@ def manifest_digest(inputs: Inputs) -> str:
     complete store is up to date and whether an interrupted build may be resumed.
     """
     h = hashlib.sha256()
+    lines = []
     for p in inputs.files:
         st = os.lstat(p)
-        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        lines.append(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n")
+    h.update("".join(lines).encode())  # the same bytes as one update per file, hashed in one call
     h.update(inputs.labels_path.read_bytes())
     return h.hexdigest()
 

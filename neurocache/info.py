@@ -35,7 +35,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "n_files": attrs.get("source", {}).get("n_files"),
     }
     if info["complete"]:
-        s = open_store(loc)
+        s = open_store(loc, columns=["status", "reason"])  # the counts need two columns, not the whole table
         counts = attrs.get("counts", {})
         images_bytes = loc.size("images")
         raw = int(s.images.size) * 2
