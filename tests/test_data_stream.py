@@ -124,3 +124,13 @@ def test_several_reader_threads_give_the_same_batches(synth_store, streamed, rea
     next(it)
     it.close()  # a consumer that stops early: the reader threads end
     assert not [t for t in threading.enumerate() if t.name.startswith("neurocache-shard-reader") and t.is_alive()]
+
+
+def test_shard_reads_without_zarr_equal_zarr(streamed):
+    imgs = streamed.images
+    assert imgs._layout is not None  # the store's own layout: shards are decoded by neurocache.shards
+    n_shards = -(-len(imgs) // imgs.shard_rows)
+    for k in range(n_shards):
+        lo, hi = k * imgs.shard_rows, min((k + 1) * imgs.shard_rows, len(imgs))
+        got = imgs.read_shard(k, pin=False)
+        assert got.dtype == torch.int16 and torch.equal(got, torch.from_numpy(np.asarray(imgs.array[lo:hi])))

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from neurocache.remote import StoreLocation
+from neurocache.shards import ShardLayout
 from neurocache.store import Store, StoreError, open_store
 from trainer.config import prep_config
 
@@ -37,13 +39,21 @@ class StoreImages:
     evaluation go through :meth:`Dataset.batches`, which reads whole shards instead.
     """
 
-    def __init__(self, array: Any, device: torch.device) -> None:
+    def __init__(self, array: Any, device: torch.device, loc: StoreLocation | None = None) -> None:
         self.array = array
         self.device = device
         self.shape = tuple(int(v) for v in array.shape)
         self.dtype = torch.int16
         shards = getattr(array, "shards", None)
         self.shard_rows = int((shards or array.chunks)[0])
+        # The store's own shard layout: whole shards are then read as one file and decoded by blosc
+        # straight into the output (neurocache.shards), several times faster than through Zarr.
+        self._loc, self._layout = loc, None
+        if loc is not None:
+            try:
+                self._layout = ShardLayout.of(loc.read_bytes("images/zarr.json"))
+            except OSError:
+                self._layout = None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -57,7 +67,16 @@ class StoreImages:
     def read_shard(self, k: int, pin: bool) -> torch.Tensor:
         """Rows ``[k * shard_rows, (k + 1) * shard_rows)`` as one int16 CPU tensor (pinned when ``pin``)."""
         lo = k * self.shard_rows
-        t = torch.from_numpy(np.asarray(self.array[lo : min(lo + self.shard_rows, self.shape[0])]))
+        hi = min(lo + self.shard_rows, self.shape[0])
+        if self._layout is not None and self._layout.shard == self.shard_rows:
+            try:
+                blob: bytes | None = self._loc.read_bytes(f"images/{self._layout.key(k)}")
+            except FileNotFoundError:
+                blob = None  # every slice of the shard is the fill value
+            arr = self._layout.decode(blob, hi - lo, f"images shard {k}")
+        else:
+            arr = np.asarray(self.array[lo:hi])
+        t = torch.from_numpy(arr)
         return t.pin_memory() if pin else t
 
 
@@ -181,7 +200,7 @@ def load_dataset(store_path: str, cfg: dict[str, Any], device: torch.device) -> 
     need_gb = n * s * s * 2 / 1e9
     images: torch.Tensor | StoreImages
     if need_gb > cfg["memory_budget_gb"]:
-        images = StoreImages(store.images, device)
+        images = StoreImages(store.images, device, StoreLocation(store_path))
     else:
         images = torch.from_numpy(np.asarray(store.images[:]))  # one sequential read of every shard
         if device.type == "cuda":
