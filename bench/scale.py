@@ -165,6 +165,22 @@ def make_fake_final(store: Path, run: Path, out_size: int = 64) -> Path:
 # --------------------------------------------------------------------------------------------
 # in-process figures
 # --------------------------------------------------------------------------------------------
+def _rate(sizes: Any, seconds: float) -> dict[str, float]:
+    """Consume ``sizes`` (samples per item) for up to ``seconds``: samples/s, per CPU-second of this
+    process, and the cores it used."""
+    seen, t0, c0 = 0, time.perf_counter(), time.process_time()
+    for k in sizes:
+        seen += k
+        if time.perf_counter() - t0 > seconds:
+            break
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"samples_per_s": seen / wall, "samples_per_cpu_s": seen / cpu, "cpu_utilisation": cpu / wall, "samples": seen}
+
+
+def _fmt_rate(v: dict[str, float]) -> str:
+    return f"{v['samples_per_s']:,.0f} samples/s, {v['samples_per_cpu_s']:,.0f} per CPU-second"
+
+
 def streaming_figures(store: Path, threads: tuple[int, ...] = (1, 2, 4), seconds: float = 20.0) -> dict[str, Any]:
     """The streaming reader on ``store`` (shuffled whole shards, ``_ShardReader``): samples/s and
     samples per CPU-second of this process, by reader threads; and the cores a GPU at 10k samples/s needs."""
@@ -182,19 +198,11 @@ def streaming_figures(store: Path, threads: tuple[int, ...] = (1, 2, 4), seconds
     for n in ("zarr", *threads):
         data.images._layout = None if n == "zarr" else layout  # "zarr": shards read through Zarr, as before
         data.stream_readers = 1 if n == "zarr" else int(n)
-        gen = torch.Generator().manual_seed(0)
-        it = data.batches(idx, 256, generator=gen)
+        it = data.batches(idx, 256, generator=torch.Generator().manual_seed(0))
         next(it)  # first group loaded: the reader is running
-        seen, t0, c0 = 0, time.perf_counter(), time.process_time()
-        for _, hu in it:
-            seen += len(hu)
-            if time.perf_counter() - t0 > seconds:
-                break
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out["by_threads"][str(n)] = _rate((len(hu) for _, hu in it), seconds)
         it.close()
-        out["by_threads"][str(n)] = {"samples_per_s": seen / wall, "samples_per_cpu_s": seen / cpu,
-                                     "cpu_utilisation": cpu / wall, "samples": seen}
-        _log(f"stream: {n} reader thread(s): {seen / wall:,.0f} samples/s, {seen / cpu:,.0f} per CPU-second")
+        _log(f"stream: {n} reader thread(s): {_fmt_rate(out['by_threads'][str(n)])}")
     data.images._layout = layout
     from trainer.data import _ShardReader
 
@@ -203,16 +211,9 @@ def streaming_figures(store: Path, threads: tuple[int, ...] = (1, 2, 4), seconds
     for n in threads:  # the shard reader alone: the CPU work left when the batch gather runs on a GPU
         reader = _ShardReader(data.images, list(range(n_shards)), ahead=2 * n, threads=n)
         reader.next()
-        seen, t0, c0 = 0, time.perf_counter(), time.process_time()
-        for _ in range(n_shards - 1):
-            seen += len(reader.next())
-            if time.perf_counter() - t0 > seconds / 2:
-                break
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out["reader_alone"][str(n)] = _rate((len(reader.next()) for _ in range(n_shards - 1)), seconds / 2)
         reader.close()
-        out["reader_alone"][str(n)] = {"samples_per_s": seen / wall, "samples_per_cpu_s": seen / cpu,
-                                       "cpu_utilisation": cpu / wall, "samples": seen}
-        _log(f"stream: reader alone, {n} thread(s): {seen / wall:,.0f} samples/s, {seen / cpu:,.0f} per CPU-second")
+        _log(f"stream: reader alone, {n} thread(s): {_fmt_rate(out['reader_alone'][str(n)])}")
     out["cores_for_10k_per_s_reader"] = 10_000 / max(v["samples_per_cpu_s"] for v in out["reader_alone"].values())
     best = max(v["samples_per_cpu_s"] for k, v in out["by_threads"].items() if k != "zarr")
     out["cores_for_10k_per_s"] = 10_000 / best
