@@ -13,10 +13,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install synth validate cache info cv final demo predict runs notebook test bench clean
+.PHONY: help install synth validate cache info cv final demo predict runs notebook test bench bench-scale clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 	@echo "Open the notebook in Jupyter: $(BIN)/pip install jupyterlab, then $(BIN)/jupyter lab $(OUT)/eda_executed.ipynb"
 	@echo "  (the executed copy from make notebook) or notebooks/eda.ipynb (edit its parameters cell); VS Code opens both too."
 
@@ -70,6 +70,12 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(BENCH_STAMP)  ## benchmarks (3-6 min on 2 cores): writes bench/results.json and docs/benchmarks.md, prints the tables
 	$(BIN)/python -m bench.run
+
+SCALE_WORK ?= bench/work/scale
+SCALE_ARGS ?=
+
+bench-scale: $(STAMP)  ## every command at 10k and 100k files (SCALE_ARGS=--with-1m adds 1M): docs/benchmarks.md "Scale" (~30 min on 2 cores, ~6 GB in SCALE_WORK)
+	$(BIN)/python -m bench.scale --work $(SCALE_WORK) $(SCALE_ARGS)
 
 clean:  ## remove the demo data, stores and runs (not .venv)
 	rm -rf data/demo store.zarr demo.zarr $(OUT)

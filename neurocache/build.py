@@ -147,9 +147,11 @@ def manifest_digest(inputs: Inputs) -> str:
     as their bytes, so a name that is not valid UTF-8 counts too.
     """
     h = hashlib.sha256()
+    lines = []
     for p in inputs.files:
         st = os.lstat(p)
-        h.update(os.fsencode(p.name) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        lines.append(os.fsencode(p.name) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(b"".join(lines))  # the same bytes as one update per file, hashed in one call
     h.update(inputs.labels_path.read_bytes())
     return h.hexdigest()
 
@@ -188,7 +190,7 @@ def process_batch(
     index: int,
     start: int,
     paths: list[str],
-    reuse: dict[str, list] | None = None,
+    reuse: bytes | None = None,
     suspects: list[str] | None = None,
 ) -> dict[str, Any]:
     """One Dask task: preprocess ``paths`` and write the staging shard that begins at row ``start``.
@@ -199,9 +201,10 @@ def process_batch(
     process that dies mid-batch thus names its *suspect*, and the next attempt decodes ``suspects``
     in a child process (:mod:`neurocache.isolate`), so a codec crash becomes a ``decoder_crash`` row.
 
-    ``reuse`` maps a file name to ``[sha256, row index in the old features.parquet]``: when the
-    file's content hash still matches, its row and image are copied from the old store instead of
-    decoding it. Writes the images (quarantined slots keep the fill value) and then, atomically, the
+    ``reuse`` is the Parquet bytes of the old feature rows of this batch's files that a rebuild may
+    copy (:func:`_reuse_rows`: the per-file columns, ``file`` and ``row``): when a file's content hash
+    still matches its row's ``sha256``, the row and its image are copied from the old store instead
+    of decoding it. The task reads only these rows and their images, never the whole old table. Writes the images (quarantined slots keep the fill value) and then, atomically, the
     batch's feature rows; the progress file is the task's commit record. Returns
     ``{"index", "n", "rows"}``: ``rows`` is the commit record's Parquet bytes, so the client needs no
     second read of it (and no image ever travels back).
@@ -219,18 +222,19 @@ def _process_batch(
     index: int,
     start: int,
     paths: list[str],
-    reuse: dict[str, list] | None,
+    reuse: bytes | None,
     suspects: list[str] | None,
 ) -> dict[str, Any]:
     cfg = PrepConfig.from_dict(prep)
     key = bytes.fromhex(key_hex)
-    reuse = reuse or {}
     suspects = set(suspects or ())
     loc = StoreLocation(store)
     journal = _Journal(loc, f"{PROGRESS}/inflight_{index:06d}.txt")
     old_feats = old_images = None
+    hits: dict[str, tuple[str, int]] = {}  # file name -> (old sha256, position in old_feats)
     if reuse:
-        old_feats = loc.read_parquet(FEATURES_FILE, columns=[*ROW_COLUMNS, "row"])
+        old_feats = pd.read_parquet(io.BytesIO(reuse))
+        hits = {str(f): (str(h), i) for i, (f, h) in enumerate(zip(old_feats["file"], old_feats["sha256"]))}
         old_images = zarr.open_array(loc.member_store("images", read_only=True), mode="r")
     stack = np.full((len(paths), cfg.size, cfg.size), cfg.pad_hu, dtype=np.int16)
     rows = []
@@ -239,7 +243,7 @@ def _process_batch(
         for i, p in enumerate(paths):
             name = Path(p).name
             image, row, reused = None, None, False
-            hit = reuse.get(shown_name(name))
+            hit = hits.get(shown_name(name))
             if hit is not None and old_feats is not None and os.path.isfile(p) and not os.path.islink(p):
                 try:
                     digest = file_digest(Path(p))[1]
@@ -532,7 +536,7 @@ def _cluster_threads(scheduler: str) -> int:
 
 
 def _assemble(inputs: Inputs, staged: pd.DataFrame) -> pd.DataFrame:
-    """Join decoded rows with the labels: one row per input file plus one per label without a file.
+    """The feature table from the staged per-file rows and the labels CSV.
 
     Sets ``ID``, ``label``, ``status``/``reason`` for files without a label, duplicate IDs and
     labels without a file, and ``row`` (the index into ``images``; -1 when not ok), ordered by ID.
@@ -542,41 +546,48 @@ def _assemble(inputs: Inputs, staged: pd.DataFrame) -> pd.DataFrame:
     the entry's type, so it is ``missing_file`` only when no entry answers to it. Entries quarantined
     for their type or name (:data:`ENTRY_REASONS`) are not files of their ID: they never make
     another file a ``duplicate_file`` and keep their own reason.
+
+    Vectorised joins and sorts only (O(n log n) in files + labels, no Python step per duplicate;
+    one :func:`label_id` call per entry): ``tests/test_scale.py`` compares 2k against 20k rows.
     """
     labels = inputs.labels.set_index(ID_COL)
     staged = staged.sort_values("input_index").reset_index(drop=True)
     staged.insert(0, ID_COL, [Inputs.file_id(Path(f)) for f in staged["file"]])
-    answers = [label_id(inputs.files[int(k)].name) for k in staged["input_index"]]
-    staged.insert(1, "label", pd.array([labels[LABEL_COL].get(i, pd.NA) for i in answers], dtype="Int8"))
+    answers = pd.Series([label_id(inputs.files[int(k)].name) for k in staged["input_index"]], dtype=object)
+    staged.insert(1, "label", answers.map(labels[LABEL_COL]).astype("Int8").to_numpy())
 
     files = ~staged["reason"].isin(list(ENTRY_REASONS))
-    dup = staged[ID_COL].where(files).duplicated(keep="first") & files
-    for i in np.flatnonzero(dup.to_numpy()):
-        first = staged.loc[files & (staged[ID_COL] == staged.at[i, ID_COL]), "file"].iloc[0]
-        staged.loc[i, ["status", "reason", "detail"]] = [QUARANTINED, "duplicate_file", f"{staged.at[i, 'file']}: same ID as {first}"]
+    dup = (staged[ID_COL].where(files).duplicated(keep="first") & files).to_numpy()
+    if dup.any():
+        first = staged.loc[files].groupby(ID_COL, sort=False)["file"].first()
+        staged.loc[dup, "detail"] = (staged.loc[dup, "file"] + ": same ID as " + staged.loc[dup, ID_COL].map(first)).to_numpy()
+        staged.loc[dup, "status"] = QUARANTINED
+        staged.loc[dup, "reason"] = "duplicate_file"
     nolab = (staged["label"].isna() & (staged["status"] == OK)).to_numpy()
     staged.loc[nolab, "reason"] = "no_label"
     staged.loc[nolab, "detail"] = [f"{f}: ID not in {inputs.labels_path.name}" for f in staged.loc[nolab, "file"]]
     staged.loc[nolab, "status"] = QUARANTINED
 
-    have = set(answers)
-    missing_ids = [i for i in inputs.labels[ID_COL] if i not in have]
+    missing_ids = inputs.labels.loc[~inputs.labels[ID_COL].isin(answers), ID_COL].tolist()
     if missing_ids:
         miss = pd.DataFrame({ID_COL: missing_ids})
-        miss["label"] = pd.array([int(labels.at[i, LABEL_COL]) for i in missing_ids], dtype="Int8")
+        miss["label"] = pd.array(labels.loc[missing_ids, LABEL_COL].astype(int).to_numpy(), dtype="Int8")
         miss["status"] = MISSING
         miss["reason"] = "missing_file"
         miss["detail"] = [f"{i}: no file {i}.dcm (or {i}) in {inputs.cts_dir.name}/" for i in missing_ids]
         miss["file"] = ""
         miss["input_index"] = -1
         staged = pd.concat([staged, miss], ignore_index=True)
-        answers += missing_ids
+        answers = pd.concat([answers, pd.Series(missing_ids, dtype=object)], ignore_index=True)
 
-    # Extra CSV columns are kept (prefixed when a name is taken).
+    # Extra CSV columns are kept (prefixed when a name is taken); None where the entry answers to no label row.
     extra = [c for c in inputs.labels.columns if c not in (ID_COL, LABEL_COL)]
+    has_label = answers.isin(labels.index).to_numpy()
     for c in extra:
         name = c if c not in staged.columns else f"csv_{c}"
-        staged[name] = [labels[c].get(i, None) for i in answers]
+        values = labels[c].reindex(answers).to_numpy(dtype=object, copy=True)
+        values[~has_label] = None
+        staged[name] = values.tolist()
 
     staged = staged.sort_values([ID_COL, "file"], kind="stable").reset_index(drop=True)
     ok = (staged["status"] == OK).to_numpy()
@@ -698,16 +709,27 @@ def _remove_staging(loc: StoreLocation) -> None:
     loc.rm(STAGING)
 
 
-def _reuse_map(loc: StoreLocation) -> dict[str, list]:
-    """file name -> [sha256, row index in the old features.parquet] for rows a rebuild may copy.
+def _reuse_rows(loc: StoreLocation, files: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The old feature rows a rebuild may copy (per-file columns, ``file``, ``row``) and, for each of
+    ``files``, its position among them (-1: decode it). One read of the old table and one vectorised
+    lookup, so the client's cost is linear in files and each task is sent only its own rows.
 
     Rows whose status was set by the label join (``no_label``, ``duplicate_file``) are left out: the
     table does not hold their decode result, so such files are decoded again.
     """
-    old = loc.read_parquet(FEATURES_FILE, columns=["file", "sha256", "status", "reason"])
+    old = loc.read_parquet(FEATURES_FILE, columns=[*ROW_COLUMNS, "row", "file"])
     keep = (old["file"].astype(str) != "") & (old["sha256"].astype(str) != "")
     keep &= (old["status"] == OK) | ((old["status"] == QUARANTINED) & ~old["reason"].isin(list(TABLE_REASONS)))
-    return {str(f): [str(h), int(i)] for i, (f, h) in enumerate(zip(old["file"], old["sha256"])) if keep.iat[i]}
+    old = old[keep].drop_duplicates("file", keep="last").reset_index(drop=True)
+    pos = pd.Index(old["file"].astype(str)).get_indexer([shown_name(p.name) for p in files])  # as the table holds them
+    return old, pos
+
+
+def _rows_bytes(frame: pd.DataFrame) -> bytes:
+    """``frame`` as Parquet bytes (no index)."""
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
 
 
 def _reusable(loc: StoreLocation, old: dict[str, Any] | None, fingerprint: str, key_hex: str) -> bool:
@@ -852,14 +874,16 @@ def build_store(
     }
     write_attrs(loc, attrs)
 
-    reuse = _reuse_map(loc) if reusable else {}
+    old_rows, reuse_pos = _reuse_rows(loc, inputs.files) if reusable else (None, np.full(n, -1))
     done = _done_batches(loc)
     calls = []
     for index, start in enumerate(range(0, n, batch)):
         if index in done:
             continue
         paths = [os.path.abspath(p) for p in inputs.files[start : start + batch]]  # workers may run elsewhere
-        sub = {n: reuse[n] for n in map(shown_name, (p.name for p in inputs.files[start : start + batch])) if n in reuse}
+        take = reuse_pos[start : start + batch]
+        take = take[take >= 0]
+        sub = _rows_bytes(old_rows.iloc[take]) if old_rows is not None and len(take) else None
         calls.append((process_batch, (store_address(loc.url), cfg.to_dict(), key_hex, index, start, paths, sub, _suspects(loc, index))))
     n_todo = sum(len(c[1][5]) for c in calls)
     bar = _bar(n, n - n_todo, "decode", progress)

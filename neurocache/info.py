@@ -39,7 +39,8 @@ def store_info(path: str | Path | Store) -> dict[str, Any]:
         "n_files": attrs.get("source", {}).get("n_files"),
     }
     if info["complete"]:
-        s = opened if opened is not None else open_store(loc)
+        # the counts need two columns, not the whole table
+        s = opened if opened is not None else open_store(loc, columns=["status", "reason"])
         counts = attrs.get("counts", {})
         images_bytes = loc.size("images")
         raw = int(s.images.size) * 2

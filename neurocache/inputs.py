@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import BinaryIO
 
 import pandas as pd
@@ -129,9 +129,11 @@ def unsafe_id(value: str) -> str | None:
         return "empty or has surrounding spaces"
     if "/" in value or "\\" in value:
         return "contains a path separator"
-    if value in (".", "..") or ".." in PurePosixPath(value).parts:
+    # Without a separator a name is one path part, never absolute (no root): plain string tests, the
+    # same answers as PurePosixPath/PureWindowsPath at a fraction of the cost (one call per label row).
+    if value in (".", ".."):
         return "is a relative path component"
-    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() or ":" in value:
+    if ":" in value:
         return "looks like an absolute path or drive"
     if "\x00" in value:
         return "contains a NUL byte"

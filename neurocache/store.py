@@ -148,12 +148,15 @@ class Store:
         return store_info(self)
 
 
-def open_store(path: str | Path | StoreLocation, *, expect: PrepConfig | None = None) -> Store:
+def open_store(
+    path: str | Path | StoreLocation, *, expect: PrepConfig | None = None, columns: list[str] | None = None
+) -> Store:
     """Open a store for reading, refusing what cannot be trusted.
 
     Args:
         path: the store folder (``STORE.zarr``) or URL (``s3://bucket/STORE.zarr``).
         expect: the preprocessing the caller needs; a store with another fingerprint is refused.
+        columns: read only these columns of ``features.parquet`` (default all).
 
     Raises:
         StoreError: missing store, other schema, not ``complete`` (an interrupted build), or a
@@ -183,7 +186,7 @@ def open_store(path: str | Path | StoreLocation, *, expect: PrepConfig | None = 
             f"or set the config's preprocess section to the store's."
         )
     group = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
-    features = loc.read_parquet(FEATURES_FILE)
+    features = loc.read_parquet(FEATURES_FILE, columns=columns)
     return Store(path=p, attrs=attrs, images=group["images"], features=features)
 
 

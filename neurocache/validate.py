@@ -43,6 +43,44 @@ def entry_classes(files: list[Path]) -> dict[str, list[Path]]:
     return out
 
 
+def structure(inputs: Inputs, is_dicom: list[bool], classes: dict[str, list[Path]] | None = None) -> dict[str, Any]:
+    """The counts and lists of the report from the scanned inputs.
+
+    ``classes`` is :func:`entry_classes` of ``inputs.files`` (computed when None); ``is_dicom`` has
+    one flag per entry of ``classes["files"]`` (the regular, well-named files).
+
+    Linear in files + labels (one pass over each, sets and dicts only; ``tests/test_scale.py`` counts
+    the operations): at 750k files a quadratic step here would take hours.
+    """
+    entries = inputs.files
+    classes = entry_classes(entries) if classes is None else classes
+    files = classes["files"]
+    not_dicom = [p.name for p, d in zip(files, is_dicom) if not d]
+    seen: dict[str, list[str]] = {}
+    for p in files:  # folders, symlinks and bad names are no file of their ID: never duplicates
+        seen.setdefault(Inputs.file_id(p), []).append(p.name)
+    dup_files = {i: names for i, names in seen.items() if len(names) > 1}
+    df = inputs.labels
+    has_cols = ID_COL in df.columns and LABEL_COL in df.columns
+    label_ids = set(df[ID_COL].astype(str)) if ID_COL in df.columns else set()
+    answered = {label_id(p.name) for p in entries}  # the label IDs the entries answer to (build's rule)
+    return {
+        "cts_dir": shown_name(str(inputs.cts_dir)),
+        "labels_csv": shown_name(str(inputs.labels_path)),
+        "n_files": len(entries),
+        "n_dicom_files": len(files) - len(not_dicom),
+        "non_dicom_files": not_dicom,
+        "not_regular_entries": [shown_name(p.name) for p in classes["not_regular_file"]],
+        "bad_name_entries": [shown_name(p.name) for p in classes["bad_file_name"]],
+        "n_labels": int(len(df)),
+        "duplicate_ids": df[ID_COL][df[ID_COL].duplicated()].unique().tolist() if ID_COL in df.columns else [],
+        "duplicate_files": dup_files,
+        "ids_without_file": sorted(label_ids - answered),
+        "files_without_id": sorted({Inputs.file_id(p) for p in entries if label_id(p.name) not in label_ids}),
+        "class_balance": class_balance(df[LABEL_COL]) if has_cols and not inputs.problems else None,
+    }
+
+
 def validate_dataset(
     data_root: str | Path, *, labels: str = "labels1.csv", cts: str = "CTs", expected_count: int | None = None
 ) -> dict[str, Any]:
@@ -59,40 +97,14 @@ def validate_dataset(
         report["fatal"].append(shown_name(str(e)))
         report["ok"] = False
         return report
+    classes = entry_classes(inputs.files)
+    report.update(structure(inputs, [looks_like_dicom(p) for p in classes["files"]], classes))
+    report["expected_count"] = expected_count
     fatal, warn = report["fatal"], report["warnings"]
-    entries = inputs.files
-    classes = entry_classes(entries)
-    files = classes["files"]
-    dicom = [p for p in files if looks_like_dicom(p)]
-    not_dicom = [p.name for p in files if p not in set(dicom)]
-    seen: dict[str, list[str]] = {}
-    for p in files:  # folders, symlinks and bad names are no file of their ID: never duplicates
-        seen.setdefault(Inputs.file_id(p), []).append(p.name)
-    dup_files = {i: names for i, names in seen.items() if len(names) > 1}
-    df = inputs.labels
-    has_cols = ID_COL in df.columns and LABEL_COL in df.columns
-    label_ids = set(df[ID_COL].astype(str)) if ID_COL in df.columns else set()
-    answered = {label_id(p.name) for p in entries}  # the label IDs the entries answer to (build's rule)
-    report.update(
-        {
-            "cts_dir": shown_name(str(inputs.cts_dir)),
-            "labels_csv": shown_name(str(inputs.labels_path)),
-            "n_files": len(entries),
-            "n_dicom_files": len(dicom),
-            "non_dicom_files": not_dicom,
-            "not_regular_entries": [shown_name(p.name) for p in classes["not_regular_file"]],
-            "bad_name_entries": [shown_name(p.name) for p in classes["bad_file_name"]],
-            "n_labels": int(len(df)),
-            "duplicate_ids": df[ID_COL][df[ID_COL].duplicated()].unique().tolist() if ID_COL in df.columns else [],
-            "duplicate_files": dup_files,
-            "ids_without_file": sorted(label_ids - answered),
-            "files_without_id": sorted({Inputs.file_id(p) for p in entries if label_id(p.name) not in label_ids}),
-            "class_balance": class_balance(df[LABEL_COL]) if has_cols and not inputs.problems else None,
-            "expected_count": expected_count,
-        }
-    )
+    not_dicom, dup_files = report["non_dicom_files"], report["duplicate_files"]
+    n_dicom = report["n_dicom_files"]
     fatal.extend(inputs.problems)
-    if not dicom:
+    if not n_dicom:
         fatal.append(f"{inputs.cts_dir} holds no DICOM files (none has the DICM preamble)")
     if not_dicom:
         warn.append(f"{len(not_dicom)} file(s) without the DICM preamble (they will be quarantined): {_some(not_dicom)}")
@@ -111,8 +123,8 @@ def validate_dataset(
     cb = report["class_balance"]
     if cb and (cb["n_label0"] == 0 or cb["n_label1"] == 0):
         fatal.append(f"only one class in {inputs.labels_path.name}: {cb['n_label0']} label-0 and {cb['n_label1']} label-1 rows")
-    if expected_count is not None and len(dicom) != expected_count:
-        fatal.append(f"--expected-count={expected_count} but {inputs.cts_dir} holds {len(dicom)} DICOM files")
+    if expected_count is not None and n_dicom != expected_count:
+        fatal.append(f"--expected-count={expected_count} but {inputs.cts_dir} holds {n_dicom} DICOM files")
     report["fatal"], report["warnings"] = [shown_name(m) for m in fatal], [shown_name(m) for m in warn]
     report["ok"] = not fatal
     return report

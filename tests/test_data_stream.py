@@ -105,3 +105,32 @@ def test_an_abandoned_epoch_stops_its_reader_thread(streamed):
     it.close()  # e.g. an exception in the training step
     left = [t for t in threading.enumerate() if t.ident not in before and t.name == "neurocache-shard-reader"]
     assert not left
+
+
+@pytest.mark.parametrize("readers", [2, 3])
+def test_several_reader_threads_give_the_same_batches(synth_store, streamed, readers):
+    many = load_dataset(str(synth_store), _cfg(memory_budget_gb=1e-9, stream_shards=1, stream_readers=readers),
+                        torch.device("cpu"))
+    assert many.stream_readers == readers
+    idx = np.arange(len(many.labels))
+    for kw in ({"generator": torch.Generator().manual_seed(5)}, {"shuffle": False}):
+        one = list(streamed.batches(idx, 6, **{k: (torch.Generator().manual_seed(5) if k == "generator" else v)
+                                                 for k, v in kw.items()}))
+        got = list(many.batches(idx, 6, **kw))
+        assert len(one) == len(got)
+        for (b1, h1), (b2, h2) in zip(one, got):
+            assert torch.equal(b1, b2) and torch.equal(h1, h2)
+    it = many.batches(idx, 6, generator=torch.Generator().manual_seed(1))
+    next(it)
+    it.close()  # a consumer that stops early: the reader threads end
+    assert not [t for t in threading.enumerate() if t.name.startswith("neurocache-shard-reader") and t.is_alive()]
+
+
+def test_shard_reads_without_zarr_equal_zarr(streamed):
+    imgs = streamed.images
+    assert imgs._layout is not None  # the store's own layout: shards are decoded by neurocache.shards
+    n_shards = -(-len(imgs) // imgs.shard_rows)
+    for k in range(n_shards):
+        lo, hi = k * imgs.shard_rows, min((k + 1) * imgs.shard_rows, len(imgs))
+        got = imgs.read_shard(k, pin=False)
+        assert got.dtype == torch.int16 and torch.equal(got, torch.from_numpy(np.asarray(imgs.array[lo:hi])))

@@ -144,3 +144,35 @@ def test_holdout_split_grouped_and_stratified() -> None:
     assert y[m2].mean() == pytest.approx(y.mean(), abs=0.01)
     with pytest.raises(ValueError, match="'frac'"):
         holdout_split(y, None, frac=1.0, seed=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stratified_group_folds_equal_sklearn(seed):
+    """The vectorised splitter gives sklearn's StratifiedGroupKFold(shuffle=True) folds, row for row."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from trainer.split import stratified_group_folds
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(60, 3000))
+    n_groups = int(rng.integers(10, max(11, n // 3)))
+    k = int(rng.integers(2, 7))
+    g_int = rng.integers(0, n_groups, n)
+    groups = np.array([f"{v:064x}" for v in g_int]) if seed % 2 else g_int
+    y = (rng.random(n) < rng.uniform(0.1, 0.6)).astype(int)
+    if seed == 5:
+        y = rng.integers(0, 3, n)  # multiclass too
+    want = np.full(n, -1)
+    for i, (_, te) in enumerate(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(np.zeros(n), y, groups)):
+        want[te] = i
+    got = stratified_group_folds(y, groups, k, seed)
+    assert np.array_equal(got, want)
+
+
+def test_stratified_group_folds_errors():
+    from trainer.split import stratified_group_folds
+
+    with pytest.raises(ValueError, match="number of groups"):
+        stratified_group_folds(np.array([0, 1] * 6), np.array([1] * 6 + [2] * 6), 3, 0)
+    with pytest.raises(ValueError, match="members in each class"):
+        stratified_group_folds(np.array([0, 1, 0, 1]), np.array([1, 2, 3, 4]), 3, 0)

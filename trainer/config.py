@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "compile": False,               # torch.compile the model (CUDA)
     "memory_budget_gb": 8.0,        # ok images (int16) up to this size live on the training device; above it they stream
     "stream_shards": 4,             # streaming: store shards shuffled together and held on the device at a time
+    "stream_readers": 1,            # streaming: threads reading/decoding shards ahead (one decodes ~1 core's worth)
     "threads": 0,                   # torch CPU threads (0 = torch's default)
     "preprocess": {},               # the store's preprocessing; must match the store's fingerprint
     # evaluation (trainer/evaluation.py): intervals, calibration, patient level, report.html
@@ -165,6 +166,8 @@ def _validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config key k_folds={cfg['k_folds']} must be >= 2")
     if cfg["out_size"] < 16:
         raise ConfigError(f"config key out_size={cfg['out_size']} must be >= 16 pixels")
+    if cfg["stream_readers"] < 1:
+        raise ConfigError(f"config key stream_readers={cfg['stream_readers']} must be >= 1 (shard reader threads when streaming)")
     if cfg["stream_shards"] < 1:
         raise ConfigError(f"config key stream_shards={cfg['stream_shards']} must be >= 1 (shards held on the device when streaming)")
     if not 0 < cfg["holdout_frac"] < 1:

@@ -15,7 +15,6 @@ no DataLoader, no workers, no per-sample Python.
 
 from __future__ import annotations
 
-import queue
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -24,6 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from neurocache.remote import StoreLocation
+from neurocache.shards import ShardLayout
 from neurocache.store import Store, StoreError, open_store
 from trainer.config import prep_config
 
@@ -38,13 +39,21 @@ class StoreImages:
     evaluation go through :meth:`Dataset.batches`, which reads whole shards instead.
     """
 
-    def __init__(self, array: Any, device: torch.device) -> None:
+    def __init__(self, array: Any, device: torch.device, loc: StoreLocation | None = None) -> None:
         self.array = array
         self.device = device
         self.shape = tuple(int(v) for v in array.shape)
         self.dtype = torch.int16
         shards = getattr(array, "shards", None)
         self.shard_rows = int((shards or array.chunks)[0])
+        # The store's own shard layout: whole shards are then read as one file and decoded by blosc
+        # straight into the output (neurocache.shards), several times faster than through Zarr.
+        self._loc, self._layout = loc, None
+        if loc is not None:
+            try:
+                self._layout = ShardLayout.of(loc.read_bytes("images/zarr.json"))
+            except OSError:
+                self._layout = None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -58,7 +67,16 @@ class StoreImages:
     def read_shard(self, k: int, pin: bool) -> torch.Tensor:
         """Rows ``[k * shard_rows, (k + 1) * shard_rows)`` as one int16 CPU tensor (pinned when ``pin``)."""
         lo = k * self.shard_rows
-        t = torch.from_numpy(np.asarray(self.array[lo : min(lo + self.shard_rows, self.shape[0])]))
+        hi = min(lo + self.shard_rows, self.shape[0])
+        if self._layout is not None and self._layout.shard == self.shard_rows:
+            try:
+                blob: bytes | None = self._loc.read_bytes(f"images/{self._layout.key(k)}")
+            except FileNotFoundError:
+                blob = None  # every slice of the shard is the fill value
+            arr = self._layout.decode(blob, hi - lo, f"images shard {k}")
+        else:
+            arr = np.asarray(self.array[lo:hi])
+        t = torch.from_numpy(arr)
         return t.pin_memory() if pin else t
 
 
@@ -74,6 +92,7 @@ class Dataset:
         labels: int64 numpy (N,) 0/1.
         groups: str numpy (N,) — the split key per row (patient hash by default; the ID for ``none``).
         stream_shards: streaming mode: shards shuffled together (and held on the device) at a time.
+        stream_readers: streaming mode: threads reading and decoding shards ahead of the consumer.
     """
 
     store: Store
@@ -82,6 +101,7 @@ class Dataset:
     labels: np.ndarray
     groups: np.ndarray
     stream_shards: int = 4
+    stream_readers: int = 1
 
     @property
     def device(self) -> torch.device:
@@ -127,7 +147,7 @@ class Dataset:
             order = torch.as_tensor(idx)
         if self.streaming:
             yield from _stream(self.images, order, batch_size, generator if shuffle else None,
-                               self.stream_shards, drop_last)
+                               self.stream_shards, drop_last, self.stream_readers)
             return
         order = order.to(self.device, non_blocking=True)  # one host -> device copy per epoch
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
@@ -180,7 +200,7 @@ def load_dataset(store_path: str, cfg: dict[str, Any], device: torch.device) -> 
     need_gb = n * s * s * 2 / 1e9
     images: torch.Tensor | StoreImages
     if need_gb > cfg["memory_budget_gb"]:
-        images = StoreImages(store.images, device)
+        images = StoreImages(store.images, device, StoreLocation(store_path))
     else:
         images = torch.from_numpy(np.asarray(store.images[:]))  # one sequential read of every shard
         if device.type == "cuda":
@@ -193,6 +213,7 @@ def load_dataset(store_path: str, cfg: dict[str, Any], device: torch.device) -> 
         labels=np.array(table["label"].astype(int), dtype=np.int64),
         groups=np.array(table["group"], dtype=str),
         stream_shards=int(cfg.get("stream_shards", 4)),
+        stream_readers=int(cfg.get("stream_readers", 1)),
     )
 
 
@@ -234,13 +255,14 @@ def _stream(
     generator: torch.Generator | None,
     group_shards: int,
     drop_last: bool,
+    readers: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Streaming mode of :meth:`Dataset.batches`.
 
     The shards holding ``order``'s rows are visited in a random order (in order without a
     generator) and cut into groups of ``group_shards``; the rows are regrouped by shard group,
     keeping their random draw order inside a group, and cut into batches. A background thread
-    reads the shards (each one whole) ahead of the consumer; a group is copied to the device
+    reads the shards (each one whole) ahead of the consumer (``readers`` threads); a group is copied to the device
     when its first batch needs it and freed after its last one (a batch may straddle two groups).
     """
     rows = order.numpy()
@@ -258,7 +280,7 @@ def _stream(
     if stop <= 0:
         return
     n_groups = int(group_of_row[stop - 1]) + 1
-    reader = _ShardReader(images, [int(k) for k in shards[: n_groups * g]], ahead=2 * g)
+    reader = _ShardReader(images, [int(k) for k in shards[: n_groups * g]], ahead=max(2 * g, 2 * readers), threads=readers)
     slot = np.full(len(rank), -1, dtype=np.int64)  # shard -> position within its group's buffer
     slot[shards] = np.arange(len(shards)) % g
     loaded: dict[int, torch.Tensor] = {}
@@ -294,45 +316,63 @@ def _load_group(reader: "_ShardReader", images: StoreImages, n_shards: int) -> t
 
 
 class _ShardReader:
-    """Reads shards in a given order on a daemon thread, up to ``ahead`` shards ahead of :meth:`next`.
+    """Reads shards in a given order on ``threads`` daemon threads, up to ``ahead`` shards ahead of
+    :meth:`next`, which returns them in that order.
 
-    Zarr's decompression and file reads release the GIL, so the reads overlap the training step.
-    Pinned host buffers on CUDA let the device copies run asynchronously; the caching host
-    allocator does not reuse a pinned block before its copy has finished.
+    Zarr's decompression and file reads release the GIL, so the reads overlap the training step, and
+    several threads decode several shards at once (``stream_readers``; one thread decodes about one
+    core's worth, see docs/benchmarks.md). Pinned host buffers on CUDA let the device copies run
+    asynchronously; the caching host allocator does not reuse a pinned block before its copy has finished.
     """
 
-    def __init__(self, images: StoreImages, order: list[int], ahead: int) -> None:
-        self._q: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    def __init__(self, images: StoreImages, order: list[int], ahead: int, threads: int = 1) -> None:
+        self._order = order
+        self._done: dict[int, Any] = {}  # position in order -> shard tensor or the exception raised
+        self._cv = threading.Condition()
+        self._next_claim = 0  # next position a thread reads
+        self._pos = 0  # next position next() returns
+        self._ahead = max(1, ahead)
         self._stop = threading.Event()
         pin = images.device.type == "cuda"
 
         def work() -> None:
-            try:
-                for k in order:
-                    if not self._put(images.read_shard(k, pin)):
+            while True:
+                with self._cv:
+                    while not self._stop.is_set() and self._next_claim - self._pos >= self._ahead:
+                        self._cv.wait(0.1)
+                    if self._stop.is_set() or self._next_claim >= len(order):
                         return
-            except BaseException as e:  # handed to the consumer, raised there
-                self._put(e)
+                    i = self._next_claim
+                    self._next_claim += 1
+                try:
+                    item: Any = images.read_shard(order[i], pin)
+                except BaseException as e:  # handed to the consumer, raised there
+                    item = e
+                with self._cv:
+                    self._done[i] = item
+                    self._cv.notify_all()
+                if isinstance(item, BaseException):
+                    return
 
-        self._thread = threading.Thread(target=work, name="neurocache-shard-reader", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        """Queue ``item`` unless :meth:`close` was called meanwhile; False when closed."""
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        self._threads = [threading.Thread(target=work, name=f"neurocache-shard-reader-{j}", daemon=True)
+                         for j in range(max(1, int(threads)))]
+        for t in self._threads:
+            t.start()
 
     def next(self) -> torch.Tensor:
-        item = self._q.get()
+        with self._cv:
+            while self._pos not in self._done:
+                self._cv.wait()
+            item = self._done.pop(self._pos)
+            self._pos += 1
+            self._cv.notify_all()
         if isinstance(item, BaseException):
             raise RuntimeError(f"reading a store shard failed: {type(item).__name__}: {item}") from item
         return item
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        with self._cv:
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)

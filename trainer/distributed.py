@@ -79,7 +79,7 @@ def _dataset(store: str, cfg: dict[str, Any], device) -> Any:
     from trainer.data import load_dataset
 
     key = repr((store, prep_config(cfg).fingerprint(), cfg["group_by"], float(cfg["memory_budget_gb"]),
-                int(cfg.get("stream_shards", 4)), str(device)))
+                int(cfg.get("stream_shards", 4)), int(cfg.get("stream_readers", 1)), str(device)))
     cached = _CACHE.get("data")
     if cached is not None and _CACHE.get("key") == key:
         # The same store folder may have been rebuilt since: reuse only when its attrs are unchanged.
