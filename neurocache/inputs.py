@@ -47,7 +47,14 @@ class Inputs:
     def file_id(path: Path) -> str:
         """The ID of a file: its name without the last suffix (``ID_0a1b.dcm`` -> ``ID_0a1b``), with
         the bytes of a name that is not valid UTF-8 escaped (:func:`shown_name`)."""
-        return shown_name(path.stem if path.suffix else path.name)
+        return shown_name(name_stem(path.name))
+
+
+def name_stem(name: str) -> str:
+    """``PurePath(name).stem`` by string operations (one call per entry at 750k entries matters):
+    the name without its last ``.suffix``; a leading dot or a trailing dot is no suffix."""
+    i = name.rfind(".")
+    return name[:i] if 0 < i < len(name) - 1 else name
 
 
 def label_id(name: str) -> str:
@@ -59,12 +66,12 @@ def label_id(name: str) -> str:
     and old PACS exports that write such names meant by them.
     """
     if not bad_name(name):
-        return Inputs.file_id(Path(name))
+        return name_stem(name)
     try:
         raw = os.fsencode(name)
     except UnicodeEncodeError:
-        return Inputs.file_id(Path(name))
-    return Inputs.file_id(Path(raw.decode("latin-1")))
+        return shown_name(name_stem(name))
+    return name_stem(raw.decode("latin-1"))
 
 
 #: ``stat`` file types that are not regular files, as named in ``not_regular_file`` details.
@@ -95,13 +102,12 @@ def entry_problem(path: Path) -> tuple[str, str] | None:
     Raises:
         OSError: the entry cannot be ``lstat``-ed.
     """
-    shown = shown_name(path.name)
     kind = entry_kind(path)
     if kind is not None:
-        return "not_regular_file", (f"{shown}: a {kind}, not a regular file; never entered, followed or read. "
+        return "not_regular_file", (f"{shown_name(path.name)}: a {kind}, not a regular file; never entered, followed or read. "
                                     "Replace it with the slice's DICOM file (a regular file) or move it out of the CT folder")
     if bad_name(path.name):
-        return "bad_file_name", (f"{shown}: the name is not valid UTF-8 (the bytes shown as \\xNN); not read. Its ID read "
+        return "bad_file_name", (f"{shown_name(path.name)}: the name is not valid UTF-8 (the bytes shown as \\xNN); not read. Its ID read "
                                  f"as Latin-1 is {label_id(path.name)!r}. Rename it to UTF-8, e.g. "
                                  "`convmv -f latin1 -t utf8 --notest FILE`")
     return None

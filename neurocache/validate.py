@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neurocache.inputs import ID_COL, LABEL_COL, InputError, Inputs, entry_problem, label_id, open_regular, scan_inputs
+from neurocache.inputs import (ID_COL, LABEL_COL, InputError, Inputs, entry_problem, label_id, name_stem, open_regular,
+                               scan_inputs)
 from neurocache.names import shown_name
 from neurocache.quality import class_balance
 
@@ -58,12 +59,15 @@ def structure(inputs: Inputs, is_dicom: list[bool], classes: dict[str, list[Path
     not_dicom = [p.name for p, d in zip(files, is_dicom) if not d]
     seen: dict[str, list[str]] = {}
     for p in files:  # folders, symlinks and bad names are no file of their ID: never duplicates
-        seen.setdefault(Inputs.file_id(p), []).append(p.name)
+        name = p.name
+        seen.setdefault(name_stem(name), []).append(name)  # valid UTF-8 names: file_id is the stem
     dup_files = {i: names for i, names in seen.items() if len(names) > 1}
     df = inputs.labels
     has_cols = ID_COL in df.columns and LABEL_COL in df.columns
     label_ids = set(df[ID_COL].astype(str)) if ID_COL in df.columns else set()
-    answered = {label_id(p.name) for p in entries}  # the label IDs the entries answer to (build's rule)
+    names = [p.name for p in entries]
+    answers = [label_id(n) for n in names]  # the label IDs the entries answer to (build's rule)
+    answered = set(answers)
     return {
         "cts_dir": shown_name(str(inputs.cts_dir)),
         "labels_csv": shown_name(str(inputs.labels_path)),
@@ -76,7 +80,7 @@ def structure(inputs: Inputs, is_dicom: list[bool], classes: dict[str, list[Path
         "duplicate_ids": df[ID_COL][df[ID_COL].duplicated()].unique().tolist() if ID_COL in df.columns else [],
         "duplicate_files": dup_files,
         "ids_without_file": sorted(label_ids - answered),
-        "files_without_id": sorted({Inputs.file_id(p) for p in entries if label_id(p.name) not in label_ids}),
+        "files_without_id": sorted({shown_name(name_stem(n)) for n, a in zip(names, answers) if a not in label_ids}),
         "class_balance": class_balance(df[LABEL_COL]) if has_cols and not inputs.problems else None,
     }
 
