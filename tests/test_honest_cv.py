@@ -337,3 +337,18 @@ def test_imagenet_offline_fails_before_any_split(trainer_store, tmp_path, monkey
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in err
     assert "weights: none" in err and "state_dict" in err
     assert not out.exists() or not list(out.glob("run_*"))  # nothing written: no split, no run folder
+
+
+def test_split_and_holdouts_do_not_depend_on_the_stores_hash_key():
+    """Two builds of the same folder hash patients with different random keys: same split, same holdouts."""
+    a = _fake_data()
+    rng = np.random.default_rng(5)
+    relabel = {g: f"{rng.integers(1 << 60):016x}" for g in np.unique(a.groups)}  # another key's hashes
+    b = SimpleNamespace(**{**vars(a), "groups": np.array([relabel[g] for g in a.groups])})
+    cfg = load_config(sets=["k_folds=3", "holdout_frac=0.25"])
+    sa, sb = cv_mod.split_table(a, cfg), cv_mod.split_table(b, cfg)
+    pd.testing.assert_frame_equal(sa[["ID", "label", "test", "fold"]], sb[["ID", "label", "test", "fold"]])
+    for k in range(3):
+        tr, _ = cv_mod.fold_rows(sa, k)
+        ha, hb = cv_mod.inner_holdout(a, tr, cfg, 7)[1], cv_mod.inner_holdout(b, tr, cfg, 7)[1]
+        np.testing.assert_array_equal(ha, hb)

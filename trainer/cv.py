@@ -25,13 +25,13 @@ from trainer.fold_health import stuck_folds
 from trainer.loops import make_transform, predict, train_model
 from trainer.report import plot_histories, plot_mean_pr, plot_mean_roc
 from trainer.runs import write_json
-from trainer.split import check_no_group_crosses, holdout_split, make_split
+from trainer.split import canonical_groups, check_no_group_crosses, holdout_split, make_split
 from trainer.thresholds import candidate_thresholds, cv_threshold_tables, select_threshold, threshold_spread
 
 
 def split_table(data: Dataset, cfg: dict[str, Any]) -> pd.DataFrame:
     """The run's split: ID, group, label, test, fold (-1 for test rows); checked group-safe."""
-    groups = None if cfg["group_by"] == "none" else data.groups
+    groups = None if cfg["group_by"] == "none" else canonical_groups(data.groups)
     is_test, fold = make_split(data.labels, groups, test_size=cfg["test_size"], k_folds=cfg["k_folds"], seed=cfg["seed"])
     check_no_group_crosses(data.groups, is_test, fold)
     return pd.DataFrame(
@@ -60,7 +60,7 @@ def inner_holdout(data: Dataset, tr: np.ndarray, cfg: dict[str, Any], seed: int)
         ValueError: naming the fold's training rows and the fix, when the rows have too few
             groups per class for a holdout.
     """
-    groups = None if cfg["group_by"] == "none" else data.groups[tr]
+    groups = None if cfg["group_by"] == "none" else canonical_groups(data.groups)[tr]
     try:
         hold = holdout_split(data.labels[tr], groups, frac=cfg["holdout_frac"], seed=seed)
     except ValueError as e:

@@ -21,7 +21,7 @@ from trainer.promise import promise_vs_delivery
 from trainer.report import plot_confusion, plot_pr, plot_roc
 from trainer.run_folder import RunError, load_run, run_kind  # noqa: F401 - RunError is re-exported
 from trainer.runs import write_json
-from trainer.split import holdout_split
+from trainer.split import canonical_groups, holdout_split
 
 
 def read_cv_run(cv_run: str | Path) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) ->
     split = align_split(data, cv["split"])
     pool = np.flatnonzero(~split["test"].to_numpy())
     test = np.flatnonzero(split["test"].to_numpy())
-    groups = None if cfg["group_by"] == "none" else data.groups[pool]
+    groups = None if cfg["group_by"] == "none" else canonical_groups(data.groups)[pool]
     hold = holdout_split(data.labels[pool], groups, frac=cfg["holdout_frac"], seed=cfg["seed"])
     tr, ho = pool[~hold], pool[hold]
     model, hist, best = train_model(data, tr, ho, cfg, seed=int(cfg["seed"]), on_epoch=on_epoch)
