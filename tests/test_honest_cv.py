@@ -21,7 +21,7 @@ from trainer.calibrators import Calibrator, fit_calibrator, to_logit
 from trainer.cli import main as trainer_main
 from trainer.config import load_config
 from trainer.fold_health import CHANCE_AUC, stuck_folds
-from trainer.loops import lr_factor
+from trainer.loops import lr_factor, ranking_scores
 from trainer.promise import format_promise, promise_vs_delivery
 from trainer.split import make_split
 from trainer.thresholds import candidate_thresholds, cv_threshold_tables, select_threshold, threshold_spread
@@ -240,7 +240,7 @@ def test_a_stuck_fold_is_reported_in_cv_metrics_and_the_report(tmp_path):
         parts.append({"oof": {"ID": [f"{k}_{i}" for i in range(60)], "label": y.tolist(), "prob": p.tolist(),
                               "prob_raw": p.tolist(), "fold": [k] * 60},
                       "history": [{"stage": "ft", "epoch": 1, "train_loss": 0.7, "val_loss": 0.7, "val_auprc": 0.5}],
-                      "fold": {"fold": k, "best_val_auprc": 0.5, "val_auc": cv_mod._auc(y, p), "train_auc": 0.9,
+                      "fold": {"fold": k, "best_val_auprc": 0.5, "val_auc": ranking_scores(y, p)[1], "train_auc": 0.9,
                                "n_train": 100, "n_val": 60}})
     res = cv_mod.collect_folds(parts)
     split = pd.DataFrame({"ID": res["oof"]["ID"], "group": res["oof"]["ID"], "label": res["oof"]["label"],

@@ -15,14 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from neurocache.config import ConfigError
 from trainer.calibrators import fit_calibrator
 from trainer.config import _merge, _validate
 from trainer.data import Dataset
 from trainer.fold_health import stuck_folds
-from trainer.loops import make_transform, predict, train_model
+from trainer.loops import make_transform, predict, ranking_scores, train_model
 from trainer.report import plot_histories, plot_mean_pr, plot_mean_roc
 from trainer.runs import write_json
 from trainer.split import canonical_groups, check_no_group_crosses, holdout_split, make_split
@@ -111,27 +110,17 @@ def run_fold(
     p_raw = predict(model, data, va, tf, cfg) if stop is not va else p_stop
     p_val = cal(p_raw)
     p_fit = predict(model, data, fit, tf, cfg)
+    val_ap, val_auc = ranking_scores(data.labels[va], p_val)
     return {
         "oof": {"ID": [str(i) for i in split["ID"].to_numpy()[va]], "label": data.labels[va].tolist(),
                 "prob": p_val.tolist(), "prob_raw": np.asarray(p_raw, dtype=np.float64).tolist(), "fold": [k] * len(va)},
         "history": [{key: (v.item() if isinstance(v, np.generic) else v) for key, v in r.items()} for r in hist],
         "fold": {"fold": k, "early_stopping": cfg["cv_early_stopping"], "best_val_auprc": float(best),
-                 "holdout_auc": _auc(data.labels[stop], p_stop), "val_auc": _auc(data.labels[va], p_val),
-                 "val_ap": _ap(data.labels[va], p_val),
-                 "train_auc": _auc(data.labels[fit], p_fit), "n_train": len(fit),
+                 "holdout_auc": ranking_scores(data.labels[stop], p_stop)[1], "val_auc": val_auc, "val_ap": val_ap,
+                 "train_auc": ranking_scores(data.labels[fit], p_fit)[1], "n_train": len(fit),
                  "n_holdout": len(stop) if stop is not va else 0, "n_val": len(va), "calibration": cal.to_dict(),
                  "seconds": time.perf_counter() - t0, "device": str(data.device)},
     }
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC-AUC, NaN for one class."""
-    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
-
-
-def _ap(y: np.ndarray, p: np.ndarray) -> float:
-    """AUPRC (average precision), NaN without positives."""
-    return float(average_precision_score(y, p)) if y.sum() > 0 else float("nan")
 
 
 def collect_folds(parts: list[dict[str, Any]]) -> dict[str, Any]:

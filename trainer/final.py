@@ -14,7 +14,7 @@ import pandas as pd
 from trainer.calibrators import fit_calibrator
 from trainer.data import Dataset
 from trainer.fold_health import chance_warning
-from trainer.loops import make_transform, predict, train_model
+from trainer.loops import make_transform, predict, ranking_scores, train_model
 from trainer.metrics import binary_metrics
 from trainer.model import save_weights
 from trainer.promise import promise_vs_delivery
@@ -76,8 +76,7 @@ def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) ->
         run / "test_predictions.csv", index=False
     )
     m = binary_metrics(y, prob, threshold)
-    y_ho = data.labels[ho]
-    holdout_auc = float(binary_metrics(y_ho, p_ho, 0.5)["auc"]) if len(np.unique(y_ho)) == 2 else float("nan")
+    holdout_auc = ranking_scores(data.labels[ho], p_ho)[1]
     warnings = [w for w in (chance_warning("final model", holdout_auc), cal.note or None) if w]
     metrics = {**m, "confusion": {k: m[k] for k in ("tp", "fp", "tn", "fn")}, "holdout_best_auprc": best,
                "holdout_auc": holdout_auc, "calibration": cal.to_dict(),

@@ -107,7 +107,7 @@ class _StepClock:
         return sum(b - a for a, b in self.marks), self.end - self.first
 
 
-def _scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+def ranking_scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """(AUPRC, ROC-AUC); NaN when the rows hold one class only."""
     if len(np.unique(y)) < 2:
         return float("nan"), float("nan")
@@ -180,7 +180,7 @@ def fit_stage(
     y_all = torch.as_tensor(data.labels, dtype=torch.float32, device=data.device)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(cfg, data.labels[train_idx], data.device))
     y_val = data.labels[val_idx]
-    best_ap, _ = _scores(y_val, predict(model, data, val_idx, tf, cfg)) if epochs else (float("nan"), 0)
+    best_ap, _ = ranking_scores(y_val, predict(model, data, val_idx, tf, cfg)) if epochs else (float("nan"), 0)
     best_ap = -1.0 if np.isnan(best_ap) else best_ap
     best_state, best_epoch, bad, history = copy.deepcopy(model.state_dict()), 0, 0, []
     base_lr = float(cfg[f"lr_{sfx}"])
@@ -216,7 +216,7 @@ def fit_stage(
         p_val = predict(model, data, val_idx, tf, cfg)
         with torch.no_grad():
             val_loss = float(nn.functional.binary_cross_entropy(torch.as_tensor(p_val).clamp(1e-7, 1 - 1e-7), torch.as_tensor(y_val, dtype=torch.float64)))
-        ap, auc = _scores(y_val, p_val)
+        ap, auc = ranking_scores(y_val, p_val)
         secs = time.perf_counter() - t0
         rec = {"stage": stage, "epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss, "val_auprc": ap,
                "val_auc": auc, "seconds": secs, "images_per_s": seen / secs if secs else float("nan"),
