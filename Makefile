@@ -9,11 +9,14 @@ INPUT  ?=
 ARGS   ?=
 PYTHON ?= python3
 
+# modules mypy checks in make lint (the typed contracts; the rest is checked by ruff only)
+TYPED  := neurocache/config.py neurocache/geometry.py trainer/context.py
+
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install synth validate cache info cv final demo predict runs notebook test bench bench-scale clean
+.PHONY: help install synth validate cache info cv final demo predict runs notebook test lint bench bench-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -60,6 +63,10 @@ notebook: $(STAMP)  ## execute notebooks/eda.ipynb on $(STORE) and $(OUT) -> $(O
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)  ## ruff on every package and the tests; mypy on the typed modules (configs, geometry, context)
+	$(BIN)/ruff check neurocache trainer tests bench
+	$(BIN)/mypy $(TYPED)
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
