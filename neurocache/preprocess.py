@@ -7,8 +7,6 @@ the trainer's ``predict``; a test checks every stored image equals it applied to
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,8 +145,6 @@ def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.n
         ``sha256``, header metadata, HU features).
     """
     path = Path(path)
-    if os.environ.get("NEUROCACHE_TEST_CRASH_ON") == path.name:  # test hook: a decoder that segfaults
-        os.kill(os.getpid(), signal.SIGSEGV)
     row = empty_row()
     try:
         early = entry_problem(path)

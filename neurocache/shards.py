@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -134,7 +135,7 @@ class ShardLayout:
                 chunks.append(codec.encode(sl.reshape(-1).view(np.uint8)))
         return self.pack(chunks)
 
-    def pack(self, chunks: list[bytes | memoryview | None]) -> bytes | None:
+    def pack(self, chunks: Sequence[bytes | memoryview | None]) -> bytes | None:
         """Shard file of encoded chunks (None = absent) placed in its first ``len(chunks)`` chunks."""
         index = np.full((self.shard, 2), NO_CHUNK, dtype="<u8")
         parts: list[bytes | memoryview] = []
