@@ -17,7 +17,7 @@ from neurocache.config import PrepConfig
 from neurocache.crop import letterbox, threshold_box, to_int16
 from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
-from neurocache.hu import histogram_percentiles, stored_histogram, stored_to_hu
+from neurocache.hu import floor_low_values, histogram_percentiles, stored_histogram, stored_to_hu
 from neurocache.inputs import entry_problem, open_regular
 from neurocache.names import shown_name
 from neurocache.reasons import OK, QUARANTINED, Quarantine
@@ -75,7 +75,7 @@ def preprocess_slice(data: SliceData, cfg: PrepConfig, name: str = "slice") -> P
     r0, r1, c0, c1 = box
     crop_stored = stored[r0:r1, c0:c1]
     hu = stored_to_hu(crop_stored, data.slope, data.intercept)
-    hu[crop_stored <= p_floor] = cfg.pad_hu
+    floor_low_values(hu, crop_stored, p_floor, cfg.pad_hu)
     canvas, scale = letterbox(hu, cfg.size, cfg.pad_hu)
     feats.update({"box_r0": r0, "box_r1": r1, "box_c0": c0, "box_c1": c1, "scale": scale})
     return Prepared(

@@ -21,7 +21,11 @@ _DICM_OFFSET = 128
 
 def looks_like_dicom(path: Path) -> bool:
     """True when the entry is a regular file with the ``DICM`` magic at byte 128 (Part 10), checked
-    without parsing. A symlink, folder or special file is never followed, opened or waited on."""
+    without parsing. A symlink, folder or special file is never followed, opened or waited on.
+
+    Not ``pydicom.misc.is_dicom``, which makes the same check on a plain ``open``: that follows a
+    symlink out of the data root and blocks on a FIFO, and raises for a folder or an unreadable file
+    (tests/test_entries.py has such entries). Only the opening differs: the bytes compared are the same."""
     try:
         with open_regular(path) as fh:
             fh.seek(_DICM_OFFSET)
