@@ -65,7 +65,7 @@ def _get(ds: pydicom.Dataset, keyword: str) -> Any:
     """``ds.get(keyword)`` that never raises (a corrupt value reads as None)."""
     try:
         return ds.get(keyword, None)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a corrupt value may raise anything
         return None
 
 
@@ -98,7 +98,7 @@ def _str(ds: pydicom.Dataset, keyword: str) -> str:
     v = _get(ds, keyword)
     try:
         return str(_first(v) if isinstance(v, pydicom.multival.MultiValue) else v or "").strip()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a corrupt value may raise anything
         return ""
 
 

@@ -95,7 +95,7 @@ def _read(path: Path, key: bytes, raw: bytes | None = None) -> pydicom.Dataset:
             ds = pydicom.dcmread(src(), force=True)
             meta = header_meta(ds, key)
             looks_dicom = meta["sop_class"] not in ("", INVALID) or meta["modality"] not in ("", INVALID)
-        except Exception:
+        except Exception:  # noqa: BLE001 - corrupt DICOM may raise anything
             looks_dicom, meta = False, None
         if looks_dicom:
             raise Quarantine(
@@ -106,7 +106,7 @@ def _read(path: Path, key: bytes, raw: bytes | None = None) -> pydicom.Dataset:
                 meta,
             ) from None
         raise Quarantine("not_dicom", f"{path.name}: {safe_message(e)}") from None
-    except Exception as e:  # pydicom raises many types on truncated/corrupt headers
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types on truncated/corrupt headers
         raise Quarantine("unreadable", f"{path.name}: {safe_message(e)}") from None
     if len(ds) == 0:
         # pydicom gives up on a dataset whose encapsulated pixel data runs past the end of the file
@@ -114,7 +114,7 @@ def _read(path: Path, key: bytes, raw: bytes | None = None) -> pydicom.Dataset:
         meta = None
         try:
             meta = header_meta(pydicom.dcmread(src(), stop_before_pixels=True), key)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - corrupt DICOM may raise anything
             pass
         if _has_pixel_tag(path, raw):
             raise Quarantine("truncated_pixel_data", f"{path.name}: the file ends inside (7FE0,0010) Pixel Data", meta)
@@ -135,7 +135,7 @@ def _rescale(ds: pydicom.Dataset, meta: dict[str, Any], cfg: PrepConfig, name: s
                 item = ds[seq_kw][0]
                 pvt = item.PixelValueTransformationSequence[0]
                 s, i = float(pvt.RescaleSlope), float(pvt.RescaleIntercept)
-            except Exception:
+            except Exception:  # noqa: BLE001, S112 - corrupt DICOM may raise anything
                 continue
             slope, intercept, has_slope, has_intercept = s, i, True, True
             fixes.append("enhanced_rescale")
@@ -224,7 +224,7 @@ def _read_slice(path: Path, cfg: PrepConfig, key: bytes, raw: bytes | None = Non
     ds = _read(path, key, raw)
     try:
         meta = header_meta(ds, key)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - corrupt DICOM may raise anything
         raise Quarantine("unreadable", f"{path.name}: header value could not be parsed: {safe_message(e, ds)}") from None
     _check_object(meta, cfg, path.name)
     _check_pixel_format(ds, meta, path, raw)
@@ -308,7 +308,7 @@ def _decode_pixels(ds: pydicom.Dataset, meta: dict[str, Any], name: str) -> np.n
     if not ts.is_compressed:
         try:
             n_bytes = len(ds.PixelData)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - corrupt DICOM may raise anything
             raise Quarantine("unreadable", f"{name}: (7FE0,0010) Pixel Data unreadable: {safe_message(e, ds)}", meta) from None
         need = rows * cols * meta["bits_allocated"] // 8
         if n_bytes < need:
@@ -323,7 +323,7 @@ def _decode_pixels(ds: pydicom.Dataset, meta: dict[str, Any], name: str) -> np.n
             stored = ds.pixel_array
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as e:  # decoder plugins can raise non-Exception errors (a Rust panic in pylibjpeg-rle)
+    except BaseException as e:  # noqa: BLE001 - decoder plugins can raise non-Exception errors (a Rust panic in pylibjpeg-rle)
         raise Quarantine("decode_error", f"{name}: transfer syntax {ts.name}: {safe_message(e, ds)}", meta) from None
     if stored.ndim != 2 or not np.issubdtype(stored.dtype, np.integer) or stored.shape != (rows, cols):
         raise Quarantine(

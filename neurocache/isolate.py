@@ -41,7 +41,7 @@ def preprocess_isolated(
     with tempfile.TemporaryDirectory(dir=scratch) as d:
         cmd = [*(command or [sys.executable, "-m", "neurocache.isolate"]), str(path), json.dumps(cfg.to_dict()), key.hex(), d]
         try:
-            r = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S)
+            r = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S, check=False)
             rc = r.returncode
         except subprocess.TimeoutExpired:
             rc = None

@@ -17,7 +17,12 @@ from neurocache.config import PrepConfig
 from neurocache.crop import letterbox, threshold_box, to_int16
 from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
-from neurocache.hu import floor_low_values, histogram_percentiles, stored_histogram, stored_to_hu
+from neurocache.hu import (
+    floor_low_values,
+    histogram_percentiles,
+    stored_histogram,
+    stored_to_hu,
+)
 from neurocache.inputs import entry_problem, open_regular
 from neurocache.names import shown_name
 from neurocache.reasons import OK, QUARANTINED, Quarantine
@@ -164,7 +169,7 @@ def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.n
         return None, _quarantine_row(row, q.reason, q.detail, q.meta or meta)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as e:  # an unforeseen failure (even a non-Exception one) must not stop a build
+    except BaseException as e:  # noqa: BLE001 - an unforeseen failure (even a non-Exception one) must not stop a build
         return None, _quarantine_row(row, "decode_error", f"{path.name}: {safe_message(e)}", meta)
     row.update({k: v for k, v in meta.items() if k in row})
     row.update(prepared.features)

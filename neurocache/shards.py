@@ -20,8 +20,8 @@ chunk keys); for any other array document it returns None and callers go through
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
