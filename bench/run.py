@@ -662,13 +662,13 @@ BUILD_PROPOSALS = """### Build path (what `neurocache build` does to stay close 
 1. **One read per file**: the bytes are read once, hashed (sha256) and parsed from memory.
 2. **Exact moments and percentiles from one integer histogram** of the stored values (no sort, no
    float pass over the slice for mean/std).
-3. **Tasks sized to the shards**: each Dask task preprocesses a batch that divides `shard_size`, writes
+3. **Tasks sized to the shards**: each task preprocesses a batch that divides `shard_size`, writes
    its staging shard in one pass (`neurocache/shards.py`, byte-identical to zarr's encoding) and commits
    its feature rows; a staging shard whose rows land 1:1 in `images` is linked, not re-encoded, so
    compaction costs almost nothing on clean data.
 4. **Codec**: zstd level 1 with byte shuffle, one block per slice (better ratio and faster encode than
    zstd-3 bit shuffle on HU slices; layout only, so the fingerprint does not change).
-5. **No cluster for a local build**: Dask's local multiprocessing scheduler over a forkserver pool
+5. **No cluster for a local build**: a `ProcessPoolExecutor` forked from a forkserver (`neurocache.execution`)
    (nothing imports torch or dask.distributed); `dask.distributed` only with `--scheduler`.
 
 What is left between the build and the bare decode is the work the bare loop does not do: the

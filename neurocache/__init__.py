@@ -1,6 +1,7 @@
 """neurocache: brain CT DICOM slices -> a validated, chunked Zarr cache of HU arrays + a feature table.
 
-The build path imports numpy, pydicom, zarr and dask only (never torch), so caching stays cheap.
+The build path imports numpy, pydicom and zarr (dask.distributed only with a cluster), never torch,
+so caching stays cheap.
 
 Python API (what ``neurocache info``, the trainer and the notebook use)::
 

@@ -10,12 +10,11 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-
 
 #: blosc filters accepted by ``preprocess.shuffle``.
 SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
@@ -74,7 +73,7 @@ class PrepConfig:
         _check(50.0 < self.skull_percentile < 100.0, "skull_percentile", self.skull_percentile, "a number in (50, 100)")
         _check(-32768 <= self.pad_hu <= 32767, "pad_hu", self.pad_hu, "an int16 value")
         _check(self.shard_size >= 1, "shard_size", self.shard_size, "an integer >= 1")
-        _check(self.compression_level in range(0, 10), "compression_level", self.compression_level, "an integer in 0..9 (0: no compression)")
+        _check(self.compression_level in range(10), "compression_level", self.compression_level, "an integer in 0..9 (0: no compression)")
         _check(self.shuffle in SHUFFLES, "shuffle", self.shuffle, " or ".join(SHUFFLES))
         _check(len(self.allowed_modalities) > 0, "allowed_modalities", self.allowed_modalities, "a non-empty list")
         _check(isinstance(self.fix_12bit_wrap, bool), "fix_12bit_wrap", self.fix_12bit_wrap, "true or false")
@@ -107,7 +106,7 @@ class PrepConfig:
         return hashlib.sha256(canon.encode()).hexdigest()
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, *, source: str = "config") -> "PrepConfig":
+    def from_dict(cls, d: dict[str, Any] | None, *, source: str = "config") -> PrepConfig:
         """Build from a dict, rejecting unknown keys with the list of valid ones."""
         d = dict(d or {})
         valid = [f.name for f in dataclasses.fields(cls)]

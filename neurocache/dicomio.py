@@ -3,19 +3,13 @@
 Everything that can go wrong becomes a :class:`~neurocache.reasons.Quarantine` naming the tag,
 the value and the cause; nothing here writes anything.
 
-Checks, in order (the first that fails names the reason, see :mod:`neurocache.reasons`):
-
-1. the file parses as Part-10 DICOM (``not_dicom``, ``unreadable``, ``no_file_meta``);
-2. the SOP class is an image and not a derived object (``secondary_capture``, ``segmentation``,
-   ``structured_report``, ``rt_object``, ``sop_class_not_image``), the Modality is allowed
-   (``modality_not_allowed``);
-3. pixel data is there and complete (``no_pixel_data``, ``truncated_pixel_data``), one frame
-   (``multiframe``), grayscale (``not_grayscale``), a sane geometry (``bad_pixel_format``);
-4. the modality LUT is known (``no_rescale``/``bad_rescale``, or ``preprocess.assume_rescale``);
-5. the pixels decode (``decode_error``) with any transfer syntax pydicom has a plugin for: native
-   little/big endian, deflated, RLE, JPEG baseline/extended/lossless (pylibjpeg-libjpeg, Pillow),
-   JPEG-LS (pyjpegls), JPEG 2000 (pylibjpeg-openjpeg);
-6. the RSNA 12-bit wrap-around is undone when ``preprocess.fix_12bit_wrap`` (``fixes``).
+The checks run in the order of :data:`neurocache.reasons.REASONS` (the one list of reason codes;
+the first check that fails names the reason): the file parses as Part-10 DICOM (:func:`_read`),
+it is an image of an allowed modality (:func:`_check_object`), its pixel data is there, one frame,
+grayscale, of a sane geometry (:func:`_check_pixel_format`), its modality LUT is known
+(:func:`_rescale`), and the pixels decode (:func:`_decode_pixels`) with any transfer syntax pydicom
+has a plugin for (native, deflated, RLE, JPEG, JPEG-LS, JPEG 2000). The RSNA 12-bit wrap-around is
+undone when ``preprocess.fix_12bit_wrap`` (:data:`neurocache.reasons.FIXES`).
 
 Multi-frame files (``NumberOfFrames > 1``, e.g. enhanced CT volumes) are quarantined rather than
 split: a label belongs to one file ID, so frames of one file could not carry their own labels. A
@@ -25,15 +19,13 @@ single-frame enhanced CT is accepted, with the rescale read from its functional 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import io
 import logging
-import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -41,38 +33,19 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from neurocache.config import PrepConfig
+from neurocache.dicomheader import (
+    INVALID,
+    header_meta,
+    int_value,
+    safe_message,
+    sop_class_reason,
+)
 from neurocache.hu import fix_12bit_wrap
 from neurocache.reasons import Quarantine
-
-#: Table value of a header string that is not a valid code string / UID (never copied: may hold PHI).
-INVALID = "<invalid>"
-#: Identifying attributes: only ever stored as keyed hashes (patient/study/series) or not at all.
-_PHI_KEYWORDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames", "PatientAddress",
-    "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
-    "InstitutionName", "ReferringPhysicianName", "StudyID", "StudyDate", "SeriesDate", "AcquisitionDate",
-    "ContentDate",
-)
 
 #: Largest accepted Rows/Columns: a corrupted header must not make a decoder allocate gigabytes.
 MAX_SIDE = 8192
 
-_SC_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
-    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC
-    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC
-    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC
-    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
-}
-_SEG_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
-    "1.2.840.10008.5.1.4.1.1.66.5",  # Surface Segmentation Storage
-    "1.2.840.10008.5.1.4.1.1.66.6",  # Tractography Results Storage
-    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
-    "1.2.840.10008.5.1.4.1.1.66.8",  # Height Map Segmentation Storage
-}
-_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-_RT_PREFIXES = ("1.2.840.10008.5.1.4.1.1.481.", "1.2.840.10008.5.1.4.34.")
 _PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010) little / big endian
 
 
@@ -97,165 +70,6 @@ class SliceData:
     notes: list[str] = field(default_factory=list)
 
 
-def keyed_hash(value: str | None, key: bytes) -> str:
-    """HMAC-SHA256 of an identifier, hex, first 16 bytes; empty string for a missing identifier.
-
-    The key lives in the store's attrs, so the same patient maps to the same hash across rebuilds
-    of that store while the plaintext identifier is never stored.
-    """
-    if value is None or str(value) == "":
-        return ""
-    return hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def _first(value: Any) -> Any:
-    """First item of a multi-valued element, the value itself otherwise."""
-    if isinstance(value, (pydicom.multival.MultiValue, list, tuple)):
-        return value[0] if len(value) else None
-    return value
-
-
-def _get(ds: pydicom.Dataset, keyword: str) -> Any:
-    """``ds.get(keyword)`` that never raises (a corrupt value reads as None)."""
-    try:
-        return ds.get(keyword, None)
-    except Exception:
-        return None
-
-
-def _num(ds: pydicom.Dataset, keyword: str, index: int | None = None) -> float:
-    """A numeric header value as float, NaN when absent or not a number."""
-    v = _get(ds, keyword)
-    if v is None:
-        return float("nan")
-    try:
-        if index is not None:
-            v = v[index] if isinstance(v, (pydicom.multival.MultiValue, list, tuple)) else float("nan")
-        return float(_first(v))
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return float("nan")
-
-
-def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
-    """An integer header value; ``default`` when absent, -1 when present but not an integer."""
-    v = _get(ds, keyword)
-    if v is None or v == "":
-        return default
-    try:
-        f = float(_first(v))
-        return int(f) if f.is_integer() else -1
-    except (TypeError, ValueError, OverflowError):
-        return -1
-
-
-def _str(ds: pydicom.Dataset, keyword: str) -> str:
-    v = _get(ds, keyword)
-    try:
-        return str(_first(v) if isinstance(v, pydicom.multival.MultiValue) else v or "").strip()
-    except Exception:
-        return ""
-
-
-_CS = re.compile(r"[A-Z0-9_ ]{1,16}")
-_QUOTED = re.compile(r"""b?'[^']*'?|b?"[^"]*"?""")
-_UIDLIKE = re.compile(r"\d+(?:\.\d+){3,}")
-_DATELIKE = re.compile(r"\d{6,}")
-_PNLIKE = re.compile(r"\S*\^\S*")
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<_io.BytesIO object at 0x7f...>": differs run to run
-_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
-
-
-def _cs(ds: pydicom.Dataset | None, keyword: str) -> str:
-    """A code-string value (Modality, PhotometricInterpretation), "" when absent, ``<invalid>`` when not a CS.
-
-    Only values that look like a DICOM code string are copied into the table: a corrupt header can
-    make an element swallow its neighbours (names, dates), and those must never reach the store.
-    """
-    v = _str(ds, keyword) if ds is not None else ""
-    if v == "":
-        return ""
-    return v if _CS.fullmatch(v) else INVALID
-
-
-def _uid(ds: pydicom.Dataset | None, keyword: str) -> str:
-    """A UID value, "" when absent, ``<invalid>`` when it is not a syntactically valid UID (<= 64 chars)."""
-    v = _str(ds, keyword) if ds is not None else ""
-    if v == "":
-        return ""
-    return v if len(v) <= 64 and _UID_RE.fullmatch(v) else INVALID
-
-
-def safe_message(e: BaseException, ds: pydicom.Dataset | None = None) -> str:
-    """An exception's text for ``detail``: one line, printable ASCII, at most 300 characters, and with
-    the dataset's identifying values (names, IDs, dates, UIDs) redacted should a decoder echo them."""
-    msg = "".join(ch if 32 <= ord(ch) < 127 else " " for ch in str(e))
-    # Quoted values, bytes literals, UIDs, dates and person names a parser may echo: never copied.
-    msg = _QUOTED.sub("<value>", msg)
-    msg = _UIDLIKE.sub("<uid>", msg)
-    msg = _DATELIKE.sub("<number>", msg)
-    msg = _PNLIKE.sub("<value>", msg)
-    msg = _ADDRESS.sub("", msg)
-    msg = f"{type(e).__name__}: " + " ".join(msg.split())
-    if ds is not None:
-        for kw in _PHI_KEYWORDS:
-            v = _str(ds, kw)
-            if len(v) >= 4:
-                msg = msg.replace(v, "<redacted>")
-    return msg[:300]
-
-
-def header_meta(ds: pydicom.Dataset, key: bytes) -> dict[str, Any]:
-    """Feature-table columns read from the header (units: mm for spacing/thickness/position, kV).
-
-    Never raises: an unparsable value reads as NaN / -1 / "". Patient, study and series
-    identifiers appear only as keyed hashes; names, dates and UIDs are never copied.
-    """
-    fm = getattr(ds, "file_meta", None)
-    return {
-        "modality": _cs(ds, "Modality"),
-        "sop_class": _uid(ds, "SOPClassUID"),
-        "transfer_syntax": _uid(fm, "TransferSyntaxUID"),
-        "rows": _int(ds, "Rows"),
-        "cols": _int(ds, "Columns"),
-        "n_frames": _int(ds, "NumberOfFrames", 1),
-        "spacing_row_mm": _num(ds, "PixelSpacing", 0),
-        "spacing_col_mm": _num(ds, "PixelSpacing", 1),
-        "thickness_mm": _num(ds, "SliceThickness"),
-        "kvp": _num(ds, "KVP"),
-        "slope": _num(ds, "RescaleSlope"),
-        "intercept": _num(ds, "RescaleIntercept"),
-        "window_center": _num(ds, "WindowCenter"),
-        "window_width": _num(ds, "WindowWidth"),
-        "photometric": _cs(ds, "PhotometricInterpretation"),
-        "bits_allocated": _int(ds, "BitsAllocated"),
-        "bits_stored": _int(ds, "BitsStored"),
-        "pixel_representation": _int(ds, "PixelRepresentation"),
-        "z_mm": _num(ds, "ImagePositionPatient", 2),
-        "instance_number": _num(ds, "InstanceNumber"),
-        "patient_key": keyed_hash(_str(ds, "PatientID") or None, key),
-        "study_key": keyed_hash(_str(ds, "StudyInstanceUID") or None, key),
-        "series_key": keyed_hash(_str(ds, "SeriesInstanceUID") or None, key),
-    }
-
-
-def sop_class_reason(sop_class: str) -> str | None:
-    """The quarantine reason a SOP class implies on its own (None for image storage classes)."""
-    if not sop_class:
-        return None
-    if sop_class in _SC_CLASSES:
-        return "secondary_capture"
-    if sop_class in _SEG_CLASSES:
-        return "segmentation"
-    if sop_class.startswith(_SR_PREFIX):
-        return "structured_report"
-    if sop_class.startswith(_RT_PREFIXES):
-        return "rt_object"
-    uid = UID(sop_class)
-    if uid.type == "SOP Class" and "Image" not in uid.name:
-        return "sop_class_not_image"
-    return None
-
-
 def _has_pixel_tag(path: Path, raw: bytes | None = None) -> bool:
     """True when the raw bytes hold the (7FE0,0010) tag: the element began but did not parse."""
     if raw is not None:
@@ -273,7 +87,7 @@ def _has_pixel_tag(path: Path, raw: bytes | None = None) -> bool:
 def _read(path: Path, key: bytes, raw: bytes | None = None) -> pydicom.Dataset:
     """dcmread (of ``raw``, the file's bytes, when given) with the reasons for files that are not
     (Part-10) DICOM or that end too early."""
-    src = (lambda: io.BytesIO(raw)) if raw is not None else (lambda: path)  # noqa: E731 - a fresh source per parse
+    src = (lambda: io.BytesIO(raw)) if raw is not None else (lambda: path)
     try:
         ds = pydicom.dcmread(src())
     except InvalidDicomError as e:
@@ -281,7 +95,7 @@ def _read(path: Path, key: bytes, raw: bytes | None = None) -> pydicom.Dataset:
             ds = pydicom.dcmread(src(), force=True)
             meta = header_meta(ds, key)
             looks_dicom = meta["sop_class"] not in ("", INVALID) or meta["modality"] not in ("", INVALID)
-        except Exception:
+        except Exception:  # noqa: BLE001 - corrupt DICOM may raise anything
             looks_dicom, meta = False, None
         if looks_dicom:
             raise Quarantine(
@@ -292,7 +106,7 @@ def _read(path: Path, key: bytes, raw: bytes | None = None) -> pydicom.Dataset:
                 meta,
             ) from None
         raise Quarantine("not_dicom", f"{path.name}: {safe_message(e)}") from None
-    except Exception as e:  # pydicom raises many types on truncated/corrupt headers
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types on truncated/corrupt headers
         raise Quarantine("unreadable", f"{path.name}: {safe_message(e)}") from None
     if len(ds) == 0:
         # pydicom gives up on a dataset whose encapsulated pixel data runs past the end of the file
@@ -300,7 +114,7 @@ def _read(path: Path, key: bytes, raw: bytes | None = None) -> pydicom.Dataset:
         meta = None
         try:
             meta = header_meta(pydicom.dcmread(src(), stop_before_pixels=True), key)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - corrupt DICOM may raise anything
             pass
         if _has_pixel_tag(path, raw):
             raise Quarantine("truncated_pixel_data", f"{path.name}: the file ends inside (7FE0,0010) Pixel Data", meta)
@@ -321,7 +135,7 @@ def _rescale(ds: pydicom.Dataset, meta: dict[str, Any], cfg: PrepConfig, name: s
                 item = ds[seq_kw][0]
                 pvt = item.PixelValueTransformationSequence[0]
                 s, i = float(pvt.RescaleSlope), float(pvt.RescaleIntercept)
-            except Exception:
+            except Exception:  # noqa: BLE001, S112 - corrupt DICOM may raise anything
                 continue
             slope, intercept, has_slope, has_intercept = s, i, True, True
             fixes.append("enhanced_rescale")
@@ -410,10 +224,24 @@ def _read_slice(path: Path, cfg: PrepConfig, key: bytes, raw: bytes | None = Non
     ds = _read(path, key, raw)
     try:
         meta = header_meta(ds, key)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - corrupt DICOM may raise anything
         raise Quarantine("unreadable", f"{path.name}: header value could not be parsed: {safe_message(e, ds)}") from None
-    name = path.name
+    _check_object(meta, cfg, path.name)
+    _check_pixel_format(ds, meta, path, raw)
+    slope, intercept, fixes, notes = _rescale(ds, meta, cfg, path.name)
+    stored = _decode_pixels(ds, meta, path.name)
+    if cfg.fix_12bit_wrap and meta["bits_stored"] == 12 and meta["pixel_representation"] == 0 and intercept > -100:
+        stored, intercept_fixed = fix_12bit_wrap(stored)
+        fixes.append("rsna_12bit_wrap")
+        notes.append(
+            f"12-bit wrap-around fixed: stored -> (stored + 1000) mod 4096, RescaleIntercept {intercept:g} -> {intercept_fixed:g}"
+        )
+        intercept = intercept_fixed
+    return SliceData(stored=stored, slope=slope, intercept=intercept, meta=meta, fixes=fixes, notes=notes)
 
+
+def _check_object(meta: dict[str, Any], cfg: PrepConfig, name: str) -> None:
+    """Quarantine a file whose file meta, SOP class or Modality says it is not a CT slice."""
     if not meta["transfer_syntax"]:
         raise Quarantine("no_file_meta", f"{name}: the file meta has no (0002,0010) TransferSyntaxUID", meta)
     if meta["transfer_syntax"] == INVALID:
@@ -425,13 +253,18 @@ def _read_slice(path: Path, cfg: PrepConfig, key: bytes, raw: bytes | None = Non
             f"{name}: (0008,0016) SOPClassUID={meta['sop_class']} ({UID(meta['sop_class']).name}), Modality={meta['modality']!r}",
             meta,
         )
-    modality = meta["modality"].upper()
-    if modality not in cfg.allowed_modalities:
+    if meta["modality"].upper() not in cfg.allowed_modalities:
         raise Quarantine(
             "modality_not_allowed",
             f"{name}: (0008,0060) Modality={meta['modality']!r} not in allowed_modalities={list(cfg.allowed_modalities)}",
             meta,
         )
+
+
+def _check_pixel_format(ds: pydicom.Dataset, meta: dict[str, Any], path: Path, raw: bytes | None) -> None:
+    """Quarantine a file without (complete) pixel data, with several frames, not grayscale, or with
+    an unusable geometry (sides 1..:data:`MAX_SIDE` pixels, 8/16/32 bits allocated)."""
+    name = path.name
     if "PixelData" not in ds:
         if _has_pixel_tag(path, raw):
             raise Quarantine("truncated_pixel_data", f"{name}: the file ends inside (7FE0,0010) Pixel Data", meta)
@@ -444,7 +277,7 @@ def _read_slice(path: Path, cfg: PrepConfig, key: bytes, raw: bytes | None = Non
             f"split the volume into single-frame files",
             meta,
         )
-    spp = _int(ds, "SamplesPerPixel", 1)
+    spp = int_value(ds, "SamplesPerPixel", 1)
     if spp != 1 or not meta["photometric"].startswith("MONOCHROME"):
         raise Quarantine(
             "not_grayscale",
@@ -465,15 +298,19 @@ def _read_slice(path: Path, cfg: PrepConfig, key: bytes, raw: bytes | None = Non
             f"PixelRepresentation={meta['pixel_representation']} (sides must be 1..{MAX_SIDE}, bits 8/16/32)",
             meta,
         )
-    slope, intercept, fixes, notes = _rescale(ds, meta, cfg, name)
 
+
+def _decode_pixels(ds: pydicom.Dataset, meta: dict[str, Any], name: str) -> np.ndarray:
+    """The stored values, integer (rows, columns), native byte order; Quarantine ``truncated_pixel_data``
+    (uncompressed data shorter than the geometry needs), ``unreadable`` or ``decode_error``."""
+    rows, cols = meta["rows"], meta["cols"]
     ts = UID(meta["transfer_syntax"])
     if not ts.is_compressed:
         try:
             n_bytes = len(ds.PixelData)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - corrupt DICOM may raise anything
             raise Quarantine("unreadable", f"{name}: (7FE0,0010) Pixel Data unreadable: {safe_message(e, ds)}", meta) from None
-        need = rows * cols * ba // 8
+        need = rows * cols * meta["bits_allocated"] // 8
         if n_bytes < need:
             raise Quarantine(
                 "truncated_pixel_data",
@@ -486,7 +323,7 @@ def _read_slice(path: Path, cfg: PrepConfig, key: bytes, raw: bytes | None = Non
             stored = ds.pixel_array
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as e:  # decoder plugins can raise non-Exception errors (a Rust panic in pylibjpeg-rle)
+    except BaseException as e:  # noqa: BLE001 - decoder plugins can raise non-Exception errors (a Rust panic in pylibjpeg-rle)
         raise Quarantine("decode_error", f"{name}: transfer syntax {ts.name}: {safe_message(e, ds)}", meta) from None
     if stored.ndim != 2 or not np.issubdtype(stored.dtype, np.integer) or stored.shape != (rows, cols):
         raise Quarantine(
@@ -496,11 +333,4 @@ def _read_slice(path: Path, cfg: PrepConfig, key: bytes, raw: bytes | None = Non
         )
     if not stored.dtype.isnative:
         stored = stored.astype(stored.dtype.newbyteorder("="))  # big endian -> native, same values
-    if cfg.fix_12bit_wrap and bs == 12 and meta["pixel_representation"] == 0 and intercept > -100:
-        stored, intercept_fixed = fix_12bit_wrap(stored)
-        fixes.append("rsna_12bit_wrap")
-        notes.append(
-            f"12-bit wrap-around fixed: stored -> (stored + 1000) mod 4096, RescaleIntercept {intercept:g} -> {intercept_fixed:g}"
-        )
-        intercept = intercept_fixed
-    return SliceData(stored=stored, slope=slope, intercept=intercept, meta=meta, fixes=fixes, notes=notes)
+    return stored

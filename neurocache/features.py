@@ -65,7 +65,7 @@ def hu_features(
     n = int(cumulative[-1])
     p1, p50, p99 = histogram_percentiles(offset, cumulative, (1.0, 50.0, 99.0))
     mean, std = histogram_moments(offset, cumulative)
-    to_stored = lambda hu: (hu - intercept) / slope  # noqa: E731 - tiny local inverse LUT
+    to_stored = lambda hu: (hu - intercept) / slope
     air = _count_le(offset, cumulative, np.nextafter(to_stored(AIR_MAX_HU), -np.inf))
     brain = _count_le(offset, cumulative, to_stored(BRAIN_BAND_HU[1])) - _count_le(
         offset, cumulative, np.nextafter(to_stored(BRAIN_BAND_HU[0]), -np.inf)

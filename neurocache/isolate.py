@@ -27,15 +27,21 @@ from neurocache.preprocess import empty_row, file_digest
 TIMEOUT_S = 300
 
 
-def preprocess_isolated(path: str | Path, cfg: PrepConfig, key: bytes, scratch: Path) -> tuple[np.ndarray | None, dict[str, Any]]:
+def preprocess_isolated(
+    path: str | Path, cfg: PrepConfig, key: bytes, scratch: Path, command: list[str] | None = None
+) -> tuple[np.ndarray | None, dict[str, Any]]:
     """:func:`neurocache.preprocess.preprocess_file` in a child process; a child that dies gives a
-    ``decoder_crash`` row (with the signal) instead of taking this process down."""
+    ``decoder_crash`` row (with the signal) instead of taking this process down.
+
+    ``command`` starts the child (default ``python -m neurocache.isolate``; the tests pass one that
+    crashes on purpose, :class:`neurocache.build.hooks.BuildHooks`); the arguments are appended.
+    """
     path = Path(path)
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as d:
-        cmd = [sys.executable, "-m", "neurocache.isolate", str(path), json.dumps(cfg.to_dict()), key.hex(), d]
+        cmd = [*(command or [sys.executable, "-m", "neurocache.isolate"]), str(path), json.dumps(cfg.to_dict()), key.hex(), d]
         try:
-            r = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S)
+            r = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S, check=False)
             rc = r.returncode
         except subprocess.TimeoutExpired:
             rc = None
@@ -63,7 +69,8 @@ def preprocess_isolated(path: str | Path, cfg: PrepConfig, key: bytes, scratch: 
     return None, row
 
 
-def _main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    """The child: preprocess FILE, write ``row.json`` (+ ``image.npy``) into OUT_DIR; exit status 0."""
     from neurocache.preprocess import preprocess_file
 
     path, prep, key_hex, out = argv
@@ -76,4 +83,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

@@ -7,8 +7,6 @@ the trainer's ``predict``; a test checks every stored image equals it applied to
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,12 @@ from neurocache.config import PrepConfig
 from neurocache.crop import letterbox, threshold_box, to_int16
 from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
-from neurocache.hu import histogram_percentiles, stored_histogram, stored_to_hu
+from neurocache.hu import (
+    floor_low_values,
+    histogram_percentiles,
+    stored_histogram,
+    stored_to_hu,
+)
 from neurocache.inputs import entry_problem, open_regular
 from neurocache.names import shown_name
 from neurocache.reasons import OK, QUARANTINED, Quarantine
@@ -77,7 +80,7 @@ def preprocess_slice(data: SliceData, cfg: PrepConfig, name: str = "slice") -> P
     r0, r1, c0, c1 = box
     crop_stored = stored[r0:r1, c0:c1]
     hu = stored_to_hu(crop_stored, data.slope, data.intercept)
-    hu[crop_stored <= p_floor] = cfg.pad_hu
+    floor_low_values(hu, crop_stored, p_floor, cfg.pad_hu)
     canvas, scale = letterbox(hu, cfg.size, cfg.pad_hu)
     feats.update({"box_r0": r0, "box_r1": r1, "box_c0": c0, "box_c1": c1, "scale": scale})
     return Prepared(
@@ -147,8 +150,6 @@ def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.n
         ``sha256``, header metadata, HU features).
     """
     path = Path(path)
-    if os.environ.get("NEUROCACHE_TEST_CRASH_ON") == path.name:  # test hook: a decoder that segfaults
-        os.kill(os.getpid(), signal.SIGSEGV)
     row = empty_row()
     try:
         early = entry_problem(path)
@@ -168,7 +169,7 @@ def preprocess_file(path: str | Path, cfg: PrepConfig, key: bytes) -> tuple[np.n
         return None, _quarantine_row(row, q.reason, q.detail, q.meta or meta)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as e:  # an unforeseen failure (even a non-Exception one) must not stop a build
+    except BaseException as e:  # noqa: BLE001 - an unforeseen failure (even a non-Exception one) must not stop a build
         return None, _quarantine_row(row, "decode_error", f"{path.name}: {safe_message(e)}", meta)
     row.update({k: v for k, v in meta.items() if k in row})
     row.update(prepared.features)

@@ -51,8 +51,7 @@ def store_address(store: str | Path) -> str:
     s = str(store)
     if is_url(s):
         return s.rstrip("/")
-    if s.startswith("file://"):
-        s = s[len("file://"):]
+    s = s.removeprefix("file://")
     return str(Path(s).resolve())
 
 
@@ -77,8 +76,7 @@ class StoreLocation:
                 "credentials in a store URL are refused (they would end up in logs and run folders): "
                 "use the environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE) or an fsspec config"
             )
-        if s.startswith("file://"):
-            s = s[len("file://"):]
+        s = s.removeprefix("file://")
         self.remote = is_url(s)
         if self.remote:
             from fsspec.core import url_to_fs

@@ -3,8 +3,12 @@
 The build writes whole shards of ``_staging`` and copies encoded slices from ``_staging`` into
 ``images``. Through Zarr each slice costs a thread hand-off and an async round trip besides its
 compression (about as much again as the zstd-1 encode of a 256 x 256 slice); here a shard is made in
-one pass. The bytes are exactly what Zarr writes (tests/test_build.py compares them file for file),
-and anything Zarr reads back: a Zarr v3 shard (``sharding_indexed``, index at the end) is its
+one pass. Measured: with Zarr's API writing the staging shards and compaction's output shards, a
+build of 480 synthetic 512-px files took 2.27 s of CPU instead of 1.45 s (``workers=1``, min of 5):
+Zarr's sharded writes were ~36 % of the build, well above the 10 % that would let Zarr write them.
+The bytes are exactly what Zarr writes (tests/test_fast_build.py compares them file for file, and
+reads every shard the build wrote back through Zarr against a store Zarr's API wrote), and anything
+Zarr reads back: a Zarr v3 shard (``sharding_indexed``, index at the end) is its
 chunks' encoded bytes in chunk order, then an index of (offset, length) uint64 little-endian
 pairs, one per chunk (``2**64 - 1`` twice for an absent chunk), then the index's crc32c.
 
@@ -16,6 +20,7 @@ chunk keys); for any other array document it returns None and callers go through
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,7 +139,7 @@ class ShardLayout:
                 chunks.append(codec.encode(sl.reshape(-1).view(np.uint8)))
         return self.pack(chunks)
 
-    def pack(self, chunks: list[bytes | memoryview | None]) -> bytes | None:
+    def pack(self, chunks: Sequence[bytes | memoryview | None]) -> bytes | None:
         """Shard file of encoded chunks (None = absent) placed in its first ``len(chunks)`` chunks."""
         index = np.full((self.shard, 2), NO_CHUNK, dtype="<u8")
         parts: list[bytes | memoryview] = []

@@ -22,7 +22,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
-from neurocache import SCHEMA_VERSION, __version__
+from neurocache import SCHEMA_VERSION
 from neurocache.config import PrepConfig
 from neurocache.remote import StoreLocation, StoreURL
 

@@ -11,8 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neurocache.inputs import (ID_COL, LABEL_COL, InputError, Inputs, entry_problem, label_id, name_stem, open_regular,
-                               scan_inputs)
+from neurocache.inputs import (
+    ID_COL,
+    LABEL_COL,
+    InputError,
+    Inputs,
+    entry_problem,
+    label_id,
+    name_stem,
+    open_regular,
+    scan_inputs,
+)
 from neurocache.names import shown_name
 from neurocache.quality import class_balance
 
@@ -21,7 +30,11 @@ _DICM_OFFSET = 128
 
 def looks_like_dicom(path: Path) -> bool:
     """True when the entry is a regular file with the ``DICM`` magic at byte 128 (Part 10), checked
-    without parsing. A symlink, folder or special file is never followed, opened or waited on."""
+    without parsing. A symlink, folder or special file is never followed, opened or waited on.
+
+    Not ``pydicom.misc.is_dicom``, which makes the same check on a plain ``open``: that follows a
+    symlink out of the data root and blocks on a FIFO, and raises for a folder or an unreadable file
+    (tests/test_entries.py has such entries). Only the opening differs: the bytes compared are the same."""
     try:
         with open_regular(path) as fh:
             fh.seek(_DICM_OFFSET)
@@ -76,7 +89,7 @@ def structure(inputs: Inputs, is_dicom: list[bool], classes: dict[str, list[Path
         "non_dicom_files": not_dicom,
         "not_regular_entries": [shown_name(p.name) for p in classes["not_regular_file"]],
         "bad_name_entries": [shown_name(p.name) for p in classes["bad_file_name"]],
-        "n_labels": int(len(df)),
+        "n_labels": len(df),
         "duplicate_ids": df[ID_COL][df[ID_COL].duplicated()].unique().tolist() if ID_COL in df.columns else [],
         "duplicate_files": dup_files,
         "ids_without_file": sorted(label_ids - answered),
@@ -145,8 +158,8 @@ def format_report(r: dict[str, Any]) -> str:
     if "n_files" in r:
         cb = r.get("class_balance") or {}
         lines += [
-            f"  CT folder      {r['cts_dir']}: {r['n_files']} entries, {r['n_dicom_files']} DICOM, "
-            f"{len(r['not_regular_entries'])} not regular files, {len(r['bad_name_entries'])} names not UTF-8",
+            (f"  CT folder      {r['cts_dir']}: {r['n_files']} entries, {r['n_dicom_files']} DICOM, "
+             f"{len(r['not_regular_entries'])} not regular files, {len(r['bad_name_entries'])} names not UTF-8"),
             f"  labels         {r['labels_csv']}: {r['n_labels']} rows",
         ]
         if cb:

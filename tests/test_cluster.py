@@ -186,17 +186,20 @@ def test_worker_killed_mid_build(synth_data, synth_store, cluster, tmp_path):
 
     from conftest import HASH_KEY, SMALL_PREP
 
+    import cloudpickle
+
+    import faults
+
     marker = tmp_path / "killed.pid"
     spec = f"file:3:{marker}"  # the first worker to decode its 3rd file dies (once in the whole cluster)
+    cloudpickle.register_pickle_by_value(faults)  # the hooks travel with the tasks, importable or not
     with Client(cluster.scheduler_address) as c:
         before = set(c.scheduler_info(n_workers=-1)["workers"])
-        # (a lambda travels by value; os.environ's own methods would set a copy of the environment)
-        c.run(lambda k, v: os.environ.__setitem__(k, v), "NEUROCACHE_TEST_KILL_ONCE", spec)
         try:
             res = build_store(synth_data, tmp_path / "k.zarr", cfg=SMALL_PREP, scheduler=cluster.scheduler_address,
-                              progress=False, hash_key=HASH_KEY)
+                              progress=False, hash_key=HASH_KEY, hooks=faults.Faults(kill_once=spec))
         finally:
-            c.run(lambda k: os.environ.pop(k, None), "NEUROCACHE_TEST_KILL_ONCE")
+            cloudpickle.unregister_pickle_by_value(faults)
         assert marker.is_file(), "no worker was killed: the test hook did not fire"
         c.wait_for_workers(2, timeout=60)  # the nanny restarted the dead worker
         after = set(c.scheduler_info(n_workers=-1)["workers"])
@@ -208,7 +211,7 @@ def test_worker_killed_mid_build(synth_data, synth_store, cluster, tmp_path):
 
 def test_worker_preflight_names_what_it_cannot_see(synth_store, tmp_path):
     """Before a distributed build each worker checks it sees the CT folder and the store (same path/URL)."""
-    from neurocache.build import _worker_sees
+    from neurocache.build.run import worker_sees as _worker_sees
 
     assert _worker_sees(str(tmp_path), str(synth_store)) == ""
     why = _worker_sees(str(tmp_path / "nope"), str(tmp_path / "missing.zarr"))

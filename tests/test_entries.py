@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 from _tiny_runs import tiny_runs
 
-from neurocache.build import _Journal, _suspects, build_store
+from neurocache.build import build_store
+from neurocache.build.tasks import Journal as _Journal, suspects as _suspects
 from neurocache.inputs import entry_problem, label_id
 from neurocache.names import bad_name, shown_name
 from neurocache.preprocess import preprocess_file

@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 import zarr
 
-from neurocache.build import _batch_size, _suspects, build_store
+from neurocache.build import BuildHooks, build_store
+from neurocache.build.plan import batch_size as _batch_size
+from neurocache.build.tasks import suspects as _suspects
 from neurocache.config import PrepConfig
 from neurocache.features import histogram_moments
 from neurocache.hu import stored_histogram
@@ -25,6 +27,7 @@ from neurocache.shards import ShardLayout
 from neurocache.store import create_image_array, open_store
 
 from conftest import HASH_KEY, SMALL_PREP
+from faults import cli_command
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -115,12 +118,9 @@ def test_resume_across_a_codec_change_reencodes(synth_data, tmp_path):
     store = tmp_path / "r.zarr"
 
     def cli(cfg: Path, kill: str | None = None) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k != "NEUROCACHE_TEST_KILL"}
-        if kill:
-            env["NEUROCACHE_TEST_KILL"] = kill
-        cmd = [sys.executable, "-m", "neurocache", "build", "--data-root", str(synth_data), "--store", str(store),
-               "--config", str(cfg), "--workers", "1", "--no-progress"]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        cmd = cli_command("build", "--data-root", str(synth_data), "--store", str(store),
+                          "--config", str(cfg), "--workers", "1", "--no-progress", kill=kill)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
     assert cli(old_cfg, kill="batch:3").returncode < 0
     staging = json.loads((store / "_staging" / "zarr.json").read_text())
@@ -189,3 +189,40 @@ def test_journal_names_the_first_line(tmp_path):
     (tmp_path / "_progress" / "inflight_000003.txt").write_text("ID_b.dcm\nID_longer_name.dcm")
     assert _suspects(loc, 3) == ["ID_b.dcm"] and _suspects(loc, 4) == []
     shutil.rmtree(tmp_path / "_progress")
+
+
+class _KeepStaging(BuildHooks):
+    """Copies ``_staging`` aside when the build marks the store complete (just before it is removed)."""
+
+    def __init__(self, store: Path, keep: Path) -> None:
+        self.store, self.keep = store, keep
+
+    def reached(self, point: str) -> None:
+        if point == "complete":
+            shutil.copytree(self.store / "_staging", self.keep)
+
+
+@pytest.mark.parametrize("shard", [8, 16])
+def test_every_shard_written_without_zarr_reads_back_through_zarr(data_with_gap, tmp_path, monkeypatch, shard):
+    """The fast path's guard: every shard file it wrote (``_staging`` by :func:`write_staging`, ``images``
+    by compaction) read back through Zarr holds the values of the store Zarr's API wrote."""
+    cfg = PrepConfig(size=64, shard_size=shard)
+    arrays = {}
+    for name in ("fast", "zarr"):
+        store = tmp_path / f"{name}.zarr"
+        with monkeypatch.context() as m:
+            if name == "zarr":
+                m.setattr(ShardLayout, "of", classmethod(lambda cls, doc: None))
+            build_store(data_with_gap, store, cfg=cfg, workers=1, progress=False, hash_key=HASH_KEY,
+                        hooks=_KeepStaging(store, tmp_path / f"{name}_staging"))
+        arrays[name] = {"_staging": zarr.open_array(str(tmp_path / f"{name}_staging"), mode="r"),
+                        "images": zarr.open_array(str(store / "images"), mode="r")}
+    for member in ("_staging", "images"):
+        fast, ref = arrays["fast"][member], arrays["zarr"][member]
+        assert fast.shape == ref.shape and fast.shards == ref.shards
+        rows = fast.shards[0]
+        for s in range(-(-fast.shape[0] // rows)):  # every shard, through Zarr's own reader
+            np.testing.assert_array_equal(fast[s * rows : (s + 1) * rows], ref[s * rows : (s + 1) * rows])
+        shard_files = [{str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "zarr.json"}
+                       for root in (Path(fast.store.root), Path(ref.store.root))]
+        assert shard_files[0] == shard_files[1] and shard_files[0]

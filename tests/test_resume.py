@@ -24,6 +24,7 @@ from neurocache.store import StoreError, open_store, read_attrs
 from neurocache.synth import generate_dataset
 
 from conftest import HASH_KEY, SMALL_PREP
+from faults import cli_command
 
 CONFIG = "preprocess:\n  size: 64\n  shard_size: 16\n"
 
@@ -41,12 +42,9 @@ def assert_same_store(a: Path, b: Path) -> None:
 
 
 def _cli_build(data: Path, store: Path, cfg: Path, *extra: str, kill: str | None = None, workers: int = 1):
-    env = {k: v for k, v in os.environ.items() if k != "NEUROCACHE_TEST_KILL"}
-    if kill:
-        env["NEUROCACHE_TEST_KILL"] = kill
-    cmd = [sys.executable, "-m", "neurocache", "build", "--data-root", str(data), "--store", str(store),
-           "--config", str(cfg), "--workers", str(workers), "--no-progress", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    cmd = cli_command("build", "--data-root", str(data), "--store", str(store),
+                      "--config", str(cfg), "--workers", str(workers), "--no-progress", *extra, kill=kill)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +93,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(point, synth_data, cfg_file, tm
 def test_sigkill_at_random_times_with_dask_workers(synth_data, cfg_file, tmp_path):
     """A real kill of the whole process group (client + Dask workers) at an arbitrary moment."""
     store = tmp_path / "d.zarr"
-    env = {k: v for k, v in os.environ.items() if k != "NEUROCACHE_TEST_KILL"}
+    env = dict(os.environ)
     cmd = [sys.executable, "-m", "neurocache", "build", "--data-root", str(synth_data), "--store", str(store),
            "--config", str(cfg_file), "--workers", "2", "--no-progress"]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

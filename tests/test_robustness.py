@@ -46,6 +46,7 @@ from neurocache.store import open_store
 from neurocache.synth import make_ct_dataset, write_ct
 
 from conftest import HASH_KEY, SMALL_PREP
+from faults import cli_command
 
 REPO = Path(__file__).resolve().parents[1]
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -596,13 +597,12 @@ def test_bad_data_reason_table_is_reasons_py_in_order():
 def test_decoder_crash_is_isolated_and_quarantined(synth_data, tmp_path):
     """A codec that segfaults on one file (simulated by a test hook) costs one row, not the build."""
     victim = sorted(os.listdir(synth_data / "CTs"))[9]  # in the second batch of 8
-    env = {**os.environ, "NEUROCACHE_TEST_CRASH_ON": victim}
     cfg = _small_config(tmp_path)
 
     def build(store: Path, workers: int) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "neurocache", "build", "--data-root", str(synth_data), "--store", str(store),
-               "--workers", str(workers), "--no-progress", "--json", "--config", str(cfg)]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        cmd = cli_command("build", "--data-root", str(synth_data), "--store", str(store),
+                          "--workers", str(workers), "--no-progress", "--json", "--config", str(cfg), crash_on=victim)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
     # In-process (--workers 1): the crash kills the build; the same command again resumes and
     # decodes the file named by the in-flight journal in a child process.

@@ -254,15 +254,15 @@ def test_s3_build_killed_then_resumed(synth_data, s3, tmp_path):
     url = f"s3://{BUCKET}/resume.zarr"
     cfg = tmp_path / "prep.yaml"
     cfg.write_text(yaml.safe_dump({"preprocess": {"size": 64, "shard_size": 16}}))
-    cmd = [sys.executable, "-m", "neurocache", "build", "--data-root", str(synth_data), "--store", url,
-           "--config", str(cfg), "--workers", "1", "--no-progress"]
-    env = {**os.environ, "NEUROCACHE_TEST_KILL": "batch:2"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    from faults import cli_command
+
+    args = ("build", "--data-root", str(synth_data), "--store", url, "--config", str(cfg), "--workers", "1", "--no-progress")
+    env = dict(os.environ)
+    r = subprocess.run(cli_command(*args, kill="batch:2"), capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     with pytest.raises(StoreError, match="not complete"):
         open_store(url)
-    env.pop("NEUROCACHE_TEST_KILL")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     attrs = read_attrs(url)
     assert attrs["complete"] is True and attrs["build"]["resumed_batches"] == 2

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neurocache.build import _assemble
+from neurocache.build.labels import assemble as _assemble
 from neurocache.config import PrepConfig
 from neurocache.inputs import Inputs
 from neurocache.preprocess import ROW_COLUMNS, empty_row

@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import sys
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
+from neurocache.execution import ClusterError, connect, run_calls
 from neurocache.remote import store_address  # noqa: F401 - the store as the workers open it (URL, or absolute path)
+
+__all__ = ["ClusterError", "FoldRunner", "check_workers", "connect", "fold_task", "parse_resources", "release_cache"]
 
 #: The split columns a fold task needs (``group`` is not needed to train).
 _SPLIT_COLUMNS = ("ID", "label", "test", "fold")
-
-
-class ClusterError(RuntimeError):
-    """The cluster cannot run the folds (no worker offers the requested resources, a bad address)."""
 
 
 def parse_resources(spec: str | None) -> dict[str, float]:
@@ -51,20 +49,6 @@ def parse_resources(spec: str | None) -> dict[str, float]:
         except ValueError:
             raise ValueError(f"--fold-resources: expected NAME=NUMBER[,NAME=NUMBER...], got {item!r}") from None
     return out
-
-
-def connect(scheduler: str, *, timeout: float = 30.0):
-    """A ``dask.distributed.Client`` for ``tcp://HOST:PORT`` (any Dask address) or a scheduler-file JSON path."""
-    from dask.distributed import Client
-
-    if scheduler.endswith(".json") and not Path(scheduler).is_file():
-        raise FileNotFoundError(f"--scheduler {scheduler}: no such scheduler file")
-    try:
-        if scheduler.endswith(".json"):
-            return Client(scheduler_file=scheduler, timeout=timeout)
-        return Client(scheduler, timeout=timeout)
-    except (OSError, TimeoutError, ValueError) as e:
-        raise ClusterError(f"cannot connect to the Dask scheduler {scheduler}: {type(e).__name__}: {e}") from e
 
 
 # One dataset per worker process, reused by the next fold task on the same store (the images stay
@@ -175,25 +159,21 @@ class FoldRunner:
         self.log = log or (lambda line: print(line, file=sys.stderr))
 
     def __call__(self, jobs: list[tuple[dict[str, Any], int]]) -> list[dict[str, Any]]:
-        from dask.distributed import as_completed
-
         check_workers(self.client, self.resources)
-        futures = [
-            self.client.submit(fold_task, self.store, cfg, self.split, int(k), resources=self.resources or None,
-                               retries=self.retries, pure=False, key=f"trainer-fold-{i}-k{int(k)}-{_token()}")
-            for i, (cfg, k) in enumerate(jobs)
-        ]
-        order = {f.key: i for i, f in enumerate(futures)}
-        results: list[dict[str, Any] | None] = [None] * len(futures)
+        executor = self.client.get_executor(resources=self.resources or None, retries=self.retries, pure=False)
+        calls = [(self.store, cfg, self.split, int(k), i) for i, (cfg, k) in enumerate(jobs)]
+        results: list[dict[str, Any] | None] = [None] * len(calls)
+
+        def done(args: tuple, r: dict[str, Any]) -> None:
+            results[args[-1]] = r
+            f = r["fold"]
+            self.log(f"fold task {sum(x is not None for x in results)}/{len(calls)} done: fold {f['fold']} "
+                     f"best val AUPRC {f['best_val_auprc']:.3f} ({f['seconds']:.0f} s on {f.get('device', '?')})")
+
         try:
-            for n, fut in enumerate(as_completed(futures), 1):
-                r = fut.result()
-                results[order[fut.key]] = r
-                f = r["fold"]
-                self.log(f"fold task {n}/{len(futures)} done: fold {f['fold']} best val AUPRC {f['best_val_auprc']:.3f} "
-                         f"({f['seconds']:.0f} s on {f.get('device', '?')})")
+            run_calls(executor, _fold_job, calls, done, fail_fast=True)
         except BaseException:
-            self.client.cancel(futures)
+            executor.shutdown(wait=False)  # cancels the fold tasks still queued or running
             raise
         finally:
             try:  # the workers' cached images (device memory) are not needed after this run's folds
@@ -201,6 +181,11 @@ class FoldRunner:
             except Exception:  # noqa: BLE001 - best effort
                 pass
         return results  # type: ignore[return-value]
+
+
+def _fold_job(store: str, cfg: dict[str, Any], split: dict[str, list], k: int, job: int) -> dict[str, Any]:
+    """:func:`fold_task` of job number ``job`` (the number only tells the results apart)."""
+    return fold_task(store, cfg, split, k)
 
 
 def _accepts_n_workers(client) -> bool:
@@ -211,8 +196,3 @@ def _accepts_n_workers(client) -> bool:
     except (TypeError, ValueError):
         return False
 
-
-def _token() -> str:
-    import uuid
-
-    return uuid.uuid4().hex[:8]

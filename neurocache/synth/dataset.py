@@ -1,0 +1,93 @@
+"""``generate_dataset``: the whole synthetic data folder (``CTs/*.dcm`` + ``labels1.csv``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from neurocache.synth.dicom import make_ct_dataset, write_ct
+from neurocache.synth.phantom import _PatientRenderer
+from neurocache.synth.plan import _PatientPlan, _plan
+from neurocache.synth.seeds import _uid
+
+
+def generate_dataset(
+    out_dir: str | Path,
+    *,
+    patients: int = 40,
+    slices_per_patient: int = 12,
+    size: int = 512,
+    positive_frac: float = 0.35,
+    seed: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Generate a synthetic head-CT DICOM dataset with slice labels.
+
+    Writes ``out_dir/CTs/ID_<10 hex>.dcm`` (one axial slice per file, CT Image Storage,
+    explicit VR little endian) and ``out_dir/labels1.csv`` (columns ``ID,Label``, sorted by
+    ID).  Existing unrelated files in ``out_dir`` are left alone.
+
+    Args:
+        out_dir: output directory (created if needed).
+        patients: number of patients (>= 1); each gets its own study/series.
+        slices_per_patient: consecutive slices per patient, 5 mm apart in z.
+        size: nominal image side in pixels (>= 32); ~15 % of patients get a
+            non-square ``size x round(0.875 * size)`` (or transposed) image.
+        positive_frac: target fraction of label-1 slices in [0, 1] (hit exactly up to
+            rounding); lesions are placed on contiguous slice runs of ~1.6x that fraction
+            of patients.
+        seed: all content, IDs, UIDs and dates derive from it (byte-identical reruns).
+        progress: show a tqdm progress bar over slices.
+
+    Returns:
+        DataFrame with columns ``ID`` (str), ``Label`` (int 0/1), ``PatientID`` (str),
+        ``z_index`` (int, 0-based slice index within the patient), sorted by ID.
+    """
+    if patients < 1 or slices_per_patient < 1:
+        raise ValueError("patients and slices_per_patient must be >= 1")
+    if size < 32:
+        raise ValueError("size must be >= 32 pixels")
+    if not 0.0 <= positive_frac <= 1.0:
+        raise ValueError("positive_frac must be in [0, 1]")
+    out = Path(out_dir)
+    ct_dir = out / "CTs"
+    ct_dir.mkdir(parents=True, exist_ok=True)
+    records: list[tuple[str, int, str, int]] = []
+    with tqdm(total=patients * slices_per_patient, desc="synth CT", unit="slice", disable=not progress) as bar:
+        for plan in _plan(patients, slices_per_patient, size, positive_frac, seed):
+            records += _write_patient(plan, slices_per_patient, seed, ct_dir, bar.update)
+    df = pd.DataFrame(records, columns=["ID", "Label", "PatientID", "z_index"])
+    df = df.sort_values("ID", kind="stable").reset_index(drop=True)
+    df["Label"] = df["Label"].astype(np.int64)
+    df["z_index"] = df["z_index"].astype(np.int64)
+    df[["ID", "Label"]].to_csv(out / "labels1.csv", index=False, lineterminator="\n")
+    return df
+
+
+def _write_patient(plan: _PatientPlan, slices: int, seed: int, ct_dir: Path, progress: Callable[[int], object]
+                   ) -> list[tuple[str, int, str, int]]:
+    """Render and write one patient's ``slices`` files; returns (ID, label, PatientID, z index) per slice."""
+    renderer = _PatientRenderer(plan, slices, seed)
+    study_uid = _uid("study", seed, plan.patient_id)
+    series_uid = _uid("series", seed, plan.patient_id, study_uid)
+    records = []
+    for kz in range(slices):
+        ds = make_ct_dataset(
+            renderer.render(kz),
+            signed=plan.signed,
+            patient_id=plan.patient_id,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            z_mm=renderer.z_mm(kz),
+            pixel_spacing=(plan.spacing_mm, plan.spacing_mm),
+            instance=kz + 1,
+            seed=seed,
+        )
+        write_ct(ds, ct_dir / f"{plan.ids[kz]}.dcm")
+        records.append((plan.ids[kz], plan.label(kz), plan.patient_id, kz))
+        progress(1)
+    return records
