@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-SCHEMA_VERSION = 2  # 2: fixes/n_frames columns, new reason codes, incremental-build attrs
+SCHEMA_VERSION = 3  # 2: fixes/n_frames columns, new reason codes, incremental-build attrs; 3: series geometry columns
 
 __all__ = ["SCHEMA_VERSION", "__version__", "open_store"]
 

@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=512, help="main image side in pixels (default 512; some patients get non-square images)")
     s.add_argument("--positive-frac", type=float, default=0.35, help="approximate fraction of label-1 slices (default 0.35)")
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files (default 0)")
+    s.add_argument("--lesions", choices=("taper", "3d"), default="taper",
+                   help="how a lesion changes along its run of slices: taper (default, as earlier releases: size tapers, "
+                        "full contrast) or 3d (an ellipsoid spanning the run: smaller and fainter on its end slices, "
+                        "for neighbour-context (2.5D) experiments)")
 
     v = sub.add_parser("validate", help="check a data folder's structure and labels (no writes)")
     _data_args(v)
@@ -98,6 +102,7 @@ def _synth(args: argparse.Namespace) -> int:
         size=args.size,
         positive_frac=args.positive_frac,
         seed=args.seed,
+        lesions=args.lesions,
         progress=True,
     )
     n1 = int(df["Label"].sum())

@@ -150,6 +150,10 @@ def safe_message(e: BaseException, ds: pydicom.Dataset | None = None) -> str:
     return msg[:300]
 
 
+#: ImageOrientationPatient's six direction cosines as feature-table columns (row x, y, z; column x, y, z).
+ORIENTATION_COLUMNS = ("iop_rx", "iop_ry", "iop_rz", "iop_cx", "iop_cy", "iop_cz")
+
+
 def header_meta(ds: pydicom.Dataset, key: bytes) -> dict[str, Any]:
     """Feature-table columns read from the header (units: mm for spacing/thickness/position, kV).
 
@@ -178,6 +182,10 @@ def header_meta(ds: pydicom.Dataset, key: bytes) -> dict[str, Any]:
         "pixel_representation": int_value(ds, "PixelRepresentation"),
         "z_mm": _num(ds, "ImagePositionPatient", 2),
         "instance_number": _num(ds, "InstanceNumber"),
+        "x_mm": _num(ds, "ImagePositionPatient", 0),
+        "y_mm": _num(ds, "ImagePositionPatient", 1),
+        **{col: _num(ds, "ImageOrientationPatient", i) for i, col in enumerate(ORIENTATION_COLUMNS)},
+        "slice_location_mm": _num(ds, "SliceLocation"),
         "patient_key": keyed_hash(_str(ds, "PatientID") or None, key),
         "study_key": keyed_hash(_str(ds, "StudyInstanceUID") or None, key),
         "series_key": keyed_hash(_str(ds, "SeriesInstanceUID") or None, key),

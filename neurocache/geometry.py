@@ -27,6 +27,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from neurocache.dicomheader import ORIENTATION_COLUMNS
+
 PositionSource = Literal["ipp", "slice_location", "instance_number", "none"]
 
 #: Output columns of :func:`series_geometry`, in order.
@@ -208,7 +210,8 @@ def geometry_counts(
     i = np.flatnonzero(np.isfinite(positions))
     i = i[np.lexsort((positions[i], codes[i]))]
     s, p = codes[i], positions[i]
-    step = pd.Series(np.where(np.r_[False, s[1:] == s[:-1]], np.r_[np.nan, np.diff(p)], np.nan))
+    same_prev = np.r_[False, s[1:] == s[:-1]] if len(s) else np.zeros(0, dtype=bool)
+    step = pd.Series(np.where(same_prev, np.r_[np.nan, np.diff(p)] if len(p) else np.zeros(0), np.nan))
     spacing = step.where(step > 0).groupby(s).transform("median")
     ok_per_series = np.bincount(codes[ok], minlength=k)
     return {
@@ -219,3 +222,37 @@ def geometry_counts(
         "duplicate_positions": int((step == 0).sum()),
         "mixed_orientation_slices": int(np.asarray(mixed, dtype=bool)[ok].sum()),
     }
+
+
+def _header_arrays(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(series codes, IPP (N, 3) mm, IOP (N, 6), SliceLocation mm, InstanceNumber) from the feature table.
+
+    A slice without a series key is a series of its own (never linked): slices whose series is
+    unknown cannot be assumed to be one stack.
+    """
+    keys = table["series_key"].fillna("").astype(str).to_numpy(dtype=object)
+    lone = keys == ""
+    keys[lone] = np.char.add("\0lone:", np.arange(int(lone.sum())).astype(str)).astype(object)
+    num = lambda cols: table[list(cols)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)  # noqa: E731
+    return (series_codes(keys), num(("x_mm", "y_mm", "z_mm")), num(ORIENTATION_COLUMNS),
+            num(("slice_location_mm",))[:, 0], num(("instance_number",))[:, 0])
+
+
+def series_counts(table: pd.DataFrame, *, gap_factor: float = DEFAULT_GAP_FACTOR) -> dict[str, int]:
+    """:func:`geometry_counts` of a feature table that has ``position_mm`` (from :func:`add_series_geometry`)."""
+    codes, _, iop, _, _ = _header_arrays(table)
+    return geometry_counts(table, table["position_mm"].to_numpy(dtype=np.float64),
+                           mixed_orientation(codes, slice_normals(iop)), gap_factor=gap_factor, series=codes)
+
+
+def add_series_geometry(table: pd.DataFrame, *, gap_factor: float = DEFAULT_GAP_FACTOR) -> pd.DataFrame:
+    """The feature table with :data:`GEOMETRY_COLUMNS` appended (see the module docstring).
+
+    Args:
+        table: the feature table (``row`` assigned; header columns ``x_mm``/``y_mm``/``z_mm``,
+            the ``iop_*`` cosines, ``slice_location_mm``, ``instance_number``, ``series_key``).
+    """
+    codes, ipp, iop, loc, inst = _header_arrays(table)
+    pos, src = slice_positions(codes, ipp, iop, loc, inst)
+    geometry = series_geometry(table, positions=pos, sources=src, gap_factor=gap_factor, series=codes)
+    return pd.concat([table, geometry], axis=1)

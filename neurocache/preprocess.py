@@ -15,6 +15,7 @@ import numpy as np
 
 from neurocache.config import PrepConfig
 from neurocache.crop import letterbox, threshold_box, to_int16
+from neurocache.dicomheader import ORIENTATION_COLUMNS
 from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
 from neurocache.hu import (
@@ -118,7 +119,8 @@ def empty_meta() -> dict[str, Any]:
         "spacing_row_mm": nan, "spacing_col_mm": nan, "thickness_mm": nan, "kvp": nan, "slope": nan,
         "intercept": nan, "window_center": nan, "window_width": nan, "photometric": "",
         "bits_allocated": 0, "bits_stored": 0, "pixel_representation": 0, "z_mm": nan,
-        "instance_number": nan, "patient_key": "", "study_key": "", "series_key": "",
+        "instance_number": nan, "x_mm": nan, "y_mm": nan, **dict.fromkeys(ORIENTATION_COLUMNS, nan),
+        "slice_location_mm": nan, "patient_key": "", "study_key": "", "series_key": "",
     }
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from neurocache.config import PrepConfig
+from neurocache.geometry import series_counts
 from neurocache.reasons import MISSING, OK, QUARANTINED
 
 # Header columns checked for outliers, with a human name and unit.
@@ -47,7 +48,8 @@ def quality_report(table: pd.DataFrame, cfg: PrepConfig) -> dict[str, Any]:
 
     Keys: counts (by status, by reason), class_balance (ok rows and all labelled rows), duplicates
     (IDs, content hashes), mismatches (files without label, labels without file), fixes,
-    transfer_syntaxes, image_sizes, outliers (per header column: IDs beyond 5 MADs).
+    transfer_syntaxes, image_sizes, outliers (per header column: IDs beyond 5 MADs), series (counts
+    of series, series of one, unordered slices, gaps, duplicate positions, mixed orientations).
     """
     ok = table[table["status"] == OK]
     files = table[table["status"] != MISSING]
@@ -87,5 +89,6 @@ def quality_report(table: pd.DataFrame, cfg: PrepConfig) -> dict[str, Any]:
         "image_sizes": sizes.to_dict(),
         "patients": int(ok["patient_key"].replace("", np.nan).nunique()) if len(ok) else 0,
         "outliers": outliers,
+        "series": series_counts(table),
         "preprocess": cfg.value_params(),
     }

@@ -159,3 +159,10 @@ def test_series_codes_give_the_same_geometry_as_keys():
     np.testing.assert_array_equal(pos_k, pos_c)
     pd.testing.assert_frame_equal(series_geometry(t, positions=pos_k, sources=src_k),
                                   series_geometry(t, positions=pos_c, sources=src_c, series=codes))
+
+
+def test_counts_without_any_position():
+    t = pd.DataFrame({"series_key": ["a", "a", "b"], "row": [0, 1, -1]})
+    counts = geometry_counts(t, np.full(3, np.nan), np.zeros(3, dtype=bool))
+    assert counts == {"series": 1, "series_of_one": 0, "unordered_slices": 2, "gaps": 0, "duplicate_positions": 0,
+                      "mixed_orientation_slices": 0}

@@ -242,3 +242,40 @@ def test_progress_bar_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     df = generate_dataset(tmp_path, patients=1, slices_per_patient=2, size=48, progress=True, seed=5)
     assert len(df) == 2
     assert "synth CT" in capsys.readouterr().err
+
+
+def test_lesion_scale_profiles() -> None:
+    from neurocache.synth.lesion import lesion_scale
+
+    assert lesion_scale(0, 1, "3d") == (1.0, 1.0) and lesion_scale(0, 1, "taper") == (1.0, 1.0)
+    np.testing.assert_allclose(lesion_scale(0, 2, "taper"), (0.6 + 0.4 * np.sin(np.pi / 4), 1.0))
+    np.testing.assert_allclose(lesion_scale(0, 3, "3d"), (np.sqrt(5) / 3, 5 / 9))  # t = -2/3
+    assert lesion_scale(1, 3, "3d") == (1.0, 1.0)
+    end, mid = lesion_scale(0, 6, "3d"), lesion_scale(2, 6, "3d")  # t = -5/6 and -1/6
+    np.testing.assert_allclose(end, (np.sqrt(11) / 6, max(0.3, 11 / 36)))
+    assert end[1] < mid[1] and lesion_scale(5, 6, "3d") == end  # symmetric, faint at both ends
+
+
+def _pixels(root: Path) -> dict[str, np.ndarray]:
+    return {p.stem: apply_modality_lut(ds.pixel_array, ds) for p in sorted((root / "CTs").glob("*.dcm"))
+            for ds in [pydicom.dcmread(p)]}
+
+
+def test_3d_lesions_same_patients_fainter_ends(tmp_path: Path) -> None:
+    kw = {"patients": 6, "slices_per_patient": 6, "size": 64, "positive_frac": 0.4, "seed": 5}
+    taper = generate_dataset(tmp_path / "taper", **kw)
+    solid = generate_dataset(tmp_path / "3d", lesions="3d", **kw)
+    pd.testing.assert_frame_equal(taper, solid)  # same IDs, labels, patients, z order
+    a, b = _pixels(tmp_path / "taper"), _pixels(tmp_path / "3d")
+    neg = taper.loc[taper["Label"] == 0, "ID"]
+    assert all(np.array_equal(a[i], b[i]) for i in neg)  # the lesion is the only difference
+    pos = taper[taper["Label"] == 1]
+    runs = pos.groupby("PatientID")["z_index"].agg(["min", "max"])
+    ends = [i for i, p, z in zip(pos["ID"], pos["PatientID"], pos["z_index"])
+            if runs.loc[p, "max"] - runs.loc[p, "min"] >= 2 and z in (runs.loc[p, "min"], runs.loc[p, "max"])]
+    assert ends  # runs of >= 3 slices exist in this set
+    # fainter: on a run's end slices the 3d lesion adds less blood (HU above 45) than the taper one
+    blood = lambda img: float(np.clip(img - 45.0, 0, 60).sum())  # noqa: E731
+    assert all(blood(b[i]) < blood(a[i]) for i in ends)
+    with pytest.raises(ValueError, match="lesions="):
+        generate_dataset(tmp_path / "bad", lesions="flat", **kw)

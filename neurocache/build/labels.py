@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from neurocache.geometry import add_series_geometry
 from neurocache.inputs import ID_COL, LABEL_COL, Inputs, label_id
 from neurocache.reasons import ENTRY_REASONS, MISSING, OK, QUARANTINED
 
@@ -15,7 +16,8 @@ def assemble(inputs: Inputs, staged: pd.DataFrame) -> pd.DataFrame:
     """The feature table from the staged per-file rows and the labels CSV.
 
     Sets ``ID``, ``label``, ``status``/``reason`` for files without a label, duplicate IDs and
-    labels without a file, and ``row`` (the index into ``images``; -1 when not ok), ordered by ID.
+    labels without a file, and ``row`` (the index into ``images``; -1 when not ok), ordered by ID;
+    then each slice's place in its series (:func:`neurocache.geometry.add_series_geometry`).
 
     A label row belongs to every entry that answers to its ID (:func:`neurocache.inputs.label_id`:
     the entry's ID, or for a name that is not valid UTF-8 the ID of its Latin-1 reading), whatever
@@ -45,7 +47,7 @@ def assemble(inputs: Inputs, staged: pd.DataFrame) -> pd.DataFrame:
     row = np.full(len(staged), -1, dtype=np.int64)
     row[ok] = np.arange(int(ok.sum()))
     staged.insert(2, "row", row)
-    return staged
+    return add_series_geometry(staged)
 
 
 def _mark_duplicates(staged: pd.DataFrame) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from neurocache.synth.dicom import make_ct_dataset, write_ct
+from neurocache.synth.lesion import LESION_PROFILES
 from neurocache.synth.phantom import _PatientRenderer
 from neurocache.synth.plan import _PatientPlan, _plan
 from neurocache.synth.seeds import _uid
@@ -24,6 +25,7 @@ def generate_dataset(
     positive_frac: float = 0.35,
     seed: int = 0,
     progress: bool = False,
+    lesions: str = "taper",
 ) -> pd.DataFrame:
     """Generate a synthetic head-CT DICOM dataset with slice labels.
 
@@ -42,6 +44,9 @@ def generate_dataset(
             of patients.
         seed: all content, IDs, UIDs and dates derive from it (byte-identical reruns).
         progress: show a tqdm progress bar over slices.
+        lesions: how a lesion changes along its run of slices (:mod:`neurocache.synth.lesion`):
+            ``taper`` (default, as earlier releases) or ``3d`` (an ellipsoid spanning the run,
+            smaller and fainter on its end slices).
 
     Returns:
         DataFrame with columns ``ID`` (str), ``Label`` (int 0/1), ``PatientID`` (str),
@@ -53,13 +58,15 @@ def generate_dataset(
         raise ValueError("size must be >= 32 pixels")
     if not 0.0 <= positive_frac <= 1.0:
         raise ValueError("positive_frac must be in [0, 1]")
+    if lesions not in LESION_PROFILES:
+        raise ValueError(f"lesions={lesions!r}: choose one of {', '.join(LESION_PROFILES)}")
     out = Path(out_dir)
     ct_dir = out / "CTs"
     ct_dir.mkdir(parents=True, exist_ok=True)
     records: list[tuple[str, int, str, int]] = []
     with tqdm(total=patients * slices_per_patient, desc="synth CT", unit="slice", disable=not progress) as bar:
         for plan in _plan(patients, slices_per_patient, size, positive_frac, seed):
-            records += _write_patient(plan, slices_per_patient, seed, ct_dir, bar.update)
+            records += _write_patient(plan, slices_per_patient, seed, ct_dir, bar.update, lesions)
     df = pd.DataFrame(records, columns=["ID", "Label", "PatientID", "z_index"])
     df = df.sort_values("ID", kind="stable").reset_index(drop=True)
     df["Label"] = df["Label"].astype(np.int64)
@@ -68,10 +75,10 @@ def generate_dataset(
     return df
 
 
-def _write_patient(plan: _PatientPlan, slices: int, seed: int, ct_dir: Path, progress: Callable[[int], object]
-                   ) -> list[tuple[str, int, str, int]]:
+def _write_patient(plan: _PatientPlan, slices: int, seed: int, ct_dir: Path, progress: Callable[[int], object],
+                   lesions: str = "taper") -> list[tuple[str, int, str, int]]:
     """Render and write one patient's ``slices`` files; returns (ID, label, PatientID, z index) per slice."""
-    renderer = _PatientRenderer(plan, slices, seed)
+    renderer = _PatientRenderer(plan, slices, seed, lesions)
     study_uid = _uid("study", seed, plan.patient_id)
     series_uid = _uid("series", seed, plan.patient_id, study_uid)
     records = []
