@@ -55,7 +55,7 @@ def test_inner_holdout_is_carved_from_the_training_folds_only():
     cfg = load_config(sets=["holdout_frac=0.25"])
     for k in range(3):
         tr, va = cv_mod.fold_rows(split, k)
-        fit, hold = cv_mod.inner_holdout(data, tr, cfg, seed=cfg["seed"] + k)
+        fit, hold = cv_mod.inner_holdout(data, tr, cfg, seed=cfg.seed + k)
         assert set(fit) | set(hold) == set(tr) and not set(fit) & set(hold)
         assert not set(hold) & set(va) and not set(fit) & set(va)  # never the validation fold
         assert not set(hold) & set(np.flatnonzero(split["test"]))  # never the test set
@@ -251,7 +251,7 @@ def test_a_stuck_fold_is_reported_in_cv_metrics_and_the_report(tmp_path):
     assert any(w.startswith("fold 2: validation ROC-AUC") for w in m["warnings"])
     saved = json.loads((tmp_path / "cv_metrics.json").read_text())
     assert saved["stuck_folds"][0]["fold"] == 2
-    (tmp_path / "effective_config.json").write_text(json.dumps(cfg))
+    (tmp_path / "effective_config.json").write_text(json.dumps(cfg.to_dict()))
     from trainer.html_report import build_report
 
     page, _ = build_report(tmp_path)

@@ -7,7 +7,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 EPILOG = """examples:
   python -m trainer cv --store store.zarr --config configs/default.yaml
@@ -39,7 +42,6 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--test-size", type=float, default=None)
     seed.add_argument("--k-folds", type=int, default=None)
     seed.add_argument("--batch-size", type=int, default=None)
-    seed.add_argument("--num-workers", type=int, default=None, help="accepted for compatibility; batches are formed on the device")
     seed.add_argument("--out-size", type=int, default=None)
     seed.add_argument("--holdout-frac", type=float, default=None)
     seed.add_argument("--prep-plot-n", type=int, default=None)
@@ -124,14 +126,14 @@ class _EpochBar:
             self.bar.close()
 
 
-def _setup(cfg: dict[str, Any]):
+def _setup(cfg: TrainConfig):
     import torch
 
     from trainer.data import pick_device
 
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
-    return pick_device(cfg["device"])
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    return pick_device(cfg.device)
 
 
 def _check_store_arg(store: str | None) -> None:
@@ -148,14 +150,14 @@ def _cv(args: argparse.Namespace) -> int:
     from trainer.tracking import check_tracking
 
     t0 = time.perf_counter()
-    flags = {k: getattr(args, k) for k in ("seed", "test_size", "k_folds", "batch_size", "num_workers", "out_size",
+    flags = {k: getattr(args, k) for k in ("seed", "test_size", "k_folds", "batch_size", "out_size",
                                            "holdout_frac", "prep_plot_n", "threshold_strategy", "sens_target")}
     cfg = load_config(args.config, config_json=args.config_json, flags=flags, sets=args.set)
     check_tracking(cfg)
     grid = load_grid(args.grid) if args.run_grid else None
     from trainer.model import check_weights
 
-    for weights in {cfg["weights"], *(str(c["weights"]) for c in grid or [] if "weights" in c)}:
+    for weights in {cfg.weights, *(str(c["weights"]) for c in grid or [] if "weights" in c)}:
         check_weights(weights)  # offline without the ImageNet file: fail now, not after the split
     _check_store_arg(args.store)
     client, resources = None, {}
@@ -173,7 +175,7 @@ def _cv(args: argparse.Namespace) -> int:
             client.close()
 
 
-def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resources: dict[str, float], t0: float) -> int:
+def _cv_run(args: argparse.Namespace, cfg: TrainConfig, grid, client, resources: dict[str, float], t0: float) -> int:
     import numpy as np
 
     from trainer.cv import run_folds, run_grid, split_table, write_cv_outputs
@@ -199,12 +201,12 @@ def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resourc
     pool = np.flatnonzero(~split["test"].to_numpy())
     tf = make_transform(cfg)
     for label in (0, 1):
-        plot_examples(data, pool, label, cfg["prep_plot_n"], tf, run / f"preprocessing_examples_label{label}.png", cfg["seed"])
-    epochs = cfg["epochs_head"] + cfg["epochs_ft"]
+        plot_examples(data, pool, label, cfg.prep_plot_n, tf, run / f"preprocessing_examples_label{label}.png", cfg.seed)
+    epochs = cfg.total_epochs
     bar = lambda desc: _EpochBar(desc, epochs, args.quiet)  # noqa: E731
     where = f"{device}" if runner is None else f"the Dask cluster {args.scheduler} (resources {resources or 'none'} per fold)"
     print(f"cv: {len(data.table)} slices ({int(data.labels.sum())} positive), {len(set(data.groups))} groups by "
-          f"{cfg['group_by']}; train pool {len(pool)}, test {int(split['test'].sum())}; {cfg['k_folds']} folds on {where}; run {run}",
+          f"{cfg.group_by}; train pool {len(pool)}, test {int(split['test'].sum())}; {cfg.k_folds} folds on {where}; run {run}",
           file=sys.stderr)
     if grid:
         table, cfg, res = run_grid(data, split, cfg, grid, progress=bar, runner=runner)
@@ -244,7 +246,7 @@ def _final(args: argparse.Namespace) -> int:
     cfg = cv["config"]
     from trainer.model import check_weights
 
-    check_weights(cfg["weights"])
+    check_weights(cfg.weights)
     check_tracking(cfg)
     device = _setup(cfg)
     store = args.store or cv["store"]["path"]
@@ -257,7 +259,7 @@ def _final(args: argparse.Namespace) -> int:
     write_json(run / "run_args.json", {"argv": sys.argv, "cv_run": str(args.cv_run), "store": str(store)})
     write_json(run / "effective_config.json", cfg)
     write_json(run / "store.json", {**cv["store"], "path": store_address(store), "environment": environment(device)})
-    bar = _EpochBar("final", cfg["epochs_head"] + cfg["epochs_ft"], args.quiet)
+    bar = _EpochBar("final", cfg.total_epochs, args.quiet)
     m = run_final(data, cv, run, on_epoch=bar.update)
     bar.close()
     print(f"TEST (n={m['n_test']}, threshold {m['threshold']:.2f}): ROC-AUC {m['auc']:.3f}  AUPRC {m['ap']:.3f}  "
@@ -300,7 +302,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     run = load_final_run(args.run)  # fail fast, before reading any input
-    threads = args.threads if args.threads is not None else run["config"].get("threads", 0)
+    threads = args.threads if args.threads is not None else run["config"].threads
     if threads:
         torch.set_num_threads(int(threads))
     frame = predict_files(args.run, args.inputs, device=args.device, batch_size=args.batch_size, progress=not args.quiet)

@@ -5,7 +5,7 @@ Used by ``trainer cv`` (pooled out-of-fold predictions -> ``cv_metrics.json["oof
 predictions -> ``test_metrics.json`` keys ``intervals``, ``calibration``, ``patient``,
 ``evaluation``; ``test_calibration.png``; ``test_patient_predictions.csv``).
 
-Settings are config keys (defaults in :data:`trainer.config.DEFAULTS`): ``n_boot``, ``ci_level``,
+Settings are config keys (defaults on :class:`trainer.config.TrainConfig`): ``n_boot``, ``ci_level``,
 ``ci_seed``, ``patient_aggregation``, ``calibration_bins``, ``calibration_strategy``.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from trainer.calibration import calibration_summary, plot_calibration
+from trainer.config import TrainConfig
 from trainer.metrics import binary_metrics
 from trainer.patient import aggregate_patients, describe, patient_frame
 from trainer.stats import interval_report
@@ -27,15 +28,13 @@ EVAL_KEYS: tuple[str, ...] = ("n_boot", "ci_level", "ci_seed", "patient_aggregat
                               "calibration_strategy", "gallery_n")
 
 
-def eval_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The evaluation keys of ``cfg``, defaults filled in (a cv run made before they existed)."""
-    from trainer.config import DEFAULTS
-
-    return {k: cfg.get(k, DEFAULTS[k]) for k in EVAL_KEYS}
+def eval_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The evaluation keys of ``cfg`` (recorded in the metrics JSON as ``evaluation``)."""
+    return {k: getattr(cfg, k) for k in EVAL_KEYS}
 
 
 def evaluate_predictions(
-    ids: Any, y: Any, prob: Any, patients: Any, threshold: float, cfg: Mapping[str, Any]
+    ids: Any, y: Any, prob: Any, patients: Any, threshold: float, cfg: TrainConfig
 ) -> dict[str, Any]:
     """Intervals (Wilson, DeLong, patient bootstrap), calibration and patient-level metrics.
 
@@ -60,7 +59,7 @@ def evaluate_predictions(
                             how=s["patient_aggregation"], threshold=thr)
     out["patient"] = {
         **describe(s["patient_aggregation"]),
-        "n_patients": int(len(pt)),
+        "n_patients": len(pt),
         "n_pos_patients": int(pt["label"].sum()),
         "metrics": binary_metrics(pt["label"].to_numpy(), pt["prob"].to_numpy(), thr),
         "intervals": interval_report(pt["label"].to_numpy(), pt["prob"].to_numpy(), thr, pt["patient"].to_numpy(),
@@ -76,7 +75,7 @@ def _public(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def cv_evaluation(
-    run: Path, split: pd.DataFrame, oof: pd.DataFrame, threshold: float, cfg: Mapping[str, Any],
+    run: Path, split: pd.DataFrame, oof: pd.DataFrame, threshold: float, cfg: TrainConfig,
     patients: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the pooled OOF predictions; writes ``cv_calibration.png`` and
@@ -101,7 +100,7 @@ def cv_evaluation(
 
 
 def final_evaluation(
-    run: Path, ids: Any, y: Any, prob: Any, patients: Any, threshold: float, cfg: Mapping[str, Any],
+    run: Path, ids: Any, y: Any, prob: Any, patients: Any, threshold: float, cfg: TrainConfig,
     oof: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Evaluate the test predictions; writes ``test_calibration.png`` (with the OOF curve when

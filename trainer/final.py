@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 
 from trainer.calibrators import fit_calibrator
-from trainer.data import Dataset
+from trainer.config import TrainConfig
+from trainer.data import SliceSource
 from trainer.fold_health import chance_warning
 from trainer.loops import make_transform, predict, ranking_scores, train_model
 from trainer.metrics import binary_metrics
 from trainer.model import save_weights
 from trainer.promise import promise_vs_delivery
 from trainer.report import plot_confusion, plot_pr, plot_roc
-from trainer.run_folder import RunError, load_run, run_kind  # noqa: F401 - RunError is re-exported
+from trainer.run_folder import RunError, load_run, run_kind
 from trainer.runs import write_json
 from trainer.split import canonical_groups, holdout_split
 
@@ -29,11 +30,11 @@ def read_cv_run(cv_run: str | Path) -> dict[str, Any]:
     if Path(cv_run).is_dir() and run_kind(cv_run) != "cv":
         raise RunError(f"{cv_run} is a final run, not a cv run: pass the cv run it was made from")
     r = load_run(cv_run, require=("effective_config.json", "split.csv", "threshold_selection.json", "store.json"))
-    return {"config": r.config, "split": r.split, "threshold": r.selection, "store": r.store,
+    return {"config": TrainConfig.from_dict(r.config), "split": r.split, "threshold": r.selection, "store": r.store,
             "metrics": r.cv_metrics, "run": r.path}
 
 
-def align_split(data: Dataset, split: pd.DataFrame) -> pd.DataFrame:
+def align_split(data: SliceSource, split: pd.DataFrame) -> pd.DataFrame:
     """The cv run's split rows in the dataset's row order; refuses a store whose ok IDs differ."""
     ids = data.table["ID"].astype(str).to_numpy()
     if set(ids) != set(split["ID"]) or len(ids) != len(split):
@@ -44,7 +45,7 @@ def align_split(data: Dataset, split: pd.DataFrame) -> pd.DataFrame:
     return split.set_index("ID").loc[ids].reset_index()
 
 
-def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) -> dict[str, Any]:
+def run_final(data: SliceSource, cv: dict[str, Any], run: Path, *, on_epoch=None) -> dict[str, Any]:
     """Train on all non-test rows, score the test once.
 
     A grouped stratified holdout (``holdout_frac``) of the training pool is used for early stopping
@@ -57,16 +58,16 @@ def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) ->
     split = align_split(data, cv["split"])
     pool = np.flatnonzero(~split["test"].to_numpy())
     test = np.flatnonzero(split["test"].to_numpy())
-    groups = None if cfg["group_by"] == "none" else canonical_groups(data.groups)[pool]
-    hold = holdout_split(data.labels[pool], groups, frac=cfg["holdout_frac"], seed=cfg["seed"])
+    groups = None if cfg.group_by == "none" else canonical_groups(data.groups)[pool]
+    hold = holdout_split(data.labels[pool], groups, frac=cfg.holdout_frac, seed=cfg.seed)
     tr, ho = pool[~hold], pool[hold]
-    model, hist, best = train_model(data, tr, ho, cfg, seed=int(cfg["seed"]), on_epoch=on_epoch)
+    model, hist, best = train_model(data, tr, ho, cfg, seed=int(cfg.seed), on_epoch=on_epoch)
     save_weights(model, run / "final_model.pt")
     pd.DataFrame(hist).to_csv(run / "final_history.csv", index=False)
 
     tf = make_transform(cfg)
     p_ho = predict(model, data, ho, tf, cfg)
-    cal = fit_calibrator(cfg["calibration"], data.labels[ho], p_ho)
+    cal = fit_calibrator(cfg.calibration, data.labels[ho], p_ho)
     threshold = float(cv["threshold"]["threshold"])
     prob_raw = predict(model, data, test, tf, cfg)
     prob = cal(prob_raw)
@@ -99,14 +100,14 @@ def run_final(data: Dataset, cv: dict[str, Any], run: Path, *, on_epoch=None) ->
         "model": "torchvision resnet18, head Dropout -> Linear(512, 1), sigmoid output",
         "weights_file": "final_model.pt",
         "store": cv["store"],
-        "config": cfg,
+        "config": cfg.to_dict(),
         "threshold": threshold,
         "threshold_selection": cv["threshold"],
         # applied to the sigmoid output before the threshold (trainer/calibrators.py); fitted on the holdout
         "calibration": cal.to_dict(),
         "train_prevalence": float(data.labels[pool].mean()),
         "test_prevalence": float(y.mean()) if len(y) else None,
-        "input": {"windows": cfg["windows"], "out_size": cfg["out_size"], "normalisation": "ImageNet mean/std"},
+        "input": {"windows": [list(w) for w in cfg.windows], "out_size": cfg.out_size, "normalisation": "ImageNet mean/std"},
         # the store's preprocessing: `trainer predict` rebuilds it and checks it against store.fingerprint
         "preprocess": dict(data.store.attrs.get("preprocess", {})),
     }

@@ -148,7 +148,7 @@ def _context(run: Path, store_path: str | Path | None, wall_seconds: float | Non
     from trainer.run_folder import load_run
 
     r = load_run(run, require=())  # whatever the run has; missing pieces are None and their sections say so
-    ctx: dict[str, Any] = {"run": r.path, "kind": r.kind, "config": r.config, "store_json": r.store,
+    ctx: dict[str, Any] = {"run": r.path, "kind": r.kind, "config": r.config, "cfg": r.train_config, "store_json": r.store,
                            "run_args": r.run_args, "cv_dir": r.path if r.kind == "cv" else r.cv_run,
                            "cv_metrics": r.cv_metrics, "selection": r.selection, "split": r.split,
                            "test_metrics": r.metrics if r.kind == "final" else None, "card": r.model_card,
@@ -337,7 +337,7 @@ def sec_config_env(ctx: dict[str, Any]) -> str:
     env = ctx["store_json"].get("environment", {})
     from trainer.evaluation import eval_settings
 
-    ev = eval_settings(cfg)
+    ev = eval_settings(ctx["cfg"])
     w = ctx["wall_seconds"]
     head = {
         "seed": cfg.get("seed"), "bootstrap resamples (n_boot)": ev["n_boot"], "bootstrap seed (ci_seed)": ev["ci_seed"],
@@ -529,8 +529,6 @@ def gallery_cases(pred: pd.DataFrame, threshold: float, n: int) -> tuple[pd.Data
 
 
 def sec_gallery(ctx: dict[str, Any]) -> str:
-    from trainer.evaluation import eval_settings
-
     run, thr = ctx["run"], ctx["threshold"]
     src = run / ("test_predictions.csv" if ctx["kind"] == "final" else "cv_oof_predictions.csv")
     if thr is None or not src.is_file():
@@ -538,7 +536,7 @@ def sec_gallery(ctx: dict[str, Any]) -> str:
     if ctx["store"] is None:
         raise Missing(f"the store could not be opened ({ctx['store_error']}), so no images can be shown")
     pred = pd.read_csv(src, dtype={"ID": str})
-    n = int(eval_settings(ctx["config"])["gallery_n"])
+    n = int(ctx["cfg"].gallery_n)
     fp, fn = gallery_cases(pred, float(thr), n)
     wins = ctx["config"].get("windows") or [[40, 80]]
     center, width = float(wins[0][0]), float(wins[0][1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import urllib.error
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(_unwrap(model).fc.parameters())
 
 
-def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: list[str] | None = None) -> list[nn.Parameter]:
+def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: Sequence[str] | None = None) -> list[nn.Parameter]:
     """Set ``requires_grad`` for a training stage and return the trainable parameters.
 
     Args:

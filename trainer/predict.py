@@ -30,6 +30,7 @@ from neurocache.config import PrepConfig
 from neurocache.inputs import Inputs
 from neurocache.names import shown_name
 from neurocache.reasons import OK
+from trainer.config import TrainConfig
 from trainer.final import RunError
 
 __all__ = ["PREDICT_COLUMNS", "collect_inputs", "load_final_run", "predict_files"]
@@ -45,6 +46,7 @@ def load_final_run(run: str | Path) -> dict[str, Any]:
     The preprocessing is the card's ``preprocess`` (the store's parameters) or, for a card
     written before that key existed, the config's ``preprocess`` section (which the trainer had
     checked against the store). Its fingerprint must equal the card's store fingerprint.
+    ``config`` is the card's config as a :class:`~trainer.config.TrainConfig`.
 
     Raises:
         RunError: not a final run, or preprocessing that does not reproduce the fingerprint.
@@ -57,11 +59,10 @@ def load_final_run(run: str | Path) -> dict[str, Any]:
     from trainer.runs import read_json
 
     card = read_json(run / "model_card.json")
-    cfg = card["config"]
-    params = card.get("preprocess")
-    source = "model_card.json preprocess"
-    if params is None:
-        params, source = cfg.get("preprocess") or {}, "model_card.json config.preprocess"
+    cfg = TrainConfig.from_dict(card["config"])
+    params, source = card.get("preprocess"), "model_card.json preprocess"
+    if params is None:  # a card written before the key existed (tests/test_predict.py keeps such cards working)
+        params, source = cfg.preprocess, "model_card.json config.preprocess"
     prep = PrepConfig.from_dict(params, source=source)
     want = (card.get("store") or {}).get("fingerprint")
     if not want:
@@ -101,17 +102,6 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def _autocast(device: torch.device, cfg: dict[str, Any]):
-    """The training loop's autocast rule (bf16 on CUDA when ``amp``; nothing on CPU)."""
-    try:
-        from trainer.loops import _autocast as loops_autocast
-    except ImportError:  # pragma: no cover - the loop module renamed its helper
-        from contextlib import nullcontext
-
-        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.get("amp") else nullcontext()
-    return loops_autocast(device, cfg)
-
-
 def build_predictor(run: dict[str, Any], device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The final model (eval mode, on ``device``) and the evaluation transform."""
     from trainer.loops import make_transform
@@ -119,20 +109,22 @@ def build_predictor(run: dict[str, Any], device: torch.device) -> tuple[torch.nn
 
     cfg = run["config"]
     tf = make_transform(cfg)
-    model = build_model(weights="none", dropout=cfg["dropout"], in_channels=tf.channels)
+    model = build_model(weights="none", dropout=cfg.dropout, in_channels=tf.channels)
     load_weights(model, run["weights"])
     model.to(device).eval()
-    if device.type == "cuda" and cfg.get("channels_last", True):
+    if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, tf
 
 
 @torch.inference_mode()
-def _score(model: torch.nn.Module, tf: Any, images: list[np.ndarray], cfg: dict[str, Any], device: torch.device) -> np.ndarray:
+def _score(model: torch.nn.Module, tf: Any, images: list[np.ndarray], cfg: TrainConfig, device: torch.device) -> np.ndarray:
     """Probabilities for a batch of int16 HU images: the training pipeline's evaluation path."""
     hu = torch.from_numpy(np.stack(images)).to(device)
     x = tf(hu, train=False)
-    with _autocast(device, cfg):
+    from trainer.loops import autocast
+
+    with autocast(device, cfg.amp):
         logits = model(x).float().squeeze(1)
     return torch.sigmoid(logits.double()).cpu().numpy()  # float64, as trainer.loops.predict
 
@@ -162,9 +154,9 @@ def predict_files(
 
     run = load_final_run(run_dir)
     cfg = run["config"]
-    dev = pick_device(device or cfg.get("device", "auto"))
+    dev = pick_device(device or cfg.device)
     model, tf = build_predictor(run, dev)
-    bs = int(batch_size or cfg.get("eval_batch_size", 128))
+    bs = int(batch_size or cfg.eval_batch_size)
     if bs < 1:
         raise ValueError(f"batch size must be >= 1, got {bs}")
     files = collect_inputs(inputs)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.config import AugConfig
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -306,53 +308,6 @@ def normalize(
 # --------------------------------------------------------------------------------------------
 # the training pipeline
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AugConfig:
-    """Train-time augmentation ranges (see :func:`random_affine`).
-
-    Attributes:
-        degrees: max absolute rotation, degrees.
-        translate: max absolute shift, fraction of the image size.
-        scale: (low, high) zoom range.
-        hflip_p: probability of a horizontal flip.
-    """
-
-    degrees: float = 10.0
-    translate: float = 0.05
-    scale: tuple[float, float] = (0.9, 1.1)
-    hflip_p: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not self.degrees >= 0:
-            raise ValueError(f"aug.degrees must be >= 0, got {self.degrees}")
-        if not 0.0 <= self.translate < 1.0:
-            raise ValueError(f"aug.translate must be in [0, 1), got {self.translate}")
-        if len(self.scale) != 2 or not 0.0 < self.scale[0] <= self.scale[1]:
-            raise ValueError(f"aug.scale must be [low, high] with 0 < low <= high, got {list(self.scale)}")
-        if not 0.0 <= self.hflip_p <= 1.0:
-            raise ValueError(f"aug.hflip_p must be in [0, 1], got {self.hflip_p}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "AugConfig":
-        """Build from a mapping (missing keys take the defaults; unknown keys raise ValueError)."""
-        d = dict(d or {})
-        valid = ("degrees", "translate", "scale", "hflip_p")
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown key(s) aug.{', aug.'.join(unknown)}; valid keys are: {', '.join(valid)}")
-        if "scale" in d:
-            sc = d["scale"]
-            if isinstance(sc, (int, float)):
-                raise ValueError(f"aug.scale must be a [low, high] pair, got {sc!r}")
-            d["scale"] = tuple(float(v) for v in sc)
-            if len(d["scale"]) != 2:
-                raise ValueError(f"aug.scale must be a [low, high] pair, got {list(sc)!r}")
-        for k in ("degrees", "translate", "hflip_p"):
-            if k in d:
-                d[k] = float(d[k])
-        return cls(**d)
-
-
 @dataclass(frozen=True)
 class BatchTransform:
     """window -> resize -> (random affine when training) -> ImageNet normalize, on whole batches.
