@@ -17,14 +17,14 @@ from sklearn.calibration import _sigmoid_calibration
 from sklearn.isotonic import IsotonicRegression
 
 import trainer.cv as cv_mod
-from trainer.calibrators import Calibrator, fit_calibrator, to_logit
+from trainer.evaluation.calibrators import Calibrator, fit_calibrator, to_logit
 from trainer.cli import main as trainer_main
 from trainer.config import load_config
-from trainer.fold_health import CHANCE_AUC, stuck_folds
+from trainer.evaluation.fold_health import CHANCE_AUC, stuck_folds
 from trainer.loops import lr_factor, ranking_scores
-from trainer.promise import format_promise, promise_vs_delivery
+from trainer.evaluation.promise import format_promise, promise_vs_delivery
 from trainer.split import make_split
-from trainer.thresholds import candidate_thresholds, cv_threshold_tables, select_threshold, threshold_spread
+from trainer.evaluation.thresholds import candidate_thresholds, cv_threshold_tables, select_threshold, threshold_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,7 +252,7 @@ def test_a_stuck_fold_is_reported_in_cv_metrics_and_the_report(tmp_path):
     saved = json.loads((tmp_path / "cv_metrics.json").read_text())
     assert saved["stuck_folds"][0]["fold"] == 2
     (tmp_path / "effective_config.json").write_text(json.dumps(cfg.to_dict()))
-    from trainer.html_report import build_report
+    from trainer.report.html import build_report
 
     page, _ = build_report(tmp_path)
     assert "fold 2: validation ROC-AUC" in page and "fold 2 did not learn" in page

@@ -1,4 +1,4 @@
-"""Wilson, DeLong, the patient bootstrap and patient aggregation (trainer.stats, trainer.patient)."""
+"""Wilson, DeLong, the patient bootstrap and patient aggregation (trainer.evaluation.intervals, trainer.evaluation.patient)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from trainer.config import TrainConfig
 from trainer.evaluation import evaluate_predictions
-from trainer.patient import aggregate_patients
-from trainer.stats import delong, group_bootstrap, interval_report, weighted_auc_ap, wilson_interval, z_value
+from trainer.evaluation.patient import aggregate_patients
+from trainer.evaluation.intervals import delong, group_bootstrap, interval_report, weighted_auc_ap, wilson_interval, z_value
 
 # --------------------------------------------------------------------------------------------
 # Wilson

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.final import RunError
     from trainer.model import WeightsUnavailableError
     from trainer.distributed import ClusterError
-    from trainer.thresholds import ThresholdUnreachableError
+    from trainer.evaluation.thresholds import ThresholdUnreachableError
 
     try:
         if args.command == "predict":
@@ -181,7 +181,7 @@ def _cv_run(args: argparse.Namespace, cfg: TrainConfig, grid, client, resources:
     from trainer.cv import run_folds, run_grid, split_table, write_cv_outputs
     from trainer.data import load_dataset
     from trainer.distributed import FoldRunner, store_address
-    from trainer.examples import plot_examples
+    from trainer.report.examples import plot_examples
     from trainer.loops import make_transform
     from trainer.runs import environment, new_run_dir, write_json
     from trainer.tracking import track
@@ -266,7 +266,7 @@ def _final(args: argparse.Namespace) -> int:
           f"sens {m['sens']:.3f}  spec {m['spec']:.3f}  PPV {m['ppv']:.3f}  NPV {m['npv']:.3f}  F1 {m['f1']:.3f}  "
           f"(tp {m['tp']} fp {m['fp']} tn {m['tn']} fn {m['fn']}); {time.perf_counter() - t0:.0f} s")
     if "promised" in m:
-        from trainer.promise import format_promise
+        from trainer.evaluation.promise import format_promise
 
         print(format_promise(m["promised"]))
     for w in m["warnings"]:
@@ -281,7 +281,7 @@ def _final(args: argparse.Namespace) -> int:
 
 def _write_report(run: Path, wall_seconds: float | None) -> None:
     """report.html of a run; a failure is reported but does not fail the run (its results are written)."""
-    from trainer.html_report import write_report
+    from trainer.report.html import write_report
 
     try:
         path, missing = write_report(run, wall_seconds=wall_seconds)
@@ -316,7 +316,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from trainer.html_report import write_report
+    from trainer.report.html import write_report
 
     if not args.run.is_dir():
         raise FileNotFoundError(f"run folder {args.run} does not exist")

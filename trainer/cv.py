@@ -16,24 +16,26 @@ import pandas as pd
 import yaml
 
 from neurocache.config import ConfigError
-from trainer.calibrators import fit_calibrator
 from trainer.config import TrainConfig
 from trainer.data import SliceSource
-from trainer.fold_health import stuck_folds
+from trainer.evaluation.calibrators import fit_calibrator
+from trainer.evaluation.curves import mean_pr, mean_roc
+from trainer.evaluation.fold_health import stuck_folds
+from trainer.evaluation.thresholds import (
+    candidate_thresholds,
+    cv_threshold_tables,
+    select_threshold,
+    threshold_spread,
+)
 from trainer.loops import make_transform, predict, ranking_scores, train_model
-from trainer.report import plot_histories, plot_mean_pr, plot_mean_roc
+from trainer.report.history import plot_histories
+from trainer.report.plots import plot_mean_pr, plot_mean_roc
 from trainer.runs import write_json
 from trainer.split import (
     canonical_groups,
     check_no_group_crosses,
     holdout_split,
     make_split,
-)
-from trainer.thresholds import (
-    candidate_thresholds,
-    cv_threshold_tables,
-    select_threshold,
-    threshold_spread,
 )
 
 
@@ -169,7 +171,7 @@ def run_folds(
 
 def summarise(result: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """Threshold tables over the OOF predictions (candidates from the pooled OOF scores, see
-    :func:`trainer.thresholds.candidate_thresholds`) and the per-fold metric summary.
+    :func:`trainer.evaluation.thresholds.candidate_thresholds`) and the per-fold metric summary.
 
     ``oof_ap_mean`` (mean over folds of the validation folds' AUPRC, each scored once) is what
     a grid ranks candidates by; ``best_mean`` is the mean best early-stopping AUPRC.
@@ -238,8 +240,9 @@ def write_cv_outputs(
     res["histories"].to_csv(run / "cv_histories.csv", index=False)
     s["by_fold"].to_csv(run / "cv_thresholds_by_fold.csv", index=False)
     s["summary"].to_csv(run / "cv_thresholds_summary.csv", index=False)
-    roc = plot_mean_roc(res["oof"], run / "cv_mean_roc.png")
-    pr = plot_mean_pr(res["oof"], run / "cv_mean_pr.png")
+    roc, pr = mean_roc(res["oof"]), mean_pr(res["oof"])
+    plot_mean_roc(roc, run / "cv_mean_roc.png")
+    plot_mean_pr(pr, run / "cv_mean_pr.png")
     plot_histories(res["histories"], run / "cv_history.png")
     selection = select_threshold(s["summary"], cfg.threshold_strategy,
                                  cfg.sens_target if cfg.threshold_strategy == "sens_target" else None,
@@ -260,8 +263,8 @@ def write_cv_outputs(
         "per_fold": res["folds"],
         "best_val_auprc_mean": s["best_mean"],
         "best_val_auprc_std": s["best_std"],
-        "oof_auc_mean": roc["mean_auc"], "oof_auc_std": roc["std_auc"],
-        "oof_ap_mean": pr["mean_ap"], "oof_ap_std": pr["std_ap"],
+        "oof_auc_mean": roc.mean, "oof_auc_std": roc.std,
+        "oof_ap_mean": pr.mean, "oof_ap_std": pr.std,
         "n_train_pool": int((~split["test"]).sum()), "n_test": int(split["test"].sum()),
         "threshold": selection["threshold"], "threshold_strategy": selection["strategy"],
         "threshold_pooling": selection["pooling"],

@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainer.calibrators import fit_calibrator
 from trainer.config import TrainConfig
 from trainer.data import SliceSource
-from trainer.fold_health import chance_warning
+from trainer.evaluation.calibrators import fit_calibrator
+from trainer.evaluation.fold_health import chance_warning
+from trainer.evaluation.metrics import binary_metrics
+from trainer.evaluation.promise import promise_vs_delivery
 from trainer.loops import make_transform, predict, ranking_scores, train_model
-from trainer.metrics import binary_metrics
 from trainer.model import save_weights
-from trainer.promise import promise_vs_delivery
-from trainer.report import plot_confusion, plot_pr, plot_roc
+from trainer.report.plots import plot_confusion, plot_pr, plot_roc
 from trainer.run_folder import RunError, load_run, run_kind
 from trainer.runs import write_json
 from trainer.split import canonical_groups, holdout_split
@@ -52,7 +52,7 @@ def run_final(data: SliceSource, cv: dict[str, Any], run: Path, *, on_epoch=None
     and for fitting the ``calibration`` map, exactly as each CV fold model did with its inner
     holdout; test probabilities are calibrated (``prob``) with the raw ones beside them
     (``prob_raw``). ``test_metrics.json["promised"]`` sets the CV's promise at the threshold
-    beside the test's delivery (:func:`trainer.promise.promise_vs_delivery`).
+    beside the test's delivery (:func:`trainer.evaluation.promise.promise_vs_delivery`).
     """
     cfg = cv["config"]
     split = align_split(data, cv["split"])
@@ -103,7 +103,7 @@ def run_final(data: SliceSource, cv: dict[str, Any], run: Path, *, on_epoch=None
         "config": cfg.to_dict(),
         "threshold": threshold,
         "threshold_selection": cv["threshold"],
-        # applied to the sigmoid output before the threshold (trainer/calibrators.py); fitted on the holdout
+        # applied to the sigmoid output before the threshold (trainer/evaluation/calibrators.py); fitted on the holdout
         "calibration": cal.to_dict(),
         "train_prevalence": float(data.labels[pool].mean()),
         "test_prevalence": float(y.mean()) if len(y) else None,

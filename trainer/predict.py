@@ -73,7 +73,7 @@ def load_final_run(run: str | Path) -> dict[str, Any]:
             f"but the model was trained on a store with fingerprint {want[:12]}…: refusing to predict with other "
             f"preprocessing than training used"
         )
-    from trainer.calibrators import Calibrator
+    from trainer.evaluation.calibrators import Calibrator
 
     return {"run": run, "card": card, "config": cfg, "threshold": float(card["threshold"]), "prep": prep,
             "weights": run / card.get("weights_file", "final_model.pt"),

@@ -1,7 +1,7 @@
 """Cross-validated threshold tables and operating-point selection.
 
 The out-of-fold (OOF) predictions of a k-fold cross-validation are turned into
-one :func:`trainer.metrics.threshold_table` per fold, which are then summarised
+one :func:`trainer.evaluation.metrics.threshold_table` per fold, which are then summarised
 per threshold (mean / sample std across folds, summed counts). A decision
 threshold is then picked from that summary with :func:`select_threshold`.
 """
@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainer.metrics import _ratios, binary_metrics, threshold_grid, threshold_table
+from trainer.evaluation.metrics import (
+    _ratios,
+    binary_metrics,
+    threshold_grid,
+    threshold_table,
+)
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -91,7 +96,7 @@ def cv_threshold_tables(
         Out-of-fold predictions with columns ``ID, label, prob, fold``
         (``fold`` >= 0; test rows must not be included).
     thresholds : array-like of float
-        Thresholds to evaluate (e.g. :func:`trainer.metrics.threshold_grid`).
+        Thresholds to evaluate (e.g. :func:`trainer.evaluation.metrics.threshold_grid`).
     train_auc_by_fold : mapping fold -> float, optional
         Training-set ROC AUC of each fold's model. When given it must have an
         entry for every fold in ``oof``.
@@ -99,7 +104,7 @@ def cv_threshold_tables(
     Returns
     -------
     by_fold : pandas.DataFrame
-        ``fold`` followed by the :func:`~trainer.metrics.threshold_table`
+        ``fold`` followed by the :func:`~trainer.evaluation.metrics.threshold_table`
         columns, plus ``ap`` and ``auc`` of the fold's validation predictions
         (constant within a fold; ``auc`` is NaN for a single-class fold) and
         ``train_auc`` when ``train_auc_by_fold`` is given. Sorted by fold, then
@@ -176,7 +181,7 @@ def candidate_thresholds(prob: Any, *, source: str = "oof", step: float = 0.01) 
     ``source="oof"``: the midpoints between consecutive distinct scores, so the candidates are
     dense exactly where the scores are (a model whose scores all sit below 0.01 still gets a
     fine choice); more than :data:`MAX_CANDIDATES` are thinned to that many quantiles.
-    ``source="grid"``: :func:`trainer.metrics.threshold_grid` with ``step``.
+    ``source="grid"``: :func:`trainer.evaluation.metrics.threshold_grid` with ``step``.
 
     Either way a candidate that puts every pooled score on one side (``t <= min`` predicts all
     positive, ``t > max`` all negative) is dropped -- unless all scores are equal, when nothing

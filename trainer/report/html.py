@@ -35,8 +35,9 @@ import io
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -194,7 +195,7 @@ def run_warnings(ctx: dict[str, Any]) -> list[str]:
 
 
 def sec_promise(ctx: dict[str, Any]) -> str:
-    from trainer.promise import NAMES
+    from trainer.evaluation.promise import NAMES
 
     parts = [f'<p class="warn">{esc(w)}</p>' for w in run_warnings(ctx)]
     table_ = (ctx["test_metrics"] or {}).get("promised")
@@ -202,7 +203,7 @@ def sec_promise(ctx: dict[str, Any]) -> str:
         oof = (ctx["cv_metrics"] or {}).get("oof")
         if not oof:
             raise Missing("cv_metrics.json has no pooled OOF evaluation")
-        from trainer.promise import promise_vs_delivery
+        from trainer.evaluation.promise import promise_vs_delivery
 
         table_ = promise_vs_delivery(oof, {}, None, float(ctx["threshold"]))
         parts.append('<p class="note">The CV promise at the chosen threshold. The held-out test has not been scored: '

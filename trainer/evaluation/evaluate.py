@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainer.calibration import calibration_summary, plot_calibration
 from trainer.config import TrainConfig
-from trainer.metrics import binary_metrics
-from trainer.patient import aggregate_patients, describe, patient_frame
-from trainer.stats import interval_report
+from trainer.evaluation.calibration import calibration_summary
+from trainer.evaluation.intervals import interval_report
+from trainer.evaluation.metrics import binary_metrics
+from trainer.evaluation.patient import aggregate_patients, describe, patient_frame
 
 EVAL_KEYS: tuple[str, ...] = ("n_boot", "ci_level", "ci_seed", "patient_aggregation", "calibration_bins",
                               "calibration_strategy", "gallery_n")
@@ -94,6 +94,8 @@ def cv_evaluation(
     if "_patients" in ev:
         ev["_patients"].to_csv(run / "cv_oof_patient_predictions.csv", index=False)
     if len(y):
+        from trainer.report.plots import plot_calibration
+
         plot_calibration({"OOF": (y, p)}, run / "cv_calibration.png", n_bins=int(s["calibration_bins"]),
                          strategy=s["calibration_strategy"], title="Calibration (out-of-fold)")
     return res
@@ -116,6 +118,8 @@ def final_evaluation(
         if oof is not None and len(oof):
             sets["OOF (cv)"] = (oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float))
         sets["test"] = (y, np.asarray(prob, dtype=float))
+        from trainer.report.plots import plot_calibration
+
         plot_calibration(sets, run / "test_calibration.png", n_bins=int(s["calibration_bins"]),
                          strategy=s["calibration_strategy"], title="Calibration (test)")
     return _public(ev)
