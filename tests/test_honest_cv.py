@@ -85,7 +85,7 @@ def test_run_fold_scores_its_validation_fold_once_with_a_model_that_never_saw_it
     monkeypatch.setattr(cv_mod, "predict", fake_predict)
     monkeypatch.setattr(cv_mod, "make_transform", lambda c: None)
     res = cv_mod.collect_folds([cv_mod.run_fold(data, split, cfg, k) for k in cv_mod.fold_ids(split)])
-    oof = res["oof"]
+    oof = res.oof
     pool_ids = split.loc[~split["test"], "ID"]
     assert sorted(oof["ID"]) == sorted(pool_ids) and oof["ID"].is_unique  # every pool row exactly once, no test row
     id_row = {i: r for r, i in enumerate(split["ID"])}
@@ -243,12 +243,12 @@ def test_a_stuck_fold_is_reported_in_cv_metrics_and_the_report(tmp_path):
                       "fold": {"fold": k, "best_val_auprc": 0.5, "val_auc": ranking_scores(y, p)[1], "train_auc": 0.9,
                                "n_train": 100, "n_val": 60}})
     res = cv_mod.collect_folds(parts)
-    split = pd.DataFrame({"ID": res["oof"]["ID"], "group": res["oof"]["ID"], "label": res["oof"]["label"],
-                          "test": False, "fold": res["oof"]["fold"]})
+    split = pd.DataFrame({"ID": res.oof["ID"], "group": res.oof["ID"], "label": res.oof["label"],
+                          "test": False, "fold": res.oof["fold"]})
     cfg = load_config(sets=["k_folds=3", "n_boot=50"])
     m = cv_mod.write_cv_outputs(tmp_path, split, res, cfg)
-    assert [f["fold"] for f in m["stuck_folds"]] == [2]
-    assert any(w.startswith("fold 2: validation ROC-AUC") for w in m["warnings"])
+    assert [f["fold"] for f in m.stuck_folds] == [2]
+    assert any(w.startswith("fold 2: validation ROC-AUC") for w in m.warnings)
     saved = json.loads((tmp_path / "cv_metrics.json").read_text())
     assert saved["stuck_folds"][0]["fold"] == 2
     (tmp_path / "effective_config.json").write_text(json.dumps(cfg.to_dict()))

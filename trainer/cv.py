@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from trainer.evaluation.thresholds import (
 from trainer.loops import make_transform, predict, ranking_scores, train_model
 from trainer.report.history import plot_histories
 from trainer.report.plots import plot_mean_pr, plot_mean_roc
+from trainer.results import CVResult, FoldResult
 from trainer.runs import write_json
 from trainer.split import (
     canonical_groups,
@@ -103,8 +105,7 @@ def run_fold(
 
     Returns plain Python values (small enough to send back from a worker):
     ``{"oof": {"ID", "label", "prob" (calibrated), "prob_raw", "fold"}, "history": [epoch rows],
-    "fold": {"fold", "early_stopping", "best_val_auprc" (on the stopping rows), "holdout_auc",
-    "val_auc", "val_ap", "train_auc", "n_train", "n_holdout", "n_val", "calibration", "seconds", "device"}}``.
+    "fold": FoldResult.to_dict()}`` (:class:`trainer.results.FoldResult`).
     """
     k = int(k)
     tr, va = fold_rows(split, k)
@@ -126,21 +127,37 @@ def run_fold(
         "oof": {"ID": [str(i) for i in split["ID"].to_numpy()[va]], "label": data.labels[va].tolist(),
                 "prob": p_val.tolist(), "prob_raw": np.asarray(p_raw, dtype=np.float64).tolist(), "fold": [k] * len(va)},
         "history": [{key: (v.item() if isinstance(v, np.generic) else v) for key, v in r.items()} for r in hist],
-        "fold": {"fold": k, "early_stopping": cfg.cv_early_stopping, "best_val_auprc": float(best),
-                 "holdout_auc": ranking_scores(data.labels[stop], p_stop)[1], "val_auc": val_auc, "val_ap": val_ap,
-                 "train_auc": ranking_scores(data.labels[fit], p_fit)[1], "n_train": len(fit),
-                 "n_holdout": len(stop) if stop is not va else 0, "n_val": len(va), "calibration": cal.to_dict(),
-                 "seconds": time.perf_counter() - t0, "device": str(data.device)},
+        "fold": FoldResult(
+            fold=k, early_stopping=cfg.cv_early_stopping, best_val_auprc=float(best),
+            holdout_auc=ranking_scores(data.labels[stop], p_stop)[1], val_auc=val_auc, val_ap=val_ap,
+            train_auc=ranking_scores(data.labels[fit], p_fit)[1], n_train=len(fit),
+            n_holdout=len(stop) if stop is not va else 0, n_val=len(va), calibration=cal.to_dict(),
+            seconds=time.perf_counter() - t0, device=str(data.device)).to_dict(),
     }
 
 
-def collect_folds(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The :func:`run_fold` results of every fold -> ``{"oof", "histories", "folds"}`` (frames ordered by fold)."""
+@dataclass(frozen=True)
+class CVFolds:
+    """Every fold of one cross-validation, ordered by fold.
+
+    Attributes:
+        oof: ``cv_oof_predictions.csv`` rows (:data:`OOF_COLUMNS`).
+        histories: ``cv_histories.csv``: one row per fold x epoch (``fold`` first).
+        folds: one :class:`~trainer.results.FoldResult` per fold.
+    """
+
+    oof: pd.DataFrame
+    histories: pd.DataFrame
+    folds: list[FoldResult]
+
+
+def collect_folds(parts: list[dict[str, Any]]) -> CVFolds:
+    """The :func:`run_fold` results of every fold -> :class:`CVFolds` (ordered by fold)."""
     parts = sorted(parts, key=lambda r: r["fold"]["fold"])
     oof = pd.concat([pd.DataFrame(r["oof"], columns=list(OOF_COLUMNS)) for r in parts], ignore_index=True)
     hist = pd.concat([pd.DataFrame(r["history"]).assign(fold=r["fold"]["fold"]) for r in parts], ignore_index=True)
     cols = ["fold"] + [c for c in hist.columns if c != "fold"]
-    return {"oof": oof, "histories": hist[cols], "folds": [dict(r["fold"]) for r in parts]}
+    return CVFolds(oof=oof, histories=hist[cols], folds=[FoldResult.from_dict(r["fold"]) for r in parts])
 
 
 #: ``runner(jobs)`` runs ``[(cfg, fold), ...]`` and returns their :func:`run_fold` results in the same
@@ -151,7 +168,7 @@ FoldRunnerFn = Callable[[list[tuple[TrainConfig, int]]], list[dict[str, Any]]]
 def run_folds(
     data: SliceSource, split: pd.DataFrame, cfg: TrainConfig, *, progress: Callable[[str], Any] | None = None,
     runner: FoldRunnerFn | None = None,
-) -> dict[str, Any]:
+) -> CVFolds:
     """Train one model per fold; return OOF predictions, histories and per-fold scores.
 
     With ``runner`` the folds run wherever it sends them (a dask.distributed cluster); without, in
@@ -169,17 +186,17 @@ def run_folds(
     return collect_folds(parts)
 
 
-def summarise(result: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+def summarise(result: CVFolds, cfg: TrainConfig) -> dict[str, Any]:
     """Threshold tables over the OOF predictions (candidates from the pooled OOF scores, see
     :func:`trainer.evaluation.thresholds.candidate_thresholds`) and the per-fold metric summary.
 
     ``oof_ap_mean`` (mean over folds of the validation folds' AUPRC, each scored once) is what
     a grid ranks candidates by; ``best_mean`` is the mean best early-stopping AUPRC.
     """
-    cand = candidate_thresholds(result["oof"]["prob"].to_numpy(), source=cfg.threshold_candidates,
+    cand = candidate_thresholds(result.oof["prob"].to_numpy(), source=cfg.threshold_candidates,
                                 step=cfg.threshold_step)
-    by_fold, summary = cv_threshold_tables(result["oof"], cand, {f["fold"]: f["train_auc"] for f in result["folds"]})
-    best = np.array([f["best_val_auprc"] for f in result["folds"]], dtype=float)
+    by_fold, summary = cv_threshold_tables(result.oof, cand, {f.fold: float("nan") if f.train_auc is None else f.train_auc for f in result.folds})
+    best = np.array([f.best_val_auprc for f in result.folds], dtype=float)
     fold_ap = by_fold.groupby("fold")["ap"].first().to_numpy(dtype=float)
     return {"by_fold": by_fold, "summary": summary, "best_mean": float(np.mean(best)),
             "best_std": float(np.std(best, ddof=1)) if len(best) > 1 else float("nan"),
@@ -199,7 +216,7 @@ def load_grid(path: str | Path) -> list[dict[str, Any]]:
 def run_grid(
     data: SliceSource, split: pd.DataFrame, cfg: TrainConfig, grid: list[dict[str, Any]], *, progress=None,
     runner: FoldRunnerFn | None = None,
-) -> tuple[pd.DataFrame, TrainConfig, dict[str, Any]]:
+) -> tuple[pd.DataFrame, TrainConfig, CVFolds]:
     """Cross-validate every candidate; return the grid table, the best config and its CV result.
 
     With ``runner`` every candidate x fold is one job, all submitted at once.
@@ -226,53 +243,68 @@ def run_grid(
     return pd.DataFrame(rows), best[1], best[2]
 
 
-def write_cv_outputs(
-    run: Path, split: pd.DataFrame, res: dict[str, Any], cfg: TrainConfig, *, patients: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """Write the CV tables, plots, threshold selection and ``cv_metrics.json``; return the metrics.
-
-    ``cv_metrics.json["oof"]`` holds the pooled OOF evaluation at the selected threshold (intervals,
-    calibration, patient level; :func:`trainer.evaluation.cv_evaluation`); ``patients`` maps ID ->
-    patient key for the patient bootstrap and aggregation (default: the split's group column).
-    """
-    s = summarise(res, cfg)
-    res["oof"].to_csv(run / "cv_oof_predictions.csv", index=False)
-    res["histories"].to_csv(run / "cv_histories.csv", index=False)
-    s["by_fold"].to_csv(run / "cv_thresholds_by_fold.csv", index=False)
-    s["summary"].to_csv(run / "cv_thresholds_summary.csv", index=False)
-    roc, pr = mean_roc(res["oof"]), mean_pr(res["oof"])
-    plot_mean_roc(roc, run / "cv_mean_roc.png")
-    plot_mean_pr(pr, run / "cv_mean_pr.png")
-    plot_histories(res["histories"], run / "cv_history.png")
+def _select(s: dict[str, Any], oof: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
+    """``threshold_selection.json``: the selected threshold, each fold at it and the warnings."""
     selection = select_threshold(s["summary"], cfg.threshold_strategy,
                                  cfg.sens_target if cfg.threshold_strategy == "sens_target" else None,
                                  pooling=cfg.threshold_pooling)
     spread = threshold_spread(s["by_fold"], selection["threshold"])
-    pooled_pos = int((res["oof"]["prob"] >= selection["threshold"]).sum())
-    if pooled_pos in (0, len(res["oof"])) and res["oof"]["label"].nunique() == 2:
+    pooled_pos = int((oof["prob"] >= selection["threshold"]).sum())
+    if pooled_pos in (0, len(oof)) and oof["label"].nunique() == 2:
         spread["warnings"].append(f"every OOF slice falls in one class at threshold {selection['threshold']:.4g}: "
                                   f"the fold models do not separate the classes")
     selection.update({"candidates": cfg.threshold_candidates, "n_candidates": len(s["summary"]),
                       "per_fold": spread["per_fold"], "sens_std_folds": spread["sens_std"],
                       "spec_std_folds": spread["spec_std"], "warnings": spread["warnings"]})
-    write_json(run / "threshold_selection.json", selection)
-    stuck = stuck_folds(res["folds"])
-    metrics = {
-        "k_folds": int(cfg.k_folds),
-        "early_stopping": cfg.cv_early_stopping, "calibration": cfg.calibration,
-        "per_fold": res["folds"],
-        "best_val_auprc_mean": s["best_mean"],
-        "best_val_auprc_std": s["best_std"],
-        "oof_auc_mean": roc.mean, "oof_auc_std": roc.std,
-        "oof_ap_mean": pr.mean, "oof_ap_std": pr.std,
-        "n_train_pool": int((~split["test"]).sum()), "n_test": int(split["test"].sum()),
-        "threshold": selection["threshold"], "threshold_strategy": selection["strategy"],
-        "threshold_pooling": selection["pooling"],
-        "stuck_folds": stuck,
-        "warnings": [f"fold {f['fold']}: {f['why']}" for f in stuck] + spread["warnings"],
-    }
-    from trainer.evaluation import cv_evaluation
+    return selection
 
-    metrics["oof"] = cv_evaluation(run, split, res["oof"], float(selection["threshold"]), cfg, patients)
+
+def write_cv_outputs(
+    run: Path, split: pd.DataFrame, res: CVFolds, cfg: TrainConfig, *, patients: dict[str, str] | None = None
+) -> CVResult:
+    """Write the CV tables, plots, threshold selection and ``cv_metrics.json``; return the metrics.
+
+    ``cv_metrics.json["oof"]`` holds the pooled OOF evaluation at the selected threshold (intervals,
+    calibration, patient level; :func:`trainer.evaluation.oof_evaluation`); ``patients`` maps ID ->
+    patient key for the patient bootstrap and aggregation (default: the split's group column).
+    """
+    s = summarise(res, cfg)
+    res.oof.to_csv(run / "cv_oof_predictions.csv", index=False)
+    res.histories.to_csv(run / "cv_histories.csv", index=False)
+    s["by_fold"].to_csv(run / "cv_thresholds_by_fold.csv", index=False)
+    s["summary"].to_csv(run / "cv_thresholds_summary.csv", index=False)
+    roc, pr = mean_roc(res.oof), mean_pr(res.oof)
+    plot_mean_roc(roc, run / "cv_mean_roc.png")
+    plot_mean_pr(pr, run / "cv_mean_pr.png")
+    plot_histories(res.histories, run / "cv_history.png")
+    selection = _select(s, res.oof, cfg)
+    write_json(run / "threshold_selection.json", selection)
+    stuck = stuck_folds([f.to_dict() for f in res.folds])
+    from trainer.evaluation import oof_evaluation
+
+    oof_eval, patient_table = oof_evaluation(split, res.oof, float(selection["threshold"]), cfg, patients)
+    _write_oof_evaluation(run, res.oof, patient_table, cfg)
+    metrics = CVResult(
+        k_folds=int(cfg.k_folds), early_stopping=cfg.cv_early_stopping, calibration=cfg.calibration,
+        per_fold=res.folds, best_val_auprc_mean=s["best_mean"], best_val_auprc_std=s["best_std"],
+        oof_auc_mean=roc.mean, oof_auc_std=roc.std, oof_ap_mean=pr.mean, oof_ap_std=pr.std,
+        n_train_pool=int((~split["test"]).sum()), n_test=int(split["test"].sum()),
+        threshold=selection["threshold"], threshold_strategy=selection["strategy"],
+        threshold_pooling=selection["pooling"], stuck_folds=stuck,
+        warnings=[f"fold {f['fold']}: {f['why']}" for f in stuck] + list(selection["warnings"]),
+        oof=oof_eval,
+    )
     write_json(run / "cv_metrics.json", metrics)
     return metrics
+
+
+def _write_oof_evaluation(run: Path, oof: pd.DataFrame, patient_table: pd.DataFrame | None, cfg: TrainConfig) -> None:
+    """``cv_oof_patient_predictions.csv`` and the OOF reliability diagram ``cv_calibration.png``."""
+    if patient_table is not None:
+        patient_table.to_csv(run / "cv_oof_patient_predictions.csv", index=False)
+    if len(oof):
+        from trainer.report.plots import plot_calibration
+
+        plot_calibration({"OOF": (oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float))},
+                         run / "cv_calibration.png", n_bins=cfg.calibration_bins, strategy=cfg.calibration_strategy,
+                         title="Calibration (out-of-fold)")

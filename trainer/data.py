@@ -16,8 +16,9 @@ no DataLoader, no workers, no per-sample Python.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -288,7 +289,7 @@ def _stream(
         reader.close()
 
 
-def _load_group(reader: "_ShardReader", images: StoreImages, n_shards: int) -> torch.Tensor:
+def _load_group(reader: _ShardReader, images: StoreImages, n_shards: int) -> torch.Tensor:
     """The next ``n_shards`` shards from ``reader`` in one int16 device buffer, shard j at rows j*shard_rows."""
     buf = torch.empty((n_shards * images.shard_rows,) + images.shape[1:], dtype=torch.int16, device=images.device)
     for j in range(n_shards):

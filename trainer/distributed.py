@@ -112,9 +112,9 @@ def fold_task(store: str, config: dict[str, Any], split: dict[str, list], k: int
 
     Args:
         store: path or fsspec URL of the store, as the worker sees it.
-        config: the effective config as a plain dict (:meth:`TrainConfig.to_dict`, what travels to the
-            worker; rebuilt and validated here with :meth:`TrainConfig.from_dict`); ``threads`` (0 -> 1) sets torch's CPU threads in this
-            worker process, ``device`` picks the worker's device (``auto``: its GPU when it has one).
+        config: the effective config as a plain dict (``TrainConfig.to_dict()``: what travels to the
+            worker; rebuilt and validated here by ``TrainConfig.from_dict``); ``threads`` (0 -> 1) sets
+            torch's CPU threads in this worker process, ``device`` picks the worker's device (``auto``: its GPU when it has one).
         split: the run's split as ``{column: list}`` (ID, label, test, fold), in the store's ok-row order.
         k: the fold.
     """
@@ -180,7 +180,7 @@ class FoldRunner:
         self.retries = retries
         self.log = log or (lambda line: print(line, file=sys.stderr))
 
-    def __call__(self, jobs: list[tuple["TrainConfig", int]]) -> list[dict[str, Any]]:
+    def __call__(self, jobs: list[tuple[TrainConfig, int]]) -> list[dict[str, Any]]:
         from dask.distributed import as_completed
 
         check_workers(self.client, self.resources)

@@ -19,8 +19,9 @@ A name that is not valid UTF-8 is shown (``ID``, ``path``) with those bytes esca
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -149,7 +150,6 @@ def predict_files(
     Raises:
         RunError: see :func:`load_final_run`.
     """
-    from neurocache.preprocess import preprocess_file
     from trainer.data import pick_device
 
     run = load_final_run(run_dir)
@@ -160,42 +160,52 @@ def predict_files(
     if bs < 1:
         raise ValueError(f"batch size must be >= 1, got {bs}")
     files = collect_inputs(inputs)
-    rows: list[dict[str, Any]] = []
-    pending: list[tuple[int, np.ndarray]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        raw = _score(model, tf, [im for _, im in pending], cfg, dev)
-        for (i, _), pr, pc in zip(pending, raw, run["calibrator"](raw)):
-            rows[i]["prob"] = float(pc)
-            rows[i]["prob_raw"] = float(pr)
-            rows[i]["pred"] = int(pc >= run["threshold"])
-        pending.clear()
-
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(files), desc="predict", unit="file", dynamic_ncols=True)
     try:
-        for path in files:
-            image, meta = preprocess_file(path, run["prep"], _NO_KEY)
-            rows.append({"ID": Inputs.file_id(path), "path": shown_name(str(path)), "prob": np.nan, "prob_raw": np.nan,
-                         "pred": pd.NA, "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")})
-            if meta["status"] == OK and image is not None:
-                pending.append((len(rows) - 1, image))
-                if len(pending) >= bs:
-                    flush()
-            if bar:
-                bar.update(1)
-        flush()
+        rows = _score_files(files, run, model, tf, dev, bs, bar)
     finally:
         if bar:
             bar.close()
     out = pd.DataFrame(rows, columns=list(PREDICT_COLUMNS))
     out["pred"] = out["pred"].astype("Int64")
     return out
+
+
+def _score_files(
+    files: list[Path], run: dict[str, Any], model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any
+) -> list[dict[str, Any]]:
+    """One :data:`PREDICT_COLUMNS` row per file; ok files scored in batches of ``bs`` (calibrated, thresholded)."""
+    from neurocache.preprocess import preprocess_file
+
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        raw = _score(model, tf, [im for _, im in pending], run["config"], dev)
+        for (i, _), pr, pc in zip(pending, raw, run["calibrator"](raw)):
+            rows[i]["prob"] = float(pc)
+            rows[i]["prob_raw"] = float(pr)
+            rows[i]["pred"] = int(pc >= run["threshold"])
+        pending.clear()
+
+    for path in files:
+        image, meta = preprocess_file(path, run["prep"], _NO_KEY)
+        rows.append({"ID": Inputs.file_id(path), "path": shown_name(str(path)), "prob": np.nan, "prob_raw": np.nan,
+                     "pred": pd.NA, "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")})
+        if meta["status"] == OK and image is not None:
+            pending.append((len(rows) - 1, image))
+            if len(pending) >= bs:
+                flush()
+        if bar:
+            bar.update(1)
+    flush()
+    return rows
 
 
 def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -82,7 +83,7 @@ class Run:
         return self.path.name
 
     @property
-    def train_config(self) -> "TrainConfig":
+    def train_config(self) -> TrainConfig:
         """``effective_config.json`` as a validated :class:`~trainer.config.TrainConfig`."""
         from trainer.config import TrainConfig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import math
 import platform
 import sys
 from importlib import metadata
@@ -40,7 +41,7 @@ def _default(o: Any) -> Any:
 
 def _clean(o: Any) -> Any:
     """NaN -> None, recursively (JSON has no NaN); a dataclass becomes its ``to_dict()`` (or ``asdict``)."""
-    if isinstance(o, float) and o != o:
+    if isinstance(o, float) and math.isnan(o):
         return None
     if dataclasses.is_dataclass(o) and not isinstance(o, type):
         return _clean(o.to_dict() if hasattr(o, "to_dict") else dataclasses.asdict(o))

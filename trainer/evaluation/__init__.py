@@ -17,10 +17,10 @@ Modules, in pipeline order:
 
 from trainer.evaluation.evaluate import (
     EVAL_KEYS,
-    cv_evaluation,
     eval_settings,
     evaluate_predictions,
-    final_evaluation,
+    oof_evaluation,
+    public,
 )
 
-__all__ = ["EVAL_KEYS", "cv_evaluation", "eval_settings", "evaluate_predictions", "final_evaluation"]
+__all__ = ["EVAL_KEYS", "eval_settings", "evaluate_predictions", "oof_evaluation", "public"]

@@ -1,9 +1,9 @@
 """Clinical-grade evaluation of one prediction set: intervals, calibration and patient-level results.
 
-Used by ``trainer cv`` (pooled out-of-fold predictions -> ``cv_metrics.json["oof"]``,
-``cv_calibration.png``, ``cv_oof_patient_predictions.csv``) and ``trainer final`` (test
-predictions -> ``test_metrics.json`` keys ``intervals``, ``calibration``, ``patient``,
-``evaluation``; ``test_calibration.png``; ``test_patient_predictions.csv``).
+Used by ``trainer cv`` (pooled out-of-fold predictions -> ``cv_metrics.json["oof"]`` and
+``cv_oof_patient_predictions.csv``) and ``trainer final`` (test predictions ->
+``test_metrics.json`` keys ``intervals``, ``calibration``, ``patient``, ``evaluation`` and
+``test_patient_predictions.csv``); they write the files and draw the calibration figures.
 
 Settings are config keys (defaults on :class:`trainer.config.TrainConfig`): ``n_boot``, ``ci_level``,
 ``ci_seed``, ``patient_aggregation``, ``calibration_bins``, ``calibration_strategy``.
@@ -12,7 +12,6 @@ Settings are config keys (defaults on :class:`trainer.config.TrainConfig`): ``n_
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,16 +69,15 @@ def evaluate_predictions(
     return out
 
 
-def _public(ev: dict[str, Any]) -> dict[str, Any]:
+def public(ev: dict[str, Any]) -> dict[str, Any]:
+    """:func:`evaluate_predictions`' JSON part (without the ``_patients`` table)."""
     return {k: v for k, v in ev.items() if not k.startswith("_")}
 
 
-def cv_evaluation(
-    run: Path, split: pd.DataFrame, oof: pd.DataFrame, threshold: float, cfg: TrainConfig,
-    patients: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Evaluate the pooled OOF predictions; writes ``cv_calibration.png`` and
-    ``cv_oof_patient_predictions.csv``; returns the ``cv_metrics.json["oof"]`` dict.
+def oof_evaluation(
+    split: pd.DataFrame, oof: pd.DataFrame, threshold: float, cfg: TrainConfig, patients: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """Evaluate the pooled OOF predictions at ``threshold``: (``cv_metrics.json["oof"]``, the patient table).
 
     ``patients`` maps ID -> patient key (default: the split's ``group`` column).
     """
@@ -88,38 +86,6 @@ def cv_evaluation(
     pk = np.array([keymap.get(i, i) for i in ids], dtype=str)
     y, p = oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float)
     ev = evaluate_predictions(ids, y, p, pk, threshold, cfg)
-    s = ev["evaluation"]
     res: dict[str, Any] = {"what": "pooled out-of-fold predictions of the fold models, at the selected threshold",
-                           "metrics": binary_metrics(y, p, threshold) if len(y) else {}, **_public(ev)}
-    if "_patients" in ev:
-        ev["_patients"].to_csv(run / "cv_oof_patient_predictions.csv", index=False)
-    if len(y):
-        from trainer.report.plots import plot_calibration
-
-        plot_calibration({"OOF": (y, p)}, run / "cv_calibration.png", n_bins=int(s["calibration_bins"]),
-                         strategy=s["calibration_strategy"], title="Calibration (out-of-fold)")
-    return res
-
-
-def final_evaluation(
-    run: Path, ids: Any, y: Any, prob: Any, patients: Any, threshold: float, cfg: TrainConfig,
-    oof: pd.DataFrame | None = None,
-) -> dict[str, Any]:
-    """Evaluate the test predictions; writes ``test_calibration.png`` (with the OOF curve when
-    ``oof`` is given) and ``test_patient_predictions.csv``; returns the keys added to
-    ``test_metrics.json``."""
-    ev = evaluate_predictions(ids, y, prob, patients, threshold, cfg)
-    s = ev["evaluation"]
-    if "_patients" in ev:
-        ev["_patients"].to_csv(run / "test_patient_predictions.csv", index=False)
-    y = np.asarray(y).astype(int)
-    if len(y):
-        sets = {}
-        if oof is not None and len(oof):
-            sets["OOF (cv)"] = (oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float))
-        sets["test"] = (y, np.asarray(prob, dtype=float))
-        from trainer.report.plots import plot_calibration
-
-        plot_calibration(sets, run / "test_calibration.png", n_bins=int(s["calibration_bins"]),
-                         strategy=s["calibration_strategy"], title="Calibration (test)")
-    return _public(ev)
+                           "metrics": binary_metrics(y, p, threshold) if len(y) else {}, **public(ev)}
+    return res, ev.get("_patients")

@@ -194,14 +194,18 @@ def group_bootstrap(
         out["n_used"] += int(keep.sum())
         done += b
     out["n_skipped"] = n_boot - out["n_used"]
-    alpha = (1.0 - float(level)) / 2.0
-    for k in BOOT_METRICS:
-        v = np.concatenate(vals[k])
-        v = v[np.isfinite(v)]
-        if v.size:
-            lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
-            out["ci"][k] = [float(lo), float(hi)]
+    out["ci"] = {k: _percentile_ci(np.concatenate(vals[k]), level) for k in BOOT_METRICS}
     return out
+
+
+def _percentile_ci(v: np.ndarray, level: float) -> list[float | None]:
+    """The ``level`` percentile interval of the finite values of ``v``; [None, None] when there are none."""
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return [None, None]
+    alpha = (1.0 - float(level)) / 2.0
+    lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
+    return [float(lo), float(hi)]
 
 
 def _unit_codes(groups: Any, p: np.ndarray) -> tuple[np.ndarray, int, str]:

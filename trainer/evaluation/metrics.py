@@ -223,7 +223,7 @@ def threshold_grid(step: float = 0.01) -> np.ndarray:
         raise ValueError(
             f"The 'step' parameter of threshold_grid must be a float in (0, 1]; got {step!r}."
         )
-    n = int(math.floor(1.0 / s + 1e-9))
+    n = math.floor(1.0 / s + 1e-9)
     grid = np.round(np.arange(n + 1, dtype=np.float64) * s, 10)
     grid = grid[grid <= 1.0]
     if grid[-1] < 1.0:
