@@ -304,7 +304,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     run = load_final_run(args.run)  # fail fast, before reading any input
-    threads = args.threads if args.threads is not None else run["config"].threads
+    threads = args.threads if args.threads is not None else run.config.threads
     if threads:
         torch.set_num_threads(int(threads))
     frame = predict_files(args.run, args.inputs, device=args.device, batch_size=args.batch_size, progress=not args.quiet)
@@ -312,7 +312,7 @@ def _predict(args: argparse.Namespace) -> int:
     ok = frame["status"] == "ok"
     reasons = frame.loc[~ok, "reason"].value_counts().to_dict()
     print(f"predict: {len(frame)} files, {int(ok.sum())} scored ({int(frame['pred'].fillna(0).sum())} positive at threshold "
-          f"{run['threshold']:.2f}), {int((~ok).sum())} not scored{' ' + str(reasons) if reasons else ''}; "
+          f"{run.threshold:.2f}), {int((~ok).sum())} not scored{' ' + str(reasons) if reasons else ''}; "
           f"{time.perf_counter() - t0:.1f} s -> {shown_name(str(args.out))}")
     return 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +33,40 @@ from neurocache.inputs import Inputs
 from neurocache.names import shown_name
 from neurocache.reasons import OK
 from trainer.config import TrainConfig
+from trainer.evaluation.calibrators import Calibrator
 from trainer.final import RunError
 
-__all__ = ["PREDICT_COLUMNS", "collect_inputs", "load_final_run", "predict_files"]
+__all__ = ["PREDICT_COLUMNS", "FinalRun", "collect_inputs", "load_final_run", "predict_files"]
 
 PREDICT_COLUMNS: tuple[str, ...] = ("ID", "path", "prob", "prob_raw", "pred", "status", "reason", "detail")
 #: Hash key for the header's patient/study/series hashes; predictions do not use them.
 _NO_KEY = b"\0" * 16
 
 
-def load_final_run(run: str | Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FinalRun:
+    """What scoring needs from a final run folder (:func:`load_final_run`).
+
+    Attributes:
+        path: the run folder.
+        card: its ``model_card.json``.
+        config: the card's config.
+        threshold: the frozen decision threshold (on calibrated probabilities).
+        prep: the store's preprocessing, checked against the card's store fingerprint.
+        weights: the ``state_dict`` file.
+        calibrator: the post-hoc map fitted on the final model's holdout.
+    """
+
+    path: Path
+    card: dict[str, Any]
+    config: TrainConfig
+    threshold: float
+    prep: PrepConfig
+    weights: Path
+    calibrator: Calibrator
+
+
+def load_final_run(run: str | Path) -> FinalRun:
     """The model card, config, threshold and preprocessing of a final run, checked.
 
     The preprocessing is the card's ``preprocess`` (the store's parameters) or, for a card
@@ -74,11 +99,9 @@ def load_final_run(run: str | Path) -> dict[str, Any]:
             f"but the model was trained on a store with fingerprint {want[:12]}…: refusing to predict with other "
             f"preprocessing than training used"
         )
-    from trainer.evaluation.calibrators import Calibrator
-
-    return {"run": run, "card": card, "config": cfg, "threshold": float(card["threshold"]), "prep": prep,
-            "weights": run / card.get("weights_file", "final_model.pt"),
-            "calibrator": Calibrator.from_dict(card.get("calibration"))}
+    return FinalRun(path=run, card=card, config=cfg, threshold=float(card["threshold"]), prep=prep,
+                    weights=run / card.get("weights_file", "final_model.pt"),
+                    calibrator=Calibrator.from_dict(card.get("calibration")))
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -103,15 +126,15 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def build_predictor(run: dict[str, Any], device: torch.device) -> tuple[torch.nn.Module, Any]:
+def build_predictor(run: FinalRun, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The final model (eval mode, on ``device``) and the evaluation transform."""
     from trainer.loops import make_transform
     from trainer.model import build_model, load_weights
 
-    cfg = run["config"]
+    cfg = run.config
     tf = make_transform(cfg)
     model = build_model(weights="none", dropout=cfg.dropout, in_channels=tf.channels)
-    load_weights(model, run["weights"])
+    load_weights(model, run.weights)
     model.to(device).eval()
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -153,7 +176,7 @@ def predict_files(
     from trainer.data import pick_device
 
     run = load_final_run(run_dir)
-    cfg = run["config"]
+    cfg = run.config
     dev = pick_device(device or cfg.device)
     model, tf = build_predictor(run, dev)
     bs = int(batch_size or cfg.eval_batch_size)
@@ -176,7 +199,7 @@ def predict_files(
 
 
 def _score_files(
-    files: list[Path], run: dict[str, Any], model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any
+    files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any
 ) -> list[dict[str, Any]]:
     """One :data:`PREDICT_COLUMNS` row per file; ok files scored in batches of ``bs`` (calibrated, thresholded)."""
     from neurocache.preprocess import preprocess_file
@@ -187,15 +210,15 @@ def _score_files(
     def flush() -> None:
         if not pending:
             return
-        raw = _score(model, tf, [im for _, im in pending], run["config"], dev)
-        for (i, _), pr, pc in zip(pending, raw, run["calibrator"](raw)):
+        raw = _score(model, tf, [im for _, im in pending], run.config, dev)
+        for (i, _), pr, pc in zip(pending, raw, run.calibrator(raw)):
             rows[i]["prob"] = float(pc)
             rows[i]["prob_raw"] = float(pr)
-            rows[i]["pred"] = int(pc >= run["threshold"])
+            rows[i]["pred"] = int(pc >= run.threshold)
         pending.clear()
 
     for path in files:
-        image, meta = preprocess_file(path, run["prep"], _NO_KEY)
+        image, meta = preprocess_file(path, run.prep, _NO_KEY)
         rows.append({"ID": Inputs.file_id(path), "path": shown_name(str(path)), "prob": np.nan, "prob_raw": np.nan,
                      "pred": pd.NA, "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")})
         if meta["status"] == OK and image is not None:
