@@ -114,7 +114,7 @@ def cv_first_batch(store: str, out: str) -> dict[str, float]:
     from trainer.config import load_config
     from trainer.cv import fold_rows, split_table
     from trainer.data import load_dataset
-    from trainer.examples import plot_examples
+    from trainer.report.examples import plot_examples
     from trainer.loops import make_transform
 
     cfg = load_config(sets=["memory_budget_gb=0", "device=cpu"])

@@ -95,8 +95,8 @@ def test_trainer_final_reads_its_cv_run_through_load_run(runs, tmp_path):
 
     cv = read_cv_run(runs["cv"])
     r = trainer.load_run(runs["cv"])
-    assert cv["config"] == r.config and cv["threshold"] == r.selection and cv["store"] == r.store
-    pd.testing.assert_frame_equal(cv["split"], r.split)
+    assert cv.config.to_dict() == r.config and cv.selection == r.selection and cv.store == r.store
+    pd.testing.assert_frame_equal(cv.split, r.split)
     with pytest.raises(trainer.RunError, match="is a final run, not a cv run"):
         read_cv_run(runs["final"])
     half = tmp_path / runs["cv"].name

@@ -1,4 +1,4 @@
-"""Calibration: Brier, reliability bins, logistic slope/intercept, the plot (trainer.calibration)."""
+"""Calibration: Brier, reliability bins, logistic slope/intercept, the plot (trainer.evaluation.calibration)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from scipy.optimize import minimize
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
-from trainer.calibration import calibration_summary, calibration_table, logistic_calibration, plot_calibration
+from trainer.evaluation.calibration import calibration_summary, calibration_table, logistic_calibration
+from trainer.report.plots import plot_calibration
 
 
 @pytest.fixture(autouse=True)

@@ -8,25 +8,25 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import load_config
-from trainer.data import Dataset, StoreImages, load_dataset
+from trainer.config import TrainConfig, load_config
+from trainer.data import SliceSource, StoreImages, load_dataset
 from trainer.loops import fit_stage, make_transform, predict
 from trainer.model import build_model
 
 
-def _cfg(**over) -> dict:
+def _cfg(**over) -> TrainConfig:
     base = {"preprocess": {"size": 64, "shard_size": 16}, "out_size": 32, "batch_size": 5, "eval_batch_size": 7,
             "epochs_head": 1, "patience_head": 0, "sampler": "uniform"}
     return load_config(None, config_json=__import__("json").dumps({**base, **over}))
 
 
 @pytest.fixture(scope="module")
-def resident(synth_store) -> Dataset:
+def resident(synth_store) -> SliceSource:
     return load_dataset(str(synth_store), _cfg(), torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
-def streamed(synth_store) -> Dataset:
+def streamed(synth_store) -> SliceSource:
     # A budget below one image forces streaming; one shard per group makes batches straddle groups.
     return load_dataset(str(synth_store), _cfg(memory_budget_gb=1e-9, stream_shards=1), torch.device("cpu"))
 

@@ -33,7 +33,7 @@ from neurocache.preprocess import preprocess_file
 from neurocache.reasons import REASONS
 from neurocache.remote import StoreLocation
 from neurocache.store import open_store
-from trainer.html_report import write_report
+from trainer.report.html import write_report
 from trainer.predict import predict_files
 
 from conftest import HASH_KEY, SMALL_PREP

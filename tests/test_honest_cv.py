@@ -17,14 +17,14 @@ from sklearn.calibration import _sigmoid_calibration
 from sklearn.isotonic import IsotonicRegression
 
 import trainer.cv as cv_mod
-from trainer.calibrators import Calibrator, fit_calibrator, to_logit
+from trainer.evaluation.calibrators import Calibrator, fit_calibrator, to_logit
 from trainer.cli import main as trainer_main
 from trainer.config import load_config
-from trainer.fold_health import CHANCE_AUC, stuck_folds
+from trainer.evaluation.fold_health import CHANCE_AUC, stuck_folds
 from trainer.loops import lr_factor, ranking_scores
-from trainer.promise import format_promise, promise_vs_delivery
+from trainer.evaluation.promise import format_promise, promise_vs_delivery
 from trainer.split import make_split
-from trainer.thresholds import candidate_thresholds, cv_threshold_tables, select_threshold, threshold_spread
+from trainer.evaluation.thresholds import candidate_thresholds, cv_threshold_tables, select_threshold, threshold_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_inner_holdout_is_carved_from_the_training_folds_only():
     cfg = load_config(sets=["holdout_frac=0.25"])
     for k in range(3):
         tr, va = cv_mod.fold_rows(split, k)
-        fit, hold = cv_mod.inner_holdout(data, tr, cfg, seed=cfg["seed"] + k)
+        fit, hold = cv_mod.inner_holdout(data, tr, cfg, seed=cfg.seed + k)
         assert set(fit) | set(hold) == set(tr) and not set(fit) & set(hold)
         assert not set(hold) & set(va) and not set(fit) & set(va)  # never the validation fold
         assert not set(hold) & set(np.flatnonzero(split["test"]))  # never the test set
@@ -85,7 +85,7 @@ def test_run_fold_scores_its_validation_fold_once_with_a_model_that_never_saw_it
     monkeypatch.setattr(cv_mod, "predict", fake_predict)
     monkeypatch.setattr(cv_mod, "make_transform", lambda c: None)
     res = cv_mod.collect_folds([cv_mod.run_fold(data, split, cfg, k) for k in cv_mod.fold_ids(split)])
-    oof = res["oof"]
+    oof = res.oof
     pool_ids = split.loc[~split["test"], "ID"]
     assert sorted(oof["ID"]) == sorted(pool_ids) and oof["ID"].is_unique  # every pool row exactly once, no test row
     id_row = {i: r for r, i in enumerate(split["ID"])}
@@ -243,16 +243,16 @@ def test_a_stuck_fold_is_reported_in_cv_metrics_and_the_report(tmp_path):
                       "fold": {"fold": k, "best_val_auprc": 0.5, "val_auc": ranking_scores(y, p)[1], "train_auc": 0.9,
                                "n_train": 100, "n_val": 60}})
     res = cv_mod.collect_folds(parts)
-    split = pd.DataFrame({"ID": res["oof"]["ID"], "group": res["oof"]["ID"], "label": res["oof"]["label"],
-                          "test": False, "fold": res["oof"]["fold"]})
+    split = pd.DataFrame({"ID": res.oof["ID"], "group": res.oof["ID"], "label": res.oof["label"],
+                          "test": False, "fold": res.oof["fold"]})
     cfg = load_config(sets=["k_folds=3", "n_boot=50"])
     m = cv_mod.write_cv_outputs(tmp_path, split, res, cfg)
-    assert [f["fold"] for f in m["stuck_folds"]] == [2]
-    assert any(w.startswith("fold 2: validation ROC-AUC") for w in m["warnings"])
+    assert [f["fold"] for f in m.stuck_folds] == [2]
+    assert any(w.startswith("fold 2: validation ROC-AUC") for w in m.warnings)
     saved = json.loads((tmp_path / "cv_metrics.json").read_text())
     assert saved["stuck_folds"][0]["fold"] == 2
-    (tmp_path / "effective_config.json").write_text(json.dumps(cfg))
-    from trainer.html_report import build_report
+    (tmp_path / "effective_config.json").write_text(json.dumps(cfg.to_dict()))
+    from trainer.report.html import build_report
 
     page, _ = build_report(tmp_path)
     assert "fold 2: validation ROC-AUC" in page and "fold 2 did not learn" in page

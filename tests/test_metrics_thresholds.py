@@ -1,4 +1,4 @@
-"""Tests for trainer.metrics and trainer.thresholds."""
+"""Tests for trainer.evaluation.metrics and trainer.evaluation.thresholds."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from trainer.metrics import (
+from trainer.evaluation.metrics import (
     CONFUSION_COLUMNS,
     binary_metrics,
     confusion_at,
     threshold_grid,
     threshold_table,
 )
-from trainer.thresholds import (
+from trainer.evaluation.thresholds import (
     ThresholdUnreachableError,
     cv_threshold_tables,
     select_threshold,

@@ -109,7 +109,7 @@ def test_old_model_card_falls_back_to_the_config_preprocess(runs, tmp_path):
     del card["preprocess"]
     (old / "model_card.json").write_text(json.dumps(card))
     r = load_final_run(old)
-    assert r["prep"].fingerprint() == card["store"]["fingerprint"]
+    assert r.prep.fingerprint() == card["store"]["fingerprint"]
 
 
 def test_predict_needs_a_final_run(runs, tmp_path):

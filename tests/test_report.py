@@ -1,4 +1,4 @@
-"""Tests for trainer.report (PNG output, returned summary values, no leaked figures)."""
+"""Tests for trainer.report.plots (PNG output, returned summary values, no leaked figures)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from trainer.report import (
+from trainer.report.history import plot_histories
+from trainer.report.plots import (
     interp_pr,
     plot_confusion,
-    plot_histories,
     plot_mean_pr,
     plot_mean_roc,
     plot_pr,
@@ -118,7 +118,7 @@ def test_plot_histories(tmp_path: Path) -> None:
 
 
 def test_plot_histories_ft_continues_after_head() -> None:
-    from trainer.report import _global_epochs
+    from trainer.report.history import _global_epochs
 
     hist = _hist()
     x = _global_epochs(hist)

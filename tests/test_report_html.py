@@ -14,7 +14,7 @@ import pytest
 from _tiny_runs import TINY, tiny_runs
 from sklearn.metrics import roc_auc_score
 
-from trainer.html_report import SECTION_IDS, write_report
+from trainer.report.html import SECTION_IDS, write_report
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Wilson, DeLong, the patient bootstrap and patient aggregation (trainer.stats, trainer.patient)."""
+"""Wilson, DeLong, the patient bootstrap and patient aggregation (trainer.evaluation.intervals, trainer.evaluation.patient)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from trainer.config import TrainConfig
 from trainer.evaluation import evaluate_predictions
-from trainer.patient import aggregate_patients
-from trainer.stats import delong, group_bootstrap, interval_report, weighted_auc_ap, wilson_interval, z_value
+from trainer.evaluation.patient import aggregate_patients
+from trainer.evaluation.intervals import delong, group_bootstrap, interval_report, weighted_auc_ap, wilson_interval, z_value
 
 # --------------------------------------------------------------------------------------------
 # Wilson
@@ -270,7 +271,7 @@ def test_patient_aggregation_mean_and_errors():
 def test_evaluate_predictions_patient_level():
     y, p, g = _clustered(n_patients=24, per=5)
     ids = [f"ID{i}" for i in range(len(y))]
-    ev = evaluate_predictions(ids, y, p, g, 0.5, {"n_boot": 50, "patient_aggregation": "max"})
+    ev = evaluate_predictions(ids, y, p, g, 0.5, TrainConfig(n_boot=50, patient_aggregation="max"))
     pt = ev["patient"]
     assert pt["n_patients"] == 24 and pt["aggregation"] == "max" and "any" in pt["label_rule"]
     ref = aggregate_patients(pd.DataFrame({"patient": g, "label": y, "prob": p}), how="max")

@@ -210,11 +210,11 @@ def test_config_layers_and_coercion(tmp_path):
     j = tmp_path / "c.json"
     j.write_text(json.dumps({"k_folds": 4, "dropout": 0.1}))
     cfg = load_config(y, config_json=str(j), flags={"k_folds": 6, "seed": None}, sets=["lr_ft=1e-5", "aug.degrees=3"])
-    assert cfg["k_folds"] == 6 and cfg["dropout"] == 0.1 and cfg["lr_ft"] == 1e-5 and cfg["seed"] == DEFAULTS["seed"]
-    assert cfg["aug"] == {**DEFAULTS["aug"], "degrees": 3.0}
-    assert load_config(config_json='{"epochs_ft": 3}')["epochs_ft"] == 3
+    assert cfg.k_folds == 6 and cfg.dropout == 0.1 and cfg.lr_ft == 1e-5 and cfg.seed == DEFAULTS["seed"]
+    assert cfg.to_dict()["aug"] == {**DEFAULTS["aug"], "degrees": 3.0}
+    assert load_config(config_json='{"epochs_ft": 3}').epochs_ft == 3
     default = load_config(Path(__file__).parents[1] / "configs" / "default.yaml")
-    assert (default["lr_ft"], default["lr_head"], default["weight_decay_ft"], default["epochs_head"]) == (1.5e-4, 3e-3, 7e-4, 12)
+    assert (default.lr_ft, default.lr_head, default.weight_decay_ft, default.epochs_head) == (1.5e-4, 3e-3, 7e-4, 12)
 
 
 def zarr_fingerprint(store: Path) -> str:

@@ -1,9 +1,20 @@
 """The trainer: cross-validation, the final model, prediction and reports from a neurocache store.
 
+The pipeline, module by module: :mod:`~trainer.config` (one validated ``TrainConfig``) ->
+:mod:`~trainer.data` (the store's slices on the device, ``SliceSource``) -> :mod:`~trainer.split`
+(test set, folds, holdouts) -> :mod:`~trainer.transforms` / :mod:`~trainer.affine` (batched window,
+resize, augmentation) -> :mod:`~trainer.model` and :mod:`~trainer.loops` (ResNet18, two-stage
+training) -> :mod:`~trainer.cv` / :mod:`~trainer.final` (the ``cv`` and ``final`` commands) ->
+:mod:`trainer.evaluation` (every reported number) -> :mod:`~trainer.results` (the typed JSON
+results) -> :mod:`trainer.report` (figures and report.html); :mod:`~trainer.predict` scores new
+files with a final run; :mod:`~trainer.runs`, :mod:`~trainer.run_folder`, :mod:`~trainer.run_table`
+and :mod:`~trainer.tracking` write, read, compare and log run folders.
+
 Python API::
 
     run = trainer.load_run("outputs/run_20260101_120000_cv")   # a cv or a final run folder
     run.config, run.split, run.oof, run.test, run.metrics       # dicts and DataFrames (None when absent)
+    run.train_config                                            # the config as a TrainConfig
 """
 from __future__ import annotations
 

@@ -4,10 +4,14 @@ store; scoring new DICOM files with a final run; the runs' report.html; every ru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 EPILOG = """examples:
   python -m trainer cv --store store.zarr --config configs/default.yaml
@@ -39,7 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--test-size", type=float, default=None)
     seed.add_argument("--k-folds", type=int, default=None)
     seed.add_argument("--batch-size", type=int, default=None)
-    seed.add_argument("--num-workers", type=int, default=None, help="accepted for compatibility; batches are formed on the device")
     seed.add_argument("--out-size", type=int, default=None)
     seed.add_argument("--holdout-frac", type=float, default=None)
     seed.add_argument("--prep-plot-n", type=int, default=None)
@@ -84,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from neurocache.config import ConfigError
     from neurocache.store import StoreError
+    from trainer.distributed import ClusterError
+    from trainer.evaluation.thresholds import ThresholdUnreachableError
     from trainer.final import RunError
     from trainer.model import WeightsUnavailableError
-    from trainer.distributed import ClusterError
-    from trainer.thresholds import ThresholdUnreachableError
 
     try:
         if args.command == "predict":
@@ -124,14 +127,14 @@ class _EpochBar:
             self.bar.close()
 
 
-def _setup(cfg: dict[str, Any]):
+def _setup(cfg: TrainConfig):
     import torch
 
     from trainer.data import pick_device
 
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
-    return pick_device(cfg["device"])
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    return pick_device(cfg.device)
 
 
 def _check_store_arg(store: str | None) -> None:
@@ -148,14 +151,14 @@ def _cv(args: argparse.Namespace) -> int:
     from trainer.tracking import check_tracking
 
     t0 = time.perf_counter()
-    flags = {k: getattr(args, k) for k in ("seed", "test_size", "k_folds", "batch_size", "num_workers", "out_size",
+    flags = {k: getattr(args, k) for k in ("seed", "test_size", "k_folds", "batch_size", "out_size",
                                            "holdout_frac", "prep_plot_n", "threshold_strategy", "sens_target")}
     cfg = load_config(args.config, config_json=args.config_json, flags=flags, sets=args.set)
     check_tracking(cfg)
     grid = load_grid(args.grid) if args.run_grid else None
     from trainer.model import check_weights
 
-    for weights in {cfg["weights"], *(str(c["weights"]) for c in grid or [] if "weights" in c)}:
+    for weights in {cfg.weights, *(str(c["weights"]) for c in grid or [] if "weights" in c)}:
         check_weights(weights)  # offline without the ImageNet file: fail now, not after the split
     _check_store_arg(args.store)
     client, resources = None, {}
@@ -173,14 +176,14 @@ def _cv(args: argparse.Namespace) -> int:
             client.close()
 
 
-def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resources: dict[str, float], t0: float) -> int:
+def _cv_run(args: argparse.Namespace, cfg: TrainConfig, grid, client, resources: dict[str, float], t0: float) -> int:
     import numpy as np
 
     from trainer.cv import run_folds, run_grid, split_table, write_cv_outputs
     from trainer.data import load_dataset
     from trainer.distributed import FoldRunner, store_address
-    from trainer.examples import plot_examples
     from trainer.loops import make_transform
+    from trainer.report.examples import plot_examples
     from trainer.runs import environment, new_run_dir, write_json
     from trainer.tracking import track
 
@@ -199,12 +202,12 @@ def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resourc
     pool = np.flatnonzero(~split["test"].to_numpy())
     tf = make_transform(cfg)
     for label in (0, 1):
-        plot_examples(data, pool, label, cfg["prep_plot_n"], tf, run / f"preprocessing_examples_label{label}.png", cfg["seed"])
-    epochs = cfg["epochs_head"] + cfg["epochs_ft"]
-    bar = lambda desc: _EpochBar(desc, epochs, args.quiet)  # noqa: E731
+        plot_examples(data, pool, label, cfg.prep_plot_n, tf, run / f"preprocessing_examples_label{label}.png", cfg.seed)
+    epochs = cfg.total_epochs
+    bar = lambda desc: _EpochBar(desc, epochs, args.quiet)
     where = f"{device}" if runner is None else f"the Dask cluster {args.scheduler} (resources {resources or 'none'} per fold)"
     print(f"cv: {len(data.table)} slices ({int(data.labels.sum())} positive), {len(set(data.groups))} groups by "
-          f"{cfg['group_by']}; train pool {len(pool)}, test {int(split['test'].sum())}; {cfg['k_folds']} folds on {where}; run {run}",
+          f"{cfg.group_by}; train pool {len(pool)}, test {int(split['test'].sum())}; {cfg.k_folds} folds on {where}; run {run}",
           file=sys.stderr)
     if grid:
         table, cfg, res = run_grid(data, split, cfg, grid, progress=bar, runner=runner)
@@ -216,16 +219,16 @@ def _cv_run(args: argparse.Namespace, cfg: dict[str, Any], grid, client, resourc
 
     patients = dict(zip(data.table["ID"].astype(str), group_keys(data.table, "patient")))
     m = write_cv_outputs(run, split, res, cfg, patients=patients)
-    m["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    m = dataclasses.replace(m, wall_seconds=round(time.perf_counter() - t0, 2))
     write_json(run / "cv_metrics.json", m)
-    o = m["oof"]["metrics"]
-    print(f"CV ({m['k_folds']} folds, early stopping on {m['early_stopping']}, calibration {m['calibration']}): "
-          f"OOF ROC-AUC {m['oof_auc_mean']:.3f}±{m['oof_auc_std']:.3f}  AUPRC {m['oof_ap_mean']:.3f}±{m['oof_ap_std']:.3f} "
-          f"(mean±sd over folds); threshold ({m['threshold_strategy']}, {m['threshold_pooling']}) {m['threshold']:.4g}: "
+    o = m.oof_metrics
+    print(f"CV ({m.k_folds} folds, early stopping on {m.early_stopping}, calibration {m.calibration}): "
+          f"OOF ROC-AUC {m.oof_auc_mean:.3f}±{m.oof_auc_std:.3f}  AUPRC {m.oof_ap_mean:.3f}±{m.oof_ap_std:.3f} "
+          f"(mean±sd over folds); threshold ({m.threshold_strategy}, {m.threshold_pooling}) {m.threshold:.4g}: "
           f"sens {o['sens']:.3f}  spec {o['spec']:.3f}  PPV {o['ppv']:.3f}  NPV {o['npv']:.3f} (pooled OOF)")
-    for w in m["warnings"]:
+    for w in m.warnings:
         print(f"WARNING: {w}", file=sys.stderr)
-    _write_report(run, m["wall_seconds"])
+    _write_report(run, m.wall_seconds)
     track(run)
     print(f"run folder: {run}")
     return 0
@@ -241,37 +244,38 @@ def _final(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     _check_store_arg(args.store)
     cv = read_cv_run(args.cv_run)
-    cfg = cv["config"]
+    cfg = cv.config
     from trainer.model import check_weights
 
-    check_weights(cfg["weights"])
+    check_weights(cfg.weights)
     check_tracking(cfg)
     device = _setup(cfg)
-    store = args.store or cv["store"]["path"]
+    store = args.store or cv.store["path"]
     data = load_dataset(str(store), cfg, device)
-    if data.store.fingerprint != cv["store"]["fingerprint"]:
+    if data.store.fingerprint != cv.store["fingerprint"]:
         from trainer.final import RunError
 
-        raise RunError(f"store {store} has fingerprint {data.store.fingerprint[:12]}… but the cv run used {cv['store']['fingerprint'][:12]}…")
+        raise RunError(f"store {store} has fingerprint {data.store.fingerprint[:12]}… but the cv run used {cv.store['fingerprint'][:12]}…")
     run = new_run_dir(args.out, "final")
     write_json(run / "run_args.json", {"argv": sys.argv, "cv_run": str(args.cv_run), "store": str(store)})
     write_json(run / "effective_config.json", cfg)
-    write_json(run / "store.json", {**cv["store"], "path": store_address(store), "environment": environment(device)})
-    bar = _EpochBar("final", cfg["epochs_head"] + cfg["epochs_ft"], args.quiet)
+    write_json(run / "store.json", {**cv.store, "path": store_address(store), "environment": environment(device)})
+    bar = _EpochBar("final", cfg.total_epochs, args.quiet)
     m = run_final(data, cv, run, on_epoch=bar.update)
     bar.close()
-    print(f"TEST (n={m['n_test']}, threshold {m['threshold']:.2f}): ROC-AUC {m['auc']:.3f}  AUPRC {m['ap']:.3f}  "
-          f"sens {m['sens']:.3f}  spec {m['spec']:.3f}  PPV {m['ppv']:.3f}  NPV {m['npv']:.3f}  F1 {m['f1']:.3f}  "
-          f"(tp {m['tp']} fp {m['fp']} tn {m['tn']} fn {m['fn']}); {time.perf_counter() - t0:.0f} s")
-    if "promised" in m:
-        from trainer.promise import format_promise
+    t = m.metrics
+    print(f"TEST (n={m.n_test}, threshold {t['threshold']:.2f}): ROC-AUC {t['auc']:.3f}  AUPRC {t['ap']:.3f}  "
+          f"sens {t['sens']:.3f}  spec {t['spec']:.3f}  PPV {t['ppv']:.3f}  NPV {t['npv']:.3f}  F1 {t['f1']:.3f}  "
+          f"(tp {t['tp']} fp {t['fp']} tn {t['tn']} fn {t['fn']}); {time.perf_counter() - t0:.0f} s")
+    if m.promised is not None:
+        from trainer.evaluation.promise import format_promise
 
-        print(format_promise(m["promised"]))
-    for w in m["warnings"]:
+        print(format_promise(m.promised))
+    for w in m.warnings:
         print(f"WARNING: {w}", file=sys.stderr)
-    m["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    m = dataclasses.replace(m, wall_seconds=round(time.perf_counter() - t0, 2))
     write_json(run / "test_metrics.json", m)
-    _write_report(run, m["wall_seconds"])
+    _write_report(run, m.wall_seconds)
     track(run)
     print(f"run folder: {run}")
     return 0
@@ -279,7 +283,7 @@ def _final(args: argparse.Namespace) -> int:
 
 def _write_report(run: Path, wall_seconds: float | None) -> None:
     """report.html of a run; a failure is reported but does not fail the run (its results are written)."""
-    from trainer.html_report import write_report
+    from trainer.report.html import write_report
 
     try:
         path, missing = write_report(run, wall_seconds=wall_seconds)
@@ -300,7 +304,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     run = load_final_run(args.run)  # fail fast, before reading any input
-    threads = args.threads if args.threads is not None else run["config"].get("threads", 0)
+    threads = args.threads if args.threads is not None else run.config.threads
     if threads:
         torch.set_num_threads(int(threads))
     frame = predict_files(args.run, args.inputs, device=args.device, batch_size=args.batch_size, progress=not args.quiet)
@@ -308,13 +312,13 @@ def _predict(args: argparse.Namespace) -> int:
     ok = frame["status"] == "ok"
     reasons = frame.loc[~ok, "reason"].value_counts().to_dict()
     print(f"predict: {len(frame)} files, {int(ok.sum())} scored ({int(frame['pred'].fillna(0).sum())} positive at threshold "
-          f"{run['threshold']:.2f}), {int((~ok).sum())} not scored{' ' + str(reasons) if reasons else ''}; "
+          f"{run.threshold:.2f}), {int((~ok).sum())} not scored{' ' + str(reasons) if reasons else ''}; "
           f"{time.perf_counter() - t0:.1f} s -> {shown_name(str(args.out))}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from trainer.html_report import write_report
+    from trainer.report.html import write_report
 
     if not args.run.is_dir():
         raise FileNotFoundError(f"run folder {args.run} does not exist")

@@ -1,94 +1,27 @@
-"""The trainer's one config object: YAML -> ``--config-json`` -> seed flags -> ``--set key=value``.
+"""The trainer's one config object, :class:`TrainConfig`: YAML -> ``--config-json`` -> seed flags -> ``--set key=value``.
 
-Every key has a default in :data:`DEFAULTS` (the seed's values). An unknown key is an error that
+Every key has a default (the seed's values) on :class:`TrainConfig`. An unknown key is an error that
 names it and lists the valid ones; values are coerced to the default's type, so ``--set lr_ft=1e-4``
 works (YAML alone would read ``1e-4`` as a string). The resolved config is saved as
-``effective_config.json`` in every run folder.
+``effective_config.json`` (:meth:`TrainConfig.to_dict`) in every run folder, and read back with
+:meth:`TrainConfig.from_dict`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from neurocache.config import ConfigError, PrepConfig, load_yaml
 
-# The seed's defaults. Comments say what each key does; units in brackets.
-DEFAULTS: dict[str, Any] = {
-    "seed": 42,                     # seeds the split, the model init, batch order and augmentation
-    "test_size": 0.2,               # fraction of groups held out for the final test
-    "k_folds": 5,                   # cross-validation folds on the training pool
-    "group_by": "patient",          # patient | study | series | none: slices of a group never straddle splits
-    "batch_size": 32,               # training batch [images]
-    "eval_batch_size": 128,         # evaluation batch [images]
-    "num_workers": 0,               # kept for the seed's CLI; batches are formed on the device, no workers
-    "out_size": 224,                # model input side [pixels]
-    "windows": [[40, 80]],          # (center, width) [HU] per channel; one window is repeated to 3 channels
-    "aug": {"degrees": 10.0, "translate": 0.05, "scale": [0.9, 1.1], "hflip_p": 0.5},
-    "weights": "none",              # none | imagenet | path to a resnet18 state_dict. configs/default.yaml sets
-                                    # imagenet (the seed's transfer learning); the built-in fallback is none so a
-                                    # config file without the key never starts a download
-    "dropout": 0.3,                 # head: Dropout(p) -> Linear(512, 1)
-    "optimizer": "adamw",           # adamw | sgd
-    "momentum": 0.9,                # sgd only
-    "nesterov": True,               # sgd only
-    "lr_head": 3e-3,                # stage A: head only, backbone frozen
-    "weight_decay_head": 5e-5,
-    "epochs_head": 12,
-    "patience_head": 2,             # epochs without a better validation AUPRC before stopping
-    "min_epochs_head": 0,           # stage A never stops before this many epochs, whatever the patience
-    "lr_ft": 1.5e-4,                # stage B: fine-tune
-    "weight_decay_ft": 7e-4,
-    "epochs_ft": 12,
-    "patience_ft": 2,
-    "min_epochs_ft": 0,             # stage B never stops before this many epochs (a model still on its plateau
-                                    # is not stopped by patience alone)
-    "warmup_epochs": 0,             # stage B: learning rate ramps linearly up to lr_ft over this many epochs
-    "lr_schedule": "constant",      # constant | cosine: stage B's rate after warm-up (cosine decays to 0 at epochs_ft)
-    "min_delta": 0.0,               # an epoch counts as better only if validation AUPRC rises by more than this
-    "ft_trainable_attrs": None,     # None = all modules; or e.g. [layer3, layer4, fc]
-    "sampler": "weighted",          # weighted (class-balanced sampling with replacement) | uniform
-    "pos_weight": "none",           # none | auto (n_neg / n_pos) | a number: BCE positive-class weight
-    "holdout_frac": 0.15,           # grouped stratified holdout carved from a model's training rows (final model
-                                    # and, with cv_early_stopping: inner_holdout, every fold model): early stopping
-                                    # and calibration only
-    "cv_early_stopping": "inner_holdout",  # inner_holdout: each fold stops and calibrates on a holdout of its own
-                                    # training folds, as final does, and its validation fold is scored once |
-                                    # val_fold: the seed's way, stops on the fold it is scored on (optimistic)
-    "calibration": "platt",         # platt | temperature | isotonic | none: post-hoc map fitted on that holdout
-                                    # (trainer/calibrators.py says why platt is the default)
-    "threshold_strategy": "max_f1", # max_f1 | sens_target
-    "sens_target": 0.9,             # for sens_target: minimum CV sensitivity
-    "threshold_pooling": "pooled",  # pooled: metrics of all OOF rows at once | folds: mean over folds (the seed's)
-    "threshold_candidates": "oof",  # oof: midpoints between the pooled OOF scores | grid: 0, step, ..., 1;
-                                    # either way, no threshold that puts every OOF slice in one class
-    "threshold_step": 0.01,         # grid step (threshold_candidates: grid)
-    "prep_plot_n": 4,               # slices per class in preprocessing_examples_label{0,1}.png
-    "device": "auto",               # auto | cpu | cuda | cuda:N
-    "amp": True,                    # bf16 autocast on CUDA (ignored on CPU)
-    "channels_last": True,          # CUDA memory format
-    "compile": False,               # torch.compile the model (CUDA)
-    "memory_budget_gb": 8.0,        # ok images (int16) up to this size live on the training device; above it they stream
-    "stream_shards": 4,             # streaming: store shards shuffled together and held on the device at a time
-    "stream_readers": 1,            # streaming: threads reading/decoding shards ahead (one decodes ~1 core's worth)
-    "threads": 0,                   # torch CPU threads (0 = torch's default)
-    "preprocess": {},               # the store's preprocessing; must match the store's fingerprint
-    # evaluation (trainer/evaluation.py): intervals, calibration, patient level, report.html
-    "n_boot": 1000,                 # bootstrap resamples (of patients) for the AUC/AUPRC/sens/spec/PPV/NPV intervals; 0 = none
-    "ci_level": 0.95,               # confidence level of every interval
-    "ci_seed": 12345,               # seeds the bootstrap: a rerun gives the same intervals
-    "patient_aggregation": "max",   # max | mean: a patient's score from its slices; its label is positive if any slice is
-    "calibration_bins": 10,         # reliability-diagram bins
-    "calibration_strategy": "uniform",  # uniform | quantile bin edges
-    "gallery_n": 6,                 # report.html: most confident false positives / false negatives shown
-    # experiment tracking (trainer/tracking.py): optional, needs `pip install 'neurocache[tracking]'`
-    "tracking": "none",             # none | mlflow: log each cv/final run (flattened config, metrics, run folder as artifacts)
-    "tracking_uri": "",             # MLflow tracking URI; "" = sqlite file OUT/mlruns/mlflow.db (+ OUT/mlruns/artifacts), no server
-}
+__all__ = ["ALLOWED", "DEFAULTS", "AugConfig", "ConfigError", "StageConfig", "TrainConfig", "load_config", "parse_set", "prep_config"]
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     "group_by": ("patient", "study", "series", "none"),
@@ -108,9 +41,261 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 # The seed's command-line flags and the keys they set.
 SEED_FLAGS: dict[str, str] = {
     "seed": "seed", "test_size": "test_size", "k_folds": "k_folds", "batch_size": "batch_size",
-    "num_workers": "num_workers", "out_size": "out_size", "holdout_frac": "holdout_frac",
-    "prep_plot_n": "prep_plot_n", "threshold_strategy": "threshold_strategy", "sens_target": "sens_target",
+    "out_size": "out_size", "holdout_frac": "holdout_frac", "prep_plot_n": "prep_plot_n",
+    "threshold_strategy": "threshold_strategy", "sens_target": "sens_target",
 }
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    """Train-time augmentation ranges (see :func:`random_affine`).
+
+    Attributes:
+        degrees: max absolute rotation, degrees.
+        translate: max absolute shift, fraction of the image size.
+        scale: (low, high) zoom range.
+        hflip_p: probability of a horizontal flip.
+    """
+
+    degrees: float = 10.0
+    translate: float = 0.05
+    scale: tuple[float, float] = (0.9, 1.1)
+    hflip_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.degrees >= 0:
+            raise ValueError(f"aug.degrees must be >= 0, got {self.degrees}")
+        if not 0.0 <= self.translate < 1.0:
+            raise ValueError(f"aug.translate must be in [0, 1), got {self.translate}")
+        if len(self.scale) != 2 or not 0.0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"aug.scale must be [low, high] with 0 < low <= high, got {list(self.scale)}")
+        if not 0.0 <= self.hflip_p <= 1.0:
+            raise ValueError(f"aug.hflip_p must be in [0, 1], got {self.hflip_p}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> AugConfig:
+        """Build from a mapping (missing keys take the defaults; unknown keys raise ValueError)."""
+        d = dict(d or {})
+        valid = ("degrees", "translate", "scale", "hflip_p")
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown key(s) aug.{', aug.'.join(unknown)}; valid keys are: {', '.join(valid)}")
+        if "scale" in d:
+            sc = d["scale"]
+            if isinstance(sc, (int, float)):
+                raise ValueError(f"aug.scale must be a [low, high] pair, got {sc!r}")
+            d["scale"] = tuple(float(v) for v in sc)
+            if len(d["scale"]) != 2:
+                raise ValueError(f"aug.scale must be a [low, high] pair, got {list(sc)!r}")
+        for k in ("degrees", "translate", "hflip_p"):
+            if k in d:
+                d[k] = float(d[k])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage's settings (:meth:`TrainConfig.stage`).
+
+    Attributes:
+        name: ``head`` (stage A: head only, backbone frozen) or ``ft`` (stage B: fine-tune).
+        lr: base learning rate.
+        weight_decay: optimizer weight decay.
+        epochs: maximum epochs.
+        patience: epochs without a better validation AUPRC (after ``min_epochs``) before stopping.
+        min_epochs: the stage never stops before this many epochs.
+        warmup_epochs: linear warm-up epochs (``ft`` only; 0 for ``head``).
+        lr_schedule: ``constant`` | ``cosine`` after warm-up (``constant`` for ``head``).
+        trainable_attrs: modules trained in this stage (None: the stage's default, see
+            :func:`trainer.model.set_trainable`).
+    """
+
+    name: Literal["head", "ft"]
+    lr: float
+    weight_decay: float
+    epochs: int
+    patience: int
+    min_epochs: int
+    warmup_epochs: int = 0
+    lr_schedule: str = "constant"
+    trainable_attrs: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every trainer setting, validated on construction; units in brackets.
+
+    The field order is the order of ``effective_config.json``. Build one with :func:`load_config`
+    (files and overrides), :meth:`from_dict` (a saved config) or :meth:`with_overrides`.
+    """
+
+    seed: int = 42                     # seeds the split, the model init, batch order and augmentation
+    test_size: float = 0.2             # fraction of groups held out for the final test
+    k_folds: int = 5                   # cross-validation folds on the training pool
+    group_by: str = "patient"          # patient | study | series | none: slices of a group never straddle splits
+    batch_size: int = 32               # training batch [images]
+    eval_batch_size: int = 128         # evaluation batch [images]
+    num_workers: int = 0               # kept so saved configs keep their keys; batches are formed on the device
+    out_size: int = 224                # model input side [pixels]
+    windows: tuple[tuple[float, float], ...] = ((40.0, 80.0),)  # (center, width) [HU] per channel
+    aug: AugConfig = field(default_factory=AugConfig)  # train-time augmentation ranges
+    weights: str = "none"              # none | imagenet | path to a resnet18 state_dict (configs/default.yaml: imagenet;
+                                       # the built-in fallback is none so a config without the key never downloads)
+    dropout: float = 0.3               # head: Dropout(p) -> Linear(512, 1)
+    optimizer: str = "adamw"           # adamw | sgd
+    momentum: float = 0.9              # sgd only
+    nesterov: bool = True              # sgd only
+    lr_head: float = 3e-3              # stage A: head only, backbone frozen
+    weight_decay_head: float = 5e-5
+    epochs_head: int = 12
+    patience_head: int = 2             # epochs without a better validation AUPRC before stopping
+    min_epochs_head: int = 0           # stage A never stops before this many epochs, whatever the patience
+    lr_ft: float = 1.5e-4              # stage B: fine-tune
+    weight_decay_ft: float = 7e-4
+    epochs_ft: int = 12
+    patience_ft: int = 2
+    min_epochs_ft: int = 0             # stage B never stops before this many epochs
+    warmup_epochs: int = 0             # stage B: learning rate ramps linearly up to lr_ft over this many epochs
+    lr_schedule: str = "constant"      # constant | cosine: stage B's rate after warm-up (cosine decays to 0 at epochs_ft)
+    min_delta: float = 0.0             # an epoch counts as better only if validation AUPRC rises by more than this
+    ft_trainable_attrs: tuple[str, ...] | None = None  # None = all modules; or e.g. [layer3, layer4, fc]
+    sampler: str = "weighted"          # weighted (class-balanced, with replacement) | uniform
+    pos_weight: str | float = "none"   # none | auto (n_neg / n_pos) | a number: BCE positive-class weight
+    holdout_frac: float = 0.15         # grouped stratified holdout of a model's training rows: early stopping and
+                                       # calibration only (final model and, with inner_holdout, every fold model)
+    cv_early_stopping: str = "inner_holdout"  # inner_holdout: each fold stops/calibrates on a holdout of its own
+                                       # training folds, as final does | val_fold: the seed's way (optimistic)
+    calibration: str = "platt"         # platt | temperature | isotonic | none (trainer/evaluation/calibrators.py)
+    threshold_strategy: str = "max_f1" # max_f1 | sens_target
+    sens_target: float = 0.9           # for sens_target: minimum CV sensitivity
+    threshold_pooling: str = "pooled"  # pooled: metrics of all OOF rows at once | folds: mean over folds (the seed's)
+    threshold_candidates: str = "oof"  # oof: midpoints between the pooled OOF scores | grid: 0, step, ..., 1
+    threshold_step: float = 0.01       # grid step (threshold_candidates: grid)
+    prep_plot_n: int = 4               # slices per class in preprocessing_examples_label{0,1}.png
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    amp: bool = True                   # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True         # CUDA memory format
+    compile: bool = False              # torch.compile the model (CUDA)
+    memory_budget_gb: float = 8.0      # ok images (int16) up to this size live on the training device [GB]
+    stream_shards: int = 4             # streaming: store shards shuffled together and held on the device at a time
+    stream_readers: int = 1            # streaming: threads reading/decoding shards ahead
+    threads: int = 0                   # torch CPU threads (0 = torch's default)
+    preprocess: dict[str, Any] = field(default_factory=dict)  # the store's preprocessing, as given (PrepConfig keys)
+    n_boot: int = 1000                 # bootstrap resamples (of patients) for the intervals; 0 = none
+    ci_level: float = 0.95             # confidence level of every interval
+    ci_seed: int = 12345               # seeds the bootstrap: a rerun gives the same intervals
+    patient_aggregation: str = "max"   # max | mean: a patient's score from its slices
+    calibration_bins: int = 10         # reliability-diagram bins
+    calibration_strategy: str = "uniform"  # uniform | quantile bin edges
+    gallery_n: int = 6                 # report.html: most confident false positives / false negatives shown
+    tracking: str = "none"             # none | mlflow (trainer/tracking.py; needs the `tracking` extra)
+    tracking_uri: str = ""             # MLflow tracking URI; "" = sqlite file OUT/mlruns/mlflow.db
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "aug" and isinstance(f.default, (bool, int, float)):
+                object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.default))
+        if isinstance(self.aug, Mapping):
+            object.__setattr__(self, "aug", _aug(self.aug))
+        PrepConfig.from_dict(self.preprocess, source="config")  # validates the keys
+        object.__setattr__(self, "preprocess", dict(self.preprocess or {}))
+        for k, allowed in ALLOWED.items():
+            if getattr(self, k) not in allowed:
+                raise ConfigError(f"config key {k}={getattr(self, k)!r} is invalid; allowed values: {', '.join(allowed)}")
+        _check_ranges(self)
+        pw = self.pos_weight
+        if isinstance(pw, str) and pw not in ("none", "auto"):
+            try:
+                object.__setattr__(self, "pos_weight", float(pw))
+            except ValueError:
+                raise ConfigError(f"config key pos_weight={pw!r} is invalid; allowed: none, auto or a number") from None
+        attrs = self.ft_trainable_attrs
+        if isinstance(attrs, str):
+            attrs = [s.strip() for s in attrs.split(",") if s.strip()]
+        object.__setattr__(self, "ft_trainable_attrs", None if attrs is None else tuple(attrs))
+        w = self.windows
+        if not (isinstance(w, (list, tuple)) and w and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in w)):
+            raise ConfigError(f"config key windows={w!r} must be a list of [center, width] pairs in HU")
+        object.__setattr__(self, "windows", tuple((float(c), float(wd)) for c, wd in w))
+
+    # -- the one override path -------------------------------------------------------------
+    def with_overrides(self, over: Mapping[str, Any]) -> TrainConfig:
+        """A new config with ``over`` (a nested mapping of keys to values) applied.
+
+        Raises:
+            ConfigError: unknown key, wrong type or value; the message names the key.
+        """
+        return TrainConfig.from_dict(_merge(self.to_dict(), dict(over)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """From a plain mapping (e.g. a run's ``effective_config.json``); missing keys take the defaults."""
+        merged = _merge(_defaults(), dict(d))
+        return cls(**{**merged, "aug": _aug(merged["aug"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (lists, not tuples), in field order: ``effective_config.json``."""
+        return _listify(dataclasses.asdict(self))
+
+    def stage(self, name: Literal["head", "ft"]) -> StageConfig:
+        """Stage ``head`` (A) or ``ft`` (B) settings; warm-up, schedule and trainable modules are stage B's only."""
+        if name == "head":
+            return StageConfig("head", self.lr_head, self.weight_decay_head, self.epochs_head, self.patience_head,
+                               self.min_epochs_head)
+        return StageConfig("ft", self.lr_ft, self.weight_decay_ft, self.epochs_ft, self.patience_ft, self.min_epochs_ft,
+                           self.warmup_epochs, self.lr_schedule, self.ft_trainable_attrs)
+
+    @property
+    def total_epochs(self) -> int:
+        """Maximum epochs of both stages."""
+        return self.epochs_head + self.epochs_ft
+
+    @property
+    def prep(self) -> PrepConfig:
+        """The store preprocessing the config expects."""
+        return PrepConfig.from_dict(self.preprocess, source="config preprocess")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {msg}")
+
+
+def _check_ranges(c: TrainConfig) -> None:
+    _check(0 < c.test_size < 1, f"test_size={c.test_size} must be in (0, 1)")
+    _check(c.k_folds >= 2, f"k_folds={c.k_folds} must be >= 2")
+    _check(c.out_size >= 16, f"out_size={c.out_size} must be >= 16 pixels")
+    _check(c.stream_readers >= 1, f"stream_readers={c.stream_readers} must be >= 1 (shard reader threads when streaming)")
+    _check(c.stream_shards >= 1, f"stream_shards={c.stream_shards} must be >= 1 (shards held on the device when streaming)")
+    _check(0 < c.holdout_frac < 1, f"holdout_frac={c.holdout_frac} must be in (0, 1)")
+    _check(c.n_boot >= 0, f"n_boot={c.n_boot} must be >= 0 (0 = no bootstrap intervals)")
+    _check(0 < c.ci_level < 1, f"ci_level={c.ci_level} must be in (0, 1), e.g. 0.95")
+    _check(c.calibration_bins >= 2, f"calibration_bins={c.calibration_bins} must be >= 2")
+    _check(c.gallery_n >= 0, f"gallery_n={c.gallery_n} must be >= 0")
+    _check(0 <= c.sens_target <= 1, f"sens_target={c.sens_target} must be in [0, 1]")
+    for key in ("min_epochs_head", "min_epochs_ft", "warmup_epochs"):
+        _check(getattr(c, key) >= 0, f"{key}={getattr(c, key)} must be >= 0 epochs")
+    _check(c.min_delta >= 0, f"min_delta={c.min_delta} must be >= 0 (an AUPRC improvement)")
+    _check(0 < c.threshold_step <= 0.5, f"threshold_step={c.threshold_step} must be in (0, 0.5]")
+
+
+def _aug(d: Mapping[str, Any]) -> AugConfig:
+    try:
+        return AugConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key {e}") from None
+
+
+def _listify(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _listify(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_listify(v) for v in o]
+    return o
+
+
+def _defaults() -> dict[str, Any]:
+    return TrainConfig().to_dict()
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -137,6 +322,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``base`` with ``over``'s keys applied (nested mappings merged, ``preprocess`` replaced whole)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         name = f"{prefix}{k}"
@@ -156,53 +342,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any], prefix: str = "") -> dict
     return out
 
 
-def _validate(cfg: dict[str, Any]) -> dict[str, Any]:
-    for k, allowed in ALLOWED.items():
-        if cfg[k] not in allowed:
-            raise ConfigError(f"config key {k}={cfg[k]!r} is invalid; allowed values: {', '.join(allowed)}")
-    if not 0 < cfg["test_size"] < 1:
-        raise ConfigError(f"config key test_size={cfg['test_size']} must be in (0, 1)")
-    if cfg["k_folds"] < 2:
-        raise ConfigError(f"config key k_folds={cfg['k_folds']} must be >= 2")
-    if cfg["out_size"] < 16:
-        raise ConfigError(f"config key out_size={cfg['out_size']} must be >= 16 pixels")
-    if cfg["stream_readers"] < 1:
-        raise ConfigError(f"config key stream_readers={cfg['stream_readers']} must be >= 1 (shard reader threads when streaming)")
-    if cfg["stream_shards"] < 1:
-        raise ConfigError(f"config key stream_shards={cfg['stream_shards']} must be >= 1 (shards held on the device when streaming)")
-    if not 0 < cfg["holdout_frac"] < 1:
-        raise ConfigError(f"config key holdout_frac={cfg['holdout_frac']} must be in (0, 1)")
-    if cfg["n_boot"] < 0:
-        raise ConfigError(f"config key n_boot={cfg['n_boot']} must be >= 0 (0 = no bootstrap intervals)")
-    if not 0 < cfg["ci_level"] < 1:
-        raise ConfigError(f"config key ci_level={cfg['ci_level']} must be in (0, 1), e.g. 0.95")
-    if cfg["calibration_bins"] < 2:
-        raise ConfigError(f"config key calibration_bins={cfg['calibration_bins']} must be >= 2")
-    if cfg["gallery_n"] < 0:
-        raise ConfigError(f"config key gallery_n={cfg['gallery_n']} must be >= 0")
-    if not 0 <= cfg["sens_target"] <= 1:
-        raise ConfigError(f"config key sens_target={cfg['sens_target']} must be in [0, 1]")
-    for key in ("min_epochs_head", "min_epochs_ft", "warmup_epochs"):
-        if cfg[key] < 0:
-            raise ConfigError(f"config key {key}={cfg[key]} must be >= 0 epochs")
-    if cfg["min_delta"] < 0:
-        raise ConfigError(f"config key min_delta={cfg['min_delta']} must be >= 0 (an AUPRC improvement)")
-    if not 0 < cfg["threshold_step"] <= 0.5:
-        raise ConfigError(f"config key threshold_step={cfg['threshold_step']} must be in (0, 0.5]")
-    pw = cfg["pos_weight"]
-    if isinstance(pw, str) and pw not in ("none", "auto"):
-        try:
-            cfg["pos_weight"] = float(pw)
-        except ValueError:
-            raise ConfigError(f"config key pos_weight={pw!r} is invalid; allowed: none, auto or a number") from None
-    if isinstance(cfg["ft_trainable_attrs"], str):
-        cfg["ft_trainable_attrs"] = [s.strip() for s in cfg["ft_trainable_attrs"].split(",") if s.strip()]
-    w = cfg["windows"]
-    if not (isinstance(w, list) and w and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in w)):
-        raise ConfigError(f"config key windows={w!r} must be a list of [center, width] pairs in HU")
-    cfg["windows"] = [[float(c), float(wd)] for c, wd in w]
-    cfg["aug"]["scale"] = [float(s) for s in cfg["aug"]["scale"]]
-    return cfg
+#: The defaults as a plain dict (``effective_config.json`` of a run with no overrides).
+DEFAULTS: dict[str, Any] = _defaults()
 
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:
@@ -225,34 +366,35 @@ def load_config(
     path: str | Path | None = None,
     *,
     config_json: str | None = None,
-    flags: dict[str, Any] | None = None,
+    flags: Mapping[str, Any] | None = None,
     sets: list[str] | None = None,
-) -> dict[str, Any]:
+) -> TrainConfig:
     """Resolve the trainer config.
 
-    Order (later wins): :data:`DEFAULTS` < YAML ``path`` < ``config_json`` (a JSON file or an inline
-    JSON object) < seed ``flags`` (values that are not None) < ``--set`` items.
+    Order (later wins): the defaults < YAML ``path`` < ``config_json`` (a JSON file or an inline
+    JSON object) < seed ``flags`` (values that are not None) < ``--set`` items. Each layer's keys
+    and types are checked as it is applied; the whole is validated once at the end.
 
     Raises:
         ConfigError: unknown key, wrong type or value; the message names the key.
     """
-    cfg = copy.deepcopy(DEFAULTS)
+    d = _defaults()
     if path is not None:
-        cfg = _merge(cfg, load_yaml(path))
+        d = _merge(d, load_yaml(path))
     if config_json:
         p = Path(config_json)
         try:
             data = json.loads(p.read_text()) if p.is_file() else json.loads(config_json)
         except json.JSONDecodeError as e:
             raise ConfigError(f"--config-json {config_json!r} is neither a JSON file nor a JSON object: {e}") from None
-        cfg = _merge(cfg, data)
+        d = _merge(d, data)
     if flags:
-        cfg = _merge(cfg, {SEED_FLAGS[k]: v for k, v in flags.items() if v is not None})
+        d = _merge(d, {SEED_FLAGS[k]: v for k, v in flags.items() if v is not None})
     if sets:
-        cfg = _merge(cfg, parse_set(sets))
-    return _validate(cfg)
+        d = _merge(d, parse_set(sets))
+    return TrainConfig.from_dict(d)
 
 
-def prep_config(cfg: dict[str, Any]) -> PrepConfig:
+def prep_config(cfg: TrainConfig) -> PrepConfig:
     """The store preprocessing the config expects."""
-    return PrepConfig.from_dict(cfg.get("preprocess"), source="config preprocess")
+    return cfg.prep

@@ -1,6 +1,6 @@
 """The trainer's data path: the store's ok slices, batched on the training device.
 
-Two modes behind one API, :meth:`Dataset.batches`, which yields ``(rows, hu)`` pairs:
+Two modes behind one API, :meth:`SliceSource.batches`, which yields ``(rows, hu)`` pairs:
 
 * **resident** (the ok images fit ``memory_budget_gb``): every ok slice is read from Zarr once per
   run into one int16 tensor on the training device; a batch is ``images[rows]``.
@@ -16,8 +16,9 @@ no DataLoader, no workers, no per-sample Python.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ import torch
 from neurocache.remote import StoreLocation
 from neurocache.shards import ShardLayout
 from neurocache.store import Store, StoreError, open_store
-from trainer.config import prep_config
+from trainer.config import TrainConfig, prep_config
 
 GROUP_COLUMNS = {"patient": "patient_key", "study": "study_key", "series": "series_key"}
 
@@ -36,7 +37,7 @@ class StoreImages:
 
     Indexing (``images[rows]``) reads just those rows and returns an int16 tensor on ``device``, so
     code written for the resident tensor (pictures, a few rows) still works; training and
-    evaluation go through :meth:`Dataset.batches`, which reads whole shards instead.
+    evaluation go through :meth:`SliceSource.batches`, which reads whole shards instead.
     """
 
     def __init__(self, array: Any, device: torch.device, loc: StoreLocation | None = None) -> None:
@@ -81,8 +82,10 @@ class StoreImages:
 
 
 @dataclass
-class Dataset:
-    """The ok rows of a store, resident on the training device or streamed from the store.
+class SliceSource:
+    """The ok slices of a store, resident on the training device or streamed from the store.
+
+    Not a ``torch.utils.data.Dataset``: batches come from :meth:`batches` as device tensors.
 
     Attributes:
         store: the opened store.
@@ -129,7 +132,7 @@ class Dataset:
             batch_size: rows per batch (the last one may be smaller unless ``drop_last``).
             generator: CPU generator for the order (required when ``shuffle``).
             sampler: ``uniform`` (each row of ``idx`` once, in random order) or ``weighted``
-                (``len(idx)`` class-balanced draws with replacement); see :func:`batch_indices`.
+                (``len(idx)`` class-balanced draws with replacement); class-balanced draws: weights inverse to class frequency.
             shuffle: False: every row of ``idx`` once, in order (resident) or shard by shard
                 (streaming) — for evaluation; ``sampler`` is then ignored.
             drop_last: drop a final partial batch.
@@ -141,7 +144,7 @@ class Dataset:
         idx = np.ascontiguousarray(idx, dtype=np.int64)
         if shuffle:
             if generator is None:
-                raise ValueError("Dataset.batches(shuffle=True) needs a CPU torch.Generator")
+                raise ValueError("SliceSource.batches(shuffle=True) needs a CPU torch.Generator")
             order = _epoch_order(idx, self.labels, sampler, generator)
         else:
             order = torch.as_tensor(idx)
@@ -180,11 +183,11 @@ def group_keys(table: pd.DataFrame, group_by: str) -> np.ndarray:
     return keys
 
 
-def load_dataset(store_path: str, cfg: dict[str, Any], device: torch.device) -> Dataset:
+def load_dataset(store_path: str, cfg: TrainConfig, device: torch.device) -> SliceSource:
     """Open the store (checking schema, ``complete`` and fingerprint) and load its ok slices.
 
     The ok images are read once into an int16 tensor on ``device`` when they fit
-    ``memory_budget_gb``; otherwise they stay in the store and :meth:`Dataset.batches` streams
+    ``memory_budget_gb``; otherwise they stay in the store and :meth:`SliceSource.batches` streams
     them shard by shard (``stream_shards`` shards at a time on the device).
 
     Raises:
@@ -199,26 +202,26 @@ def load_dataset(store_path: str, cfg: dict[str, Any], device: torch.device) -> 
         raise StoreError(f"store {store_path}: images has {store.images.shape[0]} rows but the feature table {n} ok rows")
     need_gb = n * s * s * 2 / 1e9
     images: torch.Tensor | StoreImages
-    if need_gb > cfg["memory_budget_gb"]:
+    if need_gb > cfg.memory_budget_gb:
         images = StoreImages(store.images, device, StoreLocation(store_path))
     else:
         images = torch.from_numpy(np.asarray(store.images[:]))  # one sequential read of every shard
         if device.type == "cuda":
             images = images.pin_memory().to(device, non_blocking=True)
-    table = table.assign(group=group_keys(table, cfg["group_by"]))
-    return Dataset(
+    table = table.assign(group=group_keys(table, cfg.group_by))
+    return SliceSource(
         store=store,
         table=table,
         images=images,
         labels=np.array(table["label"].astype(int), dtype=np.int64),
         groups=np.array(table["group"], dtype=str),
-        stream_shards=int(cfg.get("stream_shards", 4)),
-        stream_readers=int(cfg.get("stream_readers", 1)),
+        stream_shards=int(cfg.stream_shards),
+        stream_readers=int(cfg.stream_readers),
     )
 
 
 def _epoch_order(idx: np.ndarray, labels: np.ndarray, sampler: str, generator: torch.Generator) -> torch.Tensor:
-    """int64 CPU tensor: an epoch's rows in draw order (see :func:`batch_indices`)."""
+    """int64 CPU tensor: an epoch's rows in draw order (``uniform``: a permutation; ``weighted``: ``len(idx)`` class-balanced draws with replacement)."""
     idx_t = torch.as_tensor(idx, dtype=torch.long)
     if sampler == "weighted":
         y = torch.as_tensor(labels[idx])
@@ -226,26 +229,6 @@ def _epoch_order(idx: np.ndarray, labels: np.ndarray, sampler: str, generator: t
         w = (1.0 / counts)[y]
         return idx_t[torch.multinomial(w, len(idx_t), replacement=True, generator=generator)]
     return idx_t[torch.randperm(len(idx_t), generator=generator)]
-
-
-def batch_indices(
-    idx: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    *,
-    generator: torch.Generator,
-    sampler: str = "uniform",
-    drop_last: bool = False,
-) -> Iterator[torch.Tensor]:
-    """Index batches for one epoch over ``idx``.
-
-    ``uniform``: a random permutation. ``weighted``: ``len(idx)`` draws with replacement, each
-    class drawn with equal total probability (weights inverse to class frequency).
-    """
-    order = _epoch_order(idx, labels, sampler, generator)
-    stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
-    for i in range(0, stop, batch_size):
-        yield order[i : i + batch_size]
 
 
 def _stream(
@@ -257,7 +240,7 @@ def _stream(
     drop_last: bool,
     readers: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Streaming mode of :meth:`Dataset.batches`.
+    """Streaming mode of :meth:`SliceSource.batches`.
 
     The shards holding ``order``'s rows are visited in a random order (in order without a
     generator) and cut into groups of ``group_shards``; the rows are regrouped by shard group,
@@ -306,7 +289,7 @@ def _stream(
         reader.close()
 
 
-def _load_group(reader: "_ShardReader", images: StoreImages, n_shards: int) -> torch.Tensor:
+def _load_group(reader: _ShardReader, images: StoreImages, n_shards: int) -> torch.Tensor:
     """The next ``n_shards`` shards from ``reader`` in one int16 device buffer, shard j at rows j*shard_rows."""
     buf = torch.empty((n_shards * images.shard_rows,) + images.shape[1:], dtype=torch.int16, device=images.device)
     for j in range(n_shards):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 
@@ -24,6 +24,9 @@ from neurocache.execution import ClusterError, connect, run_calls
 from neurocache.remote import store_address  # noqa: F401 - the store as the workers open it (URL, or absolute path)
 
 __all__ = ["ClusterError", "FoldRunner", "check_workers", "connect", "fold_task", "parse_resources", "release_cache"]
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 #: The split columns a fold task needs (``group`` is not needed to train).
 _SPLIT_COLUMNS = ("ID", "label", "test", "fold")
@@ -57,13 +60,13 @@ _CACHE: dict[str, Any] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _dataset(store: str, cfg: dict[str, Any], device) -> Any:
+def _dataset(store: str, cfg: TrainConfig, device) -> Any:
     from neurocache.store import open_store
     from trainer.config import prep_config
     from trainer.data import load_dataset
 
-    key = repr((store, prep_config(cfg).fingerprint(), cfg["group_by"], float(cfg["memory_budget_gb"]),
-                int(cfg.get("stream_shards", 4)), int(cfg.get("stream_readers", 1)), str(device)))
+    key = repr((store, prep_config(cfg).fingerprint(), cfg.group_by, float(cfg.memory_budget_gb),
+                int(cfg.stream_shards), int(cfg.stream_readers), str(device)))
     cached = _CACHE.get("data")
     if cached is not None and _CACHE.get("key") == key:
         # The same store folder may have been rebuilt since: reuse only when its attrs are unchanged.
@@ -88,23 +91,26 @@ def release_cache() -> None:
         pass
 
 
-def fold_task(store: str, cfg: dict[str, Any], split: dict[str, list], k: int) -> dict[str, Any]:
+def fold_task(store: str, config: dict[str, Any], split: dict[str, list], k: int) -> dict[str, Any]:
     """Run fold ``k`` inside a worker; returns :func:`trainer.cv.run_fold`'s plain result.
 
     Args:
         store: path or fsspec URL of the store, as the worker sees it.
-        cfg: the effective (validated) config; ``threads`` (0 -> 1) sets torch's CPU threads in this
-            worker process, ``device`` picks the worker's device (``auto``: its GPU when it has one).
+        config: the effective config as a plain dict (``TrainConfig.to_dict()``: what travels to the
+            worker; rebuilt and validated here by ``TrainConfig.from_dict``); ``threads`` (0 -> 1) sets
+            torch's CPU threads in this worker process, ``device`` picks the worker's device (``auto``: its GPU when it has one).
         split: the run's split as ``{column: list}`` (ID, label, test, fold), in the store's ok-row order.
         k: the fold.
     """
     import torch
 
+    from trainer.config import TrainConfig
     from trainer.cv import run_fold
     from trainer.data import pick_device
 
-    torch.set_num_threads(int(cfg.get("threads") or 1))
-    device = pick_device(cfg["device"])
+    cfg = TrainConfig.from_dict(config)
+    torch.set_num_threads(int(cfg.threads or 1))
+    device = pick_device(cfg.device)
     with _CACHE_LOCK:
         data = _dataset(store, cfg, device)
         frame = pd.DataFrame({c: split[c] for c in _SPLIT_COLUMNS})
@@ -158,10 +164,10 @@ class FoldRunner:
         self.retries = retries
         self.log = log or (lambda line: print(line, file=sys.stderr))
 
-    def __call__(self, jobs: list[tuple[dict[str, Any], int]]) -> list[dict[str, Any]]:
+    def __call__(self, jobs: list[tuple[TrainConfig, int]]) -> list[dict[str, Any]]:
         check_workers(self.client, self.resources)
         executor = self.client.get_executor(resources=self.resources or None, retries=self.retries, pure=False)
-        calls = [(self.store, cfg, self.split, int(k), i) for i, (cfg, k) in enumerate(jobs)]
+        calls = [(self.store, cfg.to_dict(), self.split, int(k), i) for i, (cfg, k) in enumerate(jobs)]
         results: list[dict[str, Any] | None] = [None] * len(calls)
 
         def done(args: tuple, r: dict[str, Any]) -> None:
@@ -183,11 +189,6 @@ class FoldRunner:
         return results  # type: ignore[return-value]
 
 
-def _fold_job(store: str, cfg: dict[str, Any], split: dict[str, list], k: int, job: int) -> dict[str, Any]:
-    """:func:`fold_task` of job number ``job`` (the number only tells the results apart)."""
-    return fold_task(store, cfg, split, k)
-
-
 def _accepts_n_workers(client) -> bool:
     import inspect
 
@@ -196,3 +197,7 @@ def _accepts_n_workers(client) -> bool:
     except (TypeError, ValueError):
         return False
 
+
+def _fold_job(store: str, config: dict[str, Any], split: dict[str, list], k: int, job: int) -> dict[str, Any]:
+    """:func:`fold_task` of job number ``job`` (the number only tells the results apart)."""
+    return fold_task(store, config, split, k)

@@ -9,34 +9,36 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn as nn
 from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import nn
 
-from trainer.data import Dataset, batch_indices  # noqa: F401 - batch_indices re-exported for callers
+from trainer.config import TrainConfig
+from trainer.data import SliceSource
 from trainer.model import build_model, make_optimizer, set_trainable
 from trainer.transforms import BatchTransform
 
 
-def make_transform(cfg: dict[str, Any]) -> BatchTransform:
+def make_transform(cfg: TrainConfig) -> BatchTransform:
     """The config's window/resize/augmentation pipeline."""
-    return BatchTransform.from_config({"windows": cfg["windows"], "out_size": cfg["out_size"], "aug": cfg["aug"]})
+    return BatchTransform(windows=cfg.windows, out_size=cfg.out_size, aug=cfg.aug)
 
 
-def _autocast(device: torch.device, cfg: dict[str, Any]):
-    # bf16 autocast only on CUDA: on CPU it is slower and changes results.
-    if device.type == "cuda" and cfg["amp"]:
+def autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when ``amp``; nothing on CPU (there it is slower and changes results)."""
+    if device.type == "cuda" and amp:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, data: Dataset, idx: np.ndarray, tf: BatchTransform, cfg: dict[str, Any]) -> np.ndarray:
+def predict(model: nn.Module, data: SliceSource, idx: np.ndarray, tf: BatchTransform, cfg: TrainConfig) -> np.ndarray:
     """Probabilities (sigmoid of the logit) for rows ``idx``, float64 (len(idx),), eval mode, no augmentation.
 
     Batches of ``eval_batch_size`` (larger than training batches: no activations are kept under
@@ -47,9 +49,9 @@ def predict(model: nn.Module, data: Dataset, idx: np.ndarray, tf: BatchTransform
     if len(idx) == 0:
         return np.zeros(0)
     rows, probs = [], []
-    for b, hu in data.batches(idx, int(cfg["eval_batch_size"]), shuffle=False):
+    for b, hu in data.batches(idx, int(cfg.eval_batch_size), shuffle=False):
         x = tf(hu, train=False)
-        with _autocast(data.device, cfg):
+        with autocast(data.device, cfg.amp):
             logits = model(x).float().squeeze(1)
         probs.append(torch.sigmoid(logits.double()))  # float64: no saturation at 1.0 before |logit| ~ 37
         rows.append(b)
@@ -114,8 +116,8 @@ def ranking_scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return float(average_precision_score(y, p)), float(roc_auc_score(y, p))
 
 
-def _pos_weight(cfg: dict[str, Any], y: np.ndarray, device: torch.device) -> torch.Tensor | None:
-    pw = cfg["pos_weight"]
+def _pos_weight(cfg: TrainConfig, y: np.ndarray, device: torch.device) -> torch.Tensor | None:
+    pw = cfg.pos_weight
     if pw == "none":
         return None
     if pw == "auto":
@@ -147,100 +149,107 @@ class StageResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _train_epoch(
+    model: nn.Module, data: SliceSource, train_idx: np.ndarray, tf: BatchTransform, cfg: TrainConfig,
+    opt: torch.optim.Optimizer, loss_fn: nn.Module, generator: torch.Generator,
+) -> tuple[float, int, float, float]:
+    """One pass over ``train_idx``: (mean train loss, images seen, seconds waiting for data, seconds of all steps)."""
+    model.train()
+    y_all = torch.as_tensor(data.labels, dtype=torch.float32, device=data.device)
+    losses, seen = [], 0
+    clock = _StepClock(data.device)
+    batches = data.batches(train_idx, int(cfg.batch_size), generator=generator, sampler=cfg.sampler)
+    while True:
+        clock.batch_requested()
+        nxt = next(batches, None)
+        if nxt is None:
+            break
+        b, hu = nxt
+        if len(b) < 2:  # BatchNorm cannot train on a batch of one
+            continue
+        x = tf(hu, train=True, generator=generator)
+        clock.batch_ready()
+        with autocast(data.device, cfg.amp):
+            loss = loss_fn(model(x).float().squeeze(1), y_all[b])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+        seen += len(b)
+    clock.stop()
+    train_loss = float(torch.stack(losses).mean()) if losses else float("nan")  # one sync per epoch
+    return (train_loss, seen, *clock.totals())
+
+
+def _val_loss(p_val: np.ndarray, y_val: np.ndarray) -> float:
+    """Binary cross-entropy of probabilities ``p_val`` (clipped to [1e-7, 1 - 1e-7]) against 0/1 ``y_val``."""
+    p = torch.as_tensor(p_val).clamp(1e-7, 1 - 1e-7)
+    return float(nn.functional.binary_cross_entropy(p, torch.as_tensor(y_val, dtype=torch.float64)))
+
+
 def fit_stage(
     model: nn.Module,
-    data: Dataset,
+    data: SliceSource,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     tf: BatchTransform,
-    cfg: dict[str, Any],
+    cfg: TrainConfig,
     *,
-    stage: str,
+    stage: Literal["head", "ft"],
     generator: torch.Generator,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> StageResult:
-    """Train one stage (``head`` or ``ft``) with early stopping on validation AUPRC.
+    """Train one stage (``head`` or ``ft``, settings :meth:`TrainConfig.stage`) with early stopping on validation AUPRC.
 
     An epoch is better when its AUPRC beats the best so far by more than ``min_delta``. Patience
-    counts only the epochs after ``min_epochs_<stage>``, so a model still on its initial plateau
+    counts only the epochs after the stage's ``min_epochs``, so a model still on its initial plateau
     is not stopped before it starts. Stage ``ft`` follows :func:`lr_factor` (``warmup_epochs``,
     ``lr_schedule``); stage ``head`` keeps its rate. The best epoch's weights are restored at the
     end (the initial weights when no epoch beats the AUPRC before training). Returns the
-    per-epoch history.
+    per-epoch history (one row per epoch: losses, AUPRC/AUC, seconds, images/s, data wait).
     """
-    sfx = "head" if stage == "head" else "ft"
-    epochs, patience = int(cfg[f"epochs_{sfx}"]), int(cfg[f"patience_{sfx}"])
-    min_epochs, min_delta = int(cfg[f"min_epochs_{sfx}"]), float(cfg["min_delta"])
-    warmup, schedule = (int(cfg["warmup_epochs"]), cfg["lr_schedule"]) if sfx == "ft" else (0, "constant")
-    params = set_trainable(model, stage, cfg["ft_trainable_attrs"] if stage == "ft" else None)
-    opt = make_optimizer(
-        params, name=cfg["optimizer"], lr=cfg[f"lr_{sfx}"], weight_decay=cfg[f"weight_decay_{sfx}"],
-        momentum=cfg["momentum"], nesterov=cfg["nesterov"],
-    )
-    y_all = torch.as_tensor(data.labels, dtype=torch.float32, device=data.device)
+    st = cfg.stage(stage)
+    params = set_trainable(model, stage, st.trainable_attrs)
+    opt = make_optimizer(params, name=cfg.optimizer, lr=st.lr, weight_decay=st.weight_decay,
+                         momentum=cfg.momentum, nesterov=cfg.nesterov)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(cfg, data.labels[train_idx], data.device))
     y_val = data.labels[val_idx]
-    best_ap, _ = ranking_scores(y_val, predict(model, data, val_idx, tf, cfg)) if epochs else (float("nan"), 0)
+    best_ap, _ = ranking_scores(y_val, predict(model, data, val_idx, tf, cfg)) if st.epochs else (float("nan"), 0)
     best_ap = -1.0 if np.isnan(best_ap) else best_ap
     best_state, best_epoch, bad, history = copy.deepcopy(model.state_dict()), 0, 0, []
-    base_lr = float(cfg[f"lr_{sfx}"])
-    for epoch in range(1, epochs + 1):
-        lr = base_lr * lr_factor(epoch, epochs, warmup=warmup, schedule=schedule)
+    for epoch in range(1, st.epochs + 1):
+        lr = float(st.lr) * lr_factor(epoch, st.epochs, warmup=st.warmup_epochs, schedule=st.lr_schedule)
         for group in opt.param_groups:
             group["lr"] = lr
-        model.train()
-        t0, losses, seen = time.perf_counter(), [], 0
-        clock = _StepClock(data.device)
-        batches = data.batches(train_idx, int(cfg["batch_size"]), generator=generator, sampler=cfg["sampler"])
-        while True:
-            clock.batch_requested()
-            nxt = next(batches, None)
-            if nxt is None:
-                break
-            b, hu = nxt
-            if len(b) < 2:  # BatchNorm cannot train on a batch of one
-                continue
-            x = tf(hu, train=True, generator=generator)
-            clock.batch_ready()
-            with _autocast(data.device, cfg):
-                loss = loss_fn(model(x).float().squeeze(1), y_all[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-            seen += len(b)
-        clock.stop()
-        train_loss = float(torch.stack(losses).mean()) if losses else float("nan")  # one sync per epoch
+        t0 = time.perf_counter()
+        train_loss, seen, wait_s, step_s = _train_epoch(model, data, train_idx, tf, cfg, opt, loss_fn, generator)
         train_secs = time.perf_counter() - t0
-        wait_s, step_s = clock.totals()
         p_val = predict(model, data, val_idx, tf, cfg)
-        with torch.no_grad():
-            val_loss = float(nn.functional.binary_cross_entropy(torch.as_tensor(p_val).clamp(1e-7, 1 - 1e-7), torch.as_tensor(y_val, dtype=torch.float64)))
         ap, auc = ranking_scores(y_val, p_val)
         secs = time.perf_counter() - t0
-        rec = {"stage": stage, "epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss, "val_auprc": ap,
-               "val_auc": auc, "seconds": secs, "images_per_s": seen / secs if secs else float("nan"),
+        rec = {"stage": stage, "epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": _val_loss(p_val, y_val),
+               "val_auprc": ap, "val_auc": auc, "seconds": secs, "images_per_s": seen / secs if secs else float("nan"),
                "train_seconds": train_secs, "train_images_per_s": seen / train_secs if train_secs else float("nan"),
                "data_wait_s": wait_s, "data_wait_frac": wait_s / step_s if step_s else float("nan")}
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
-        if not np.isnan(ap) and ap > best_ap + min_delta:
+        if not np.isnan(ap) and ap > best_ap + cfg.min_delta:
             best_ap, best_epoch, bad = ap, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-        elif epoch > min_epochs:
+        elif epoch > st.min_epochs:
             bad += 1
-            if bad > patience:
+            if bad > st.patience:
                 break
     model.load_state_dict(best_state)
     return StageResult(best_auprc=best_ap, best_epoch=best_epoch, history=history)
 
 
 def train_model(
-    data: Dataset,
+    data: SliceSource,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
-    cfg: dict[str, Any],
+    cfg: TrainConfig,
     *,
     seed: int,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -253,12 +262,12 @@ def train_model(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     tf = make_transform(cfg)
-    model = build_model(weights=cfg["weights"], dropout=cfg["dropout"], in_channels=tf.channels).to(data.device)
+    model = build_model(weights=cfg.weights, dropout=cfg.dropout, in_channels=tf.channels).to(data.device)
     if data.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
-        if cfg["channels_last"]:
+        if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-    run_model = torch.compile(model) if cfg["compile"] else model
+    run_model = torch.compile(model) if cfg.compile else model
     a = fit_stage(run_model, data, train_idx, val_idx, tf, cfg, stage="head", generator=gen, on_epoch=on_epoch)
     b = fit_stage(run_model, data, train_idx, val_idx, tf, cfg, stage="ft", generator=gen, on_epoch=on_epoch)
     best = max(a.best_auprc, b.best_auprc)

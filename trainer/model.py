@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import urllib.error
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +171,12 @@ def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int
         _load_backbone(model, _fetch_imagenet_state_dict(), in_channels=in_channels, source="ImageNet weights")
         return model
 
-    path = Path(spec).expanduser()
+    _load_weights_file(model, Path(spec).expanduser(), in_channels)
+    return model
+
+
+def _load_weights_file(model: nn.Module, path: Path, in_channels: int) -> None:
+    """Load a state_dict file into ``model``: a whole model (:func:`save_weights`, strict) or a ResNet18 backbone."""
     if not path.is_file():
         raise FileNotFoundError(
             f"weights file {str(path)!r} (config key `weights`) does not exist; "
@@ -194,7 +199,6 @@ def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int
             ) from exc
     else:
         _load_backbone(model, sd, in_channels=in_channels, source=f"weights file {str(path)!r}")
-    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +220,7 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(_unwrap(model).fc.parameters())
 
 
-def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: list[str] | None = None) -> list[nn.Parameter]:
+def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: Sequence[str] | None = None) -> list[nn.Parameter]:
     """Set ``requires_grad`` for a training stage and return the trainable parameters.
 
     Args:

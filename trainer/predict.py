@@ -19,8 +19,10 @@ A name that is not valid UTF-8 is shown (``ID``, ``path``) with those bytes esca
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,21 +32,47 @@ from neurocache.config import PrepConfig
 from neurocache.inputs import Inputs
 from neurocache.names import shown_name
 from neurocache.reasons import OK
+from trainer.config import TrainConfig
+from trainer.evaluation.calibrators import Calibrator
 from trainer.final import RunError
 
-__all__ = ["PREDICT_COLUMNS", "collect_inputs", "load_final_run", "predict_files"]
+__all__ = ["PREDICT_COLUMNS", "FinalRun", "collect_inputs", "load_final_run", "predict_files"]
 
 PREDICT_COLUMNS: tuple[str, ...] = ("ID", "path", "prob", "prob_raw", "pred", "status", "reason", "detail")
 #: Hash key for the header's patient/study/series hashes; predictions do not use them.
 _NO_KEY = b"\0" * 16
 
 
-def load_final_run(run: str | Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FinalRun:
+    """What scoring needs from a final run folder (:func:`load_final_run`).
+
+    Attributes:
+        path: the run folder.
+        card: its ``model_card.json``.
+        config: the card's config.
+        threshold: the frozen decision threshold (on calibrated probabilities).
+        prep: the store's preprocessing, checked against the card's store fingerprint.
+        weights: the ``state_dict`` file.
+        calibrator: the post-hoc map fitted on the final model's holdout.
+    """
+
+    path: Path
+    card: dict[str, Any]
+    config: TrainConfig
+    threshold: float
+    prep: PrepConfig
+    weights: Path
+    calibrator: Calibrator
+
+
+def load_final_run(run: str | Path) -> FinalRun:
     """The model card, config, threshold and preprocessing of a final run, checked.
 
     The preprocessing is the card's ``preprocess`` (the store's parameters) or, for a card
     written before that key existed, the config's ``preprocess`` section (which the trainer had
     checked against the store). Its fingerprint must equal the card's store fingerprint.
+    ``config`` is the card's config as a :class:`~trainer.config.TrainConfig`.
 
     Raises:
         RunError: not a final run, or preprocessing that does not reproduce the fingerprint.
@@ -57,11 +85,10 @@ def load_final_run(run: str | Path) -> dict[str, Any]:
     from trainer.runs import read_json
 
     card = read_json(run / "model_card.json")
-    cfg = card["config"]
-    params = card.get("preprocess")
-    source = "model_card.json preprocess"
-    if params is None:
-        params, source = cfg.get("preprocess") or {}, "model_card.json config.preprocess"
+    cfg = TrainConfig.from_dict(card["config"])
+    params, source = card.get("preprocess"), "model_card.json preprocess"
+    if params is None:  # a card written before the key existed (tests/test_predict.py keeps such cards working)
+        params, source = cfg.preprocess, "model_card.json config.preprocess"
     prep = PrepConfig.from_dict(params, source=source)
     want = (card.get("store") or {}).get("fingerprint")
     if not want:
@@ -72,11 +99,9 @@ def load_final_run(run: str | Path) -> dict[str, Any]:
             f"but the model was trained on a store with fingerprint {want[:12]}…: refusing to predict with other "
             f"preprocessing than training used"
         )
-    from trainer.calibrators import Calibrator
-
-    return {"run": run, "card": card, "config": cfg, "threshold": float(card["threshold"]), "prep": prep,
-            "weights": run / card.get("weights_file", "final_model.pt"),
-            "calibrator": Calibrator.from_dict(card.get("calibration"))}
+    return FinalRun(path=run, card=card, config=cfg, threshold=float(card["threshold"]), prep=prep,
+                    weights=run / card.get("weights_file", "final_model.pt"),
+                    calibrator=Calibrator.from_dict(card.get("calibration")))
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -101,38 +126,29 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def _autocast(device: torch.device, cfg: dict[str, Any]):
-    """The training loop's autocast rule (bf16 on CUDA when ``amp``; nothing on CPU)."""
-    try:
-        from trainer.loops import _autocast as loops_autocast
-    except ImportError:  # pragma: no cover - the loop module renamed its helper
-        from contextlib import nullcontext
-
-        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.get("amp") else nullcontext()
-    return loops_autocast(device, cfg)
-
-
-def build_predictor(run: dict[str, Any], device: torch.device) -> tuple[torch.nn.Module, Any]:
+def build_predictor(run: FinalRun, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The final model (eval mode, on ``device``) and the evaluation transform."""
     from trainer.loops import make_transform
     from trainer.model import build_model, load_weights
 
-    cfg = run["config"]
+    cfg = run.config
     tf = make_transform(cfg)
-    model = build_model(weights="none", dropout=cfg["dropout"], in_channels=tf.channels)
-    load_weights(model, run["weights"])
+    model = build_model(weights="none", dropout=cfg.dropout, in_channels=tf.channels)
+    load_weights(model, run.weights)
     model.to(device).eval()
-    if device.type == "cuda" and cfg.get("channels_last", True):
+    if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, tf
 
 
 @torch.inference_mode()
-def _score(model: torch.nn.Module, tf: Any, images: list[np.ndarray], cfg: dict[str, Any], device: torch.device) -> np.ndarray:
+def _score(model: torch.nn.Module, tf: Any, images: list[np.ndarray], cfg: TrainConfig, device: torch.device) -> np.ndarray:
     """Probabilities for a batch of int16 HU images: the training pipeline's evaluation path."""
     hu = torch.from_numpy(np.stack(images)).to(device)
     x = tf(hu, train=False)
-    with _autocast(device, cfg):
+    from trainer.loops import autocast
+
+    with autocast(device, cfg.amp):
         logits = model(x).float().squeeze(1)
     return torch.sigmoid(logits.double()).cpu().numpy()  # float64, as trainer.loops.predict
 
@@ -157,53 +173,62 @@ def predict_files(
     Raises:
         RunError: see :func:`load_final_run`.
     """
-    from neurocache.preprocess import preprocess_file
     from trainer.data import pick_device
 
     run = load_final_run(run_dir)
-    cfg = run["config"]
-    dev = pick_device(device or cfg.get("device", "auto"))
+    cfg = run.config
+    dev = pick_device(device or cfg.device)
     model, tf = build_predictor(run, dev)
-    bs = int(batch_size or cfg.get("eval_batch_size", 128))
+    bs = int(batch_size or cfg.eval_batch_size)
     if bs < 1:
         raise ValueError(f"batch size must be >= 1, got {bs}")
     files = collect_inputs(inputs)
-    rows: list[dict[str, Any]] = []
-    pending: list[tuple[int, np.ndarray]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        raw = _score(model, tf, [im for _, im in pending], cfg, dev)
-        for (i, _), pr, pc in zip(pending, raw, run["calibrator"](raw)):
-            rows[i]["prob"] = float(pc)
-            rows[i]["prob_raw"] = float(pr)
-            rows[i]["pred"] = int(pc >= run["threshold"])
-        pending.clear()
-
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(files), desc="predict", unit="file", dynamic_ncols=True)
     try:
-        for path in files:
-            image, meta = preprocess_file(path, run["prep"], _NO_KEY)
-            rows.append({"ID": Inputs.file_id(path), "path": shown_name(str(path)), "prob": np.nan, "prob_raw": np.nan,
-                         "pred": pd.NA, "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")})
-            if meta["status"] == OK and image is not None:
-                pending.append((len(rows) - 1, image))
-                if len(pending) >= bs:
-                    flush()
-            if bar:
-                bar.update(1)
-        flush()
+        rows = _score_files(files, run, model, tf, dev, bs, bar)
     finally:
         if bar:
             bar.close()
     out = pd.DataFrame(rows, columns=list(PREDICT_COLUMNS))
     out["pred"] = out["pred"].astype("Int64")
     return out
+
+
+def _score_files(
+    files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any
+) -> list[dict[str, Any]]:
+    """One :data:`PREDICT_COLUMNS` row per file; ok files scored in batches of ``bs`` (calibrated, thresholded)."""
+    from neurocache.preprocess import preprocess_file
+
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        raw = _score(model, tf, [im for _, im in pending], run.config, dev)
+        for (i, _), pr, pc in zip(pending, raw, run.calibrator(raw)):
+            rows[i]["prob"] = float(pc)
+            rows[i]["prob_raw"] = float(pr)
+            rows[i]["pred"] = int(pc >= run.threshold)
+        pending.clear()
+
+    for path in files:
+        image, meta = preprocess_file(path, run.prep, _NO_KEY)
+        rows.append({"ID": Inputs.file_id(path), "path": shown_name(str(path)), "prob": np.nan, "prob_raw": np.nan,
+                     "pred": pd.NA, "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")})
+        if meta["status"] == OK and image is not None:
+            pending.append((len(rows) - 1, image))
+            if len(pending) >= bs:
+                flush()
+        if bar:
+            bar.update(1)
+    flush()
+    return rows
 
 
 def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 Kind = Literal["cv", "final"]
 
@@ -77,6 +81,13 @@ class Run:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """``effective_config.json`` as a validated :class:`~trainer.config.TrainConfig`."""
+        from trainer.config import TrainConfig
+
+        return TrainConfig.from_dict(self.config)
 
     @property
     def flat_config(self) -> dict[str, Any]:

@@ -13,12 +13,14 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from trainer.results import CVResult, TestResult
 from trainer.run_folder import Run, RunError, flatten, load_run
 
 #: Config keys that never change a result (where a run was logged): not shown as differing.
@@ -76,9 +78,13 @@ def _cell(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
-def _num(d: dict[str, Any] | None, key: str) -> float:
-    v = (d or {}).get(key)
+def _num(v: Any) -> float:
+    """``v`` as a float; NaN when it is not a number (None, absent, a boolean)."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+
+
+def _cv_result(r: Run) -> CVResult | None:
+    return CVResult.from_dict(r.cv_metrics) if r.cv_metrics else None
 
 
 def table_rows(runs: list[Run]) -> pd.DataFrame:
@@ -91,7 +97,8 @@ def table_rows(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for r in runs:
         flat = flatten(r.config)
-        cm = r.cv_metrics
+        cm = _cv_result(r)
+        test = TestResult.from_dict(r.metrics).metrics if r.kind == "final" and r.metrics else {}
         row: dict[str, Any] = {
             "run": r.name, "kind": r.kind, "date": r.created.isoformat(sep=" "),
             "linked": r.cv_run.name if r.cv_run is not None else ", ".join(finals.get(r.name, [])) or None,
@@ -100,12 +107,12 @@ def table_rows(runs: list[Run]) -> pd.DataFrame:
             row[k if k not in FIXED_COLUMNS + METRIC_COLUMNS else f"config.{k}"] = _cell(flat.get(k))
         row.update({
             # the validation folds' AUPRC, each scored once (not the early-stopping AUPRC)
-            "cv_auprc": _num(cm, "oof_ap_mean"), "cv_auprc_sd": _num(cm, "oof_ap_std"),
-            "cv_roc_auc": _num(cm, "oof_auc_mean"), "cv_roc_auc_sd": _num(cm, "oof_auc_std"),
+            "cv_auprc": _num(cm and cm.oof_ap_mean), "cv_auprc_sd": _num(cm and cm.oof_ap_std),
+            "cv_roc_auc": _num(cm and cm.oof_auc_mean), "cv_roc_auc_sd": _num(cm and cm.oof_auc_std),
             "threshold": float("nan") if r.threshold is None else r.threshold,
         })
         for col, key in _TEST_KEYS.items():
-            row[col] = _num(r.metrics, key) if r.kind == "final" else float("nan")
+            row[col] = _num(test.get(key))
         rows.append(row)
     cols = [*FIXED_COLUMNS, *[k if k not in FIXED_COLUMNS + METRIC_COLUMNS else f"config.{k}" for k in keys], *METRIC_COLUMNS]
     return pd.DataFrame(rows, columns=cols)
@@ -174,10 +181,10 @@ def cv_auprc_figure(runs: list[Run]):
     fig = Figure(figsize=(max(4.0, 0.9 * len(cvs) + 2), 4))
     ax = fig.subplots()
     for i, r in enumerate(cvs):
-        folds = [f.get("val_ap") for f in r.cv_metrics.get("per_fold", [])]
-        folds = [f for f in folds if isinstance(f, (int, float))]
+        cm = CVResult.from_dict(r.cv_metrics)
+        folds = [f.val_ap for f in cm.per_fold if isinstance(f.val_ap, (int, float))]
         ax.scatter([i] * len(folds), folds, s=16, color="0.5", zorder=2, label="fold" if i == 0 else None)
-        ax.errorbar([i], [_num(r.cv_metrics, "oof_ap_mean")], yerr=[np.nan_to_num(_num(r.cv_metrics, "oof_ap_std"))],
+        ax.errorbar([i], [_num(cm.oof_ap_mean)], yerr=[np.nan_to_num(_num(cm.oof_ap_std))],
                     fmt="o", color="C0", capsize=4, zorder=3, label="mean ± sd" if i == 0 else None)
     ax.set_xticks(range(len(cvs)), [r.name for r in cvs], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("CV AUPRC (validation fold, scored once)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
+import math
 import platform
 import sys
 from importlib import metadata
@@ -38,9 +40,11 @@ def _default(o: Any) -> Any:
 
 
 def _clean(o: Any) -> Any:
-    """NaN -> None, recursively (JSON has no NaN)."""
-    if isinstance(o, float) and o != o:
+    """NaN -> None, recursively (JSON has no NaN); a dataclass becomes its ``to_dict()`` (or ``asdict``)."""
+    if isinstance(o, float) and math.isnan(o):
         return None
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return _clean(o.to_dict() if hasattr(o, "to_dict") else dataclasses.asdict(o))
     if isinstance(o, dict):
         return {k: _clean(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
@@ -49,10 +53,12 @@ def _clean(o: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON (NaN -> null, numpy scalars/arrays, paths and dataclasses converted) plus a newline."""
     path.write_text(json.dumps(_clean(obj), indent=2, default=_default) + "\n")
 
 
 def read_json(path: Path) -> Any:
+    """The JSON value in ``path``."""
     return json.loads(Path(path).read_text())
 
 

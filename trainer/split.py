@@ -20,7 +20,7 @@ from sklearn.model_selection import (
     train_test_split,
 )
 
-__all__ = ["check_no_group_crosses", "holdout_split", "make_split"]
+__all__ = ["check_no_group_crosses", "crossing_groups", "holdout_split", "make_split"]
 
 
 # --------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def _check_seed(seed: Any) -> int:
 
 
 def _n_splits_for(frac: float, name: str, func: str) -> int:
-    n = int(round(1.0 / frac))
+    n = round(1.0 / frac)
     if n < 2:
         raise ValueError(
             f"The '{name}' parameter of {func} is too large for a grouped split: "
@@ -233,43 +233,30 @@ def make_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified test split followed by stratified k-fold CV on the rest.
 
-    Parameters
-    ----------
-    labels : ndarray of shape (n,)
-        Class label per row (used for stratification).
-    groups : ndarray of shape (n,) or None
-        Group ID per row (e.g. patient). ``None`` splits at row level.
-    test_size : float in (0, 1)
-        Target fraction of rows in the test set.
-    k_folds : int >= 2
-        Number of cross-validation folds on the non-test rows.
-    seed : int
-        ``random_state`` for every sklearn splitter used.
+    Args:
+        labels: (n,) class label per row (used for stratification).
+        groups: (n,) group ID per row (e.g. patient), or None to split at row level.
+        test_size: target fraction of rows in the test set, in (0, 1).
+        k_folds: number of cross-validation folds on the non-test rows, >= 2.
+        seed: ``random_state`` for every sklearn splitter used.
 
-    Returns
-    -------
-    is_test : ndarray of bool, shape (n,)
-    fold : ndarray of int64, shape (n,)
-        Fold index in ``0..k_folds-1`` for non-test rows, ``-1`` for test rows.
+    Returns:
+        ``is_test``: bool (n,); ``fold``: int64 (n,), fold index in ``0..k_folds-1`` for non-test
+        rows, ``-1`` for test rows.
 
-    Notes
-    -----
-    * With ``groups``: the test set is the test part of the first split of
-      ``StratifiedGroupKFold(n_splits=round(1/test_size), shuffle=True,
-      random_state=seed)``, so its size only *approximates* ``test_size``
-      (``1/round(1/test_size)`` of the groups, and group sizes vary). The
-      folds come from ``StratifiedGroupKFold(k_folds, shuffle=True,
-      random_state=seed)`` on the remaining rows. A group counts "with label
-      c" when at least one of its rows has label c.
-    * Without groups: ``train_test_split(stratify=labels,
-      test_size=test_size, random_state=seed)`` then ``StratifiedKFold(k_folds,
-      shuffle=True, random_state=seed)``.
+    Notes:
+        With ``groups`` the test set is the test part of the first split of
+        ``StratifiedGroupKFold(n_splits=round(1/test_size), shuffle=True, random_state=seed)``,
+        so its size only *approximates* ``test_size`` (``1/round(1/test_size)`` of the groups,
+        and group sizes vary); the folds come from ``StratifiedGroupKFold(k_folds, shuffle=True,
+        random_state=seed)`` on the remaining rows. A group counts "with label c" when at least
+        one of its rows has label c. Without groups: ``train_test_split(stratify=labels,
+        test_size=test_size, random_state=seed)`` then ``StratifiedKFold(k_folds, shuffle=True,
+        random_state=seed)``.
 
-    Raises
-    ------
-    ValueError
-        Invalid parameters, too few samples/groups per class, or a resulting
-        test set / fold that lacks a class.
+    Raises:
+        ValueError: invalid parameters, too few samples/groups per class, or a resulting test
+            set / fold that lacks a class.
     """
     y = _check_labels(labels)
     g = _check_groups(groups, y.shape[0])
@@ -290,11 +277,15 @@ def make_split(
     is_test = _first_split_mask(y, g, ts, rs, "test_size", "make_split")
     _check_both_parts_have_all_classes(y, is_test, "test set", "training pool", "test_size")
 
+    return is_test, _assign_folds(y, g, is_test, k, rs, fix)
+
+
+def _assign_folds(y: np.ndarray, g: np.ndarray | None, is_test: np.ndarray, k: int, rs: int, fix: str) -> np.ndarray:
+    """int64 (n,): the fold (0..k-1) of every non-test row, -1 for test rows; every fold holds every class."""
     pool = np.flatnonzero(~is_test)
     y_pool = y[pool]
     g_pool = None if g is None else g[pool]
     _require_units(y_pool, g_pool, k, f"k_folds={k}", "the training pool", fix)
-
     fold = np.full(y.shape[0], -1, dtype=np.int64)
     if g_pool is None:
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=rs)
@@ -302,7 +293,6 @@ def make_split(
             fold[pool[val]] = i
     else:
         fold[pool] = stratified_group_folds(y_pool, g_pool, k, rs)
-
     classes = np.unique(y)
     for i in range(k):
         present = np.unique(y[fold == i])
@@ -312,7 +302,7 @@ def make_split(
                 f"k_folds={k}: fold {i} has no sample with label {missing} "
                 f"(too few groups per class). {fix}"
             )
-    return is_test, fold
+    return fold
 
 
 def holdout_split(
@@ -322,25 +312,15 @@ def holdout_split(
     frac: float,
     seed: int,
 ) -> np.ndarray:
-    """Stratified (and grouped, when ``groups`` is given) holdout mask.
+    """Stratified (and grouped, when ``groups`` is given) holdout mask: bool (n,), True for holdout rows.
 
-    Used to carve an early-stopping validation set out of the training data of
-    the final model.
+    Carves the early-stopping/calibration holdout out of a model's training rows. With ``groups``
+    the holdout is the test part of the first split of ``StratifiedGroupKFold(n_splits=round(1/frac),
+    shuffle=True, random_state=seed)``, so its size approximates ``frac``; without groups it is
+    ``train_test_split(stratify=labels, test_size=frac, random_state=seed)``.
 
-    With ``groups`` the holdout is the test part of the first split of
-    ``StratifiedGroupKFold(n_splits=round(1/frac), shuffle=True,
-    random_state=seed)``, so its size approximates ``frac``; without groups it
-    is ``train_test_split(stratify=labels, test_size=frac, random_state=seed)``.
-
-    Returns
-    -------
-    ndarray of bool, shape (n,)
-        True for holdout rows.
-
-    Raises
-    ------
-    ValueError
-        Invalid parameters, or holdout / remainder lacking a class.
+    Raises:
+        ValueError: invalid parameters, or holdout / remainder lacking a class.
     """
     y = _check_labels(labels)
     g = _check_groups(groups, y.shape[0])
@@ -365,17 +345,14 @@ def canonical_groups(groups: Any) -> np.ndarray:
     return pd.factorize(np.asarray(groups))[0].astype(np.int64)
 
 
-def check_no_group_crosses(groups: Any, is_test: Any, fold: Any) -> None:
-    """Raise ``ValueError`` if a group appears in more than one partition.
+_TEST = -(10**9)  # partition code of the test rows
 
-    The partitions are ``test`` (``is_test`` True) and ``fold k`` for every
-    value ``k`` of ``fold`` among the non-test rows.
 
-    Raises
-    ------
-    ValueError
-        Listing (up to 20 of) the offending groups and the partitions each one
-        appears in.
+def crossing_groups(groups: Any, is_test: Any, fold: Any) -> list[tuple[Any, list[str]]]:
+    """The groups found in more than one partition, each with those partitions (``test``, ``fold k``).
+
+    The partitions are ``test`` (``is_test`` True) and ``fold k`` for every value ``k`` of
+    ``fold`` among the non-test rows; groups in sorted order.
     """
     g = np.asarray(groups)
     t = np.asarray(is_test).astype(bool)
@@ -385,27 +362,29 @@ def check_no_group_crosses(groups: Any, is_test: Any, fold: Any) -> None:
             "The 'groups', 'is_test' and 'fold' parameters must be 1-D arrays of equal "
             f"length; got shapes {g.shape}, {t.shape}, {f.shape}."
         )
-    part = np.where(t, -(10**9), f.astype(np.int64))  # sentinel code for 'test'
+    part = np.where(t, _TEST, f.astype(np.int64))
     codes_g, inv = group_codes(g)
     # Distinct (group, partition) pairs as one int64 key each (a sort of integers, not of rows of strings).
     p_codes, p_inv = np.unique(part, return_inverse=True)
     keys = np.unique(inv * len(p_codes) + p_inv.ravel())
     pairs = np.stack([keys // len(p_codes), p_codes[keys % len(p_codes)]], axis=1)
     counts = np.bincount(pairs[:, 0], minlength=codes_g.size)
-    bad = np.flatnonzero(counts > 1)
-    if bad.size == 0:
-        return None
+    name = lambda p: "test" if p == _TEST else f"fold {p}"
+    return [(codes_g[b], [name(int(p)) for p in pairs[pairs[:, 0] == b, 1]]) for b in np.flatnonzero(counts > 1)]
 
-    def _name(p: int) -> str:
-        return "test" if p == -(10**9) else f"fold {p}"
 
-    details = []
-    for b in bad[:20]:
-        parts = pairs[pairs[:, 0] == b, 1]
-        details.append(f"{codes_g[b]!r} in {[_name(int(p)) for p in parts]}")
-    more = f" (and {bad.size - 20} more)" if bad.size > 20 else ""
-    raise ValueError(
-        f"{bad.size} group(s) appear in more than one partition: "
-        + "; ".join(details)
-        + more
-    )
+def check_no_group_crosses(groups: Any, is_test: Any, fold: Any) -> None:
+    """Raise ``ValueError`` if a group appears in more than one partition (:func:`crossing_groups`).
+
+    Raises
+    ------
+    ValueError
+        Listing (up to 20 of) the offending groups and the partitions each one
+        appears in.
+    """
+    bad = crossing_groups(groups, is_test, fold)
+    if not bad:
+        return
+    details = [f"{g!r} in {parts}" for g, parts in bad[:20]]
+    more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
+    raise ValueError(f"{len(bad)} group(s) appear in more than one partition: " + "; ".join(details) + more)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from neurocache.config import ConfigError
+from trainer.config import TrainConfig
 from trainer.run_folder import Run, load_run
 
 EXPERIMENT = "neurocache"
@@ -33,15 +34,15 @@ class TrackingError(ConfigError):
     """``tracking: mlflow`` is set but MLflow (or the local store's SQLAlchemy/Alembic) is not installed."""
 
 
-def check_tracking(cfg: dict[str, Any]) -> None:
+def check_tracking(cfg: TrainConfig) -> None:
     """Fail at start-up, before any training, when the config asks for tracking that cannot work.
 
     Raises:
         TrackingError: ``tracking: mlflow`` without the ``tracking`` extra installed.
     """
-    if cfg.get("tracking", "none") != "mlflow":
+    if cfg.tracking != "mlflow":
         return
-    needed = ["mlflow"] + ([] if cfg.get("tracking_uri") else ["sqlalchemy", "alembic"])
+    needed = ["mlflow"] + ([] if cfg.tracking_uri else ["sqlalchemy", "alembic"])
     for mod in needed:
         try:
             __import__(mod)
@@ -53,10 +54,10 @@ def check_tracking(cfg: dict[str, Any]) -> None:
             ) from None
 
 
-def tracking_location(cfg: dict[str, Any], out: Path) -> tuple[str, str | None]:
+def tracking_location(cfg: TrainConfig, out: Path) -> tuple[str, str | None]:
     """(tracking URI, artifact location of a new experiment; None = the server's default)."""
-    if cfg.get("tracking_uri"):
-        return str(cfg["tracking_uri"]), None
+    if cfg.tracking_uri:
+        return str(cfg.tracking_uri), None
     root = (Path(out) / "mlruns").resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
@@ -85,12 +86,13 @@ def log_run(run_dir: str | Path) -> str | None:
         The MLflow run id, or None when the run's config does not ask for tracking.
     """
     run = load_run(run_dir)
-    if run.config.get("tracking", "none") != "mlflow":
+    cfg = run.train_config
+    if cfg.tracking != "mlflow":
         return None
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    uri, artifacts = tracking_location(run.config, run.path.parent)
+    uri, artifacts = tracking_location(cfg, run.path.parent)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(EXPERIMENT, artifact_location=artifacts)

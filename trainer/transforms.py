@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.affine import _affine_grid, _affine_thetas, random_affine
+from trainer.config import AugConfig
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -135,138 +138,6 @@ def resize(x: Tensor, out_size: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# random affine
-# --------------------------------------------------------------------------------------------
-def _affine_thetas(
-    n: int,
-    height: int,
-    width: int,
-    *,
-    degrees: float,
-    translate: float,
-    scale: tuple[float, float],
-    hflip_p: float,
-    generator: torch.Generator,
-) -> Tensor:
-    """float64 (n, 2, 3) ``affine_grid`` matrices (output -> input normalised coords), on CPU.
-
-    Exactly ``5 * n`` uniforms are drawn from ``generator`` whatever the parameters, so the
-    random stream advances identically for every configuration.
-    """
-    u = torch.rand((n, 5), generator=generator, dtype=torch.float64)
-    angle = (u[:, 0] * 2 - 1) * math.radians(degrees)
-    tx = (u[:, 1] * 2 - 1) * translate  # fraction of the width
-    ty = (u[:, 2] * 2 - 1) * translate  # fraction of the height
-    s = scale[0] + u[:, 3] * (scale[1] - scale[0])
-    flip = u[:, 4] < hflip_p
-
-    # Forward map in pixel coordinates about the centre: p_out = s * R(angle) @ Fl @ p_in + t.
-    # Inverse (what grid_sample needs): p_in = Fl @ R(-angle) @ (p_out - t) / s.
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    fx = torch.where(flip, -1.0, 1.0).to(torch.float64)
-    inv = torch.empty((n, 2, 2), dtype=torch.float64)
-    inv[:, 0, 0] = fx * cos / s
-    inv[:, 0, 1] = fx * sin / s
-    inv[:, 1, 0] = -sin / s
-    inv[:, 1, 1] = cos / s
-    # To normalised coords (x_n = x_pix / (W/2), y_n = y_pix / (H/2)): B = D^-1 inv D.
-    d = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
-    b = inv * d.view(1, 1, 2) / d.view(1, 2, 1)
-    t_norm = torch.stack([2 * tx, 2 * ty], dim=1)  # translation in normalised units
-    theta = torch.empty((n, 2, 3), dtype=torch.float64)
-    theta[:, :, :2] = b
-    theta[:, :, 2] = -(b @ t_norm.unsqueeze(-1)).squeeze(-1)
-    return theta
-
-
-def _affine_grid(theta: Tensor, n: int, height: int, width: int) -> Tensor:
-    """``F.affine_grid(theta, [n, C, height, width], align_corners=False)``, computed faster.
-
-    Every grid point is ``theta @ (x, y, 1)``, and x depends only on the column and y only on the
-    row, so the grid is two broadcast outer sums written straight into the (n, H, W, 2) output.
-    On 2 CPU threads this is ~3-4x cheaper than ``affine_grid``'s batched matmul over the
-    (n, H*W, 3) base grid, which costs more than the ``grid_sample`` that follows it; it agrees
-    with it to float32 rounding (~2e-7 in normalised coordinates).
-    """
-    xs = torch.arange(width, dtype=theta.dtype, device=theta.device).mul_(2).add_(1).div_(width).sub_(1)
-    ys = torch.arange(height, dtype=theta.dtype, device=theta.device).mul_(2).add_(1).div_(height).sub_(1)
-    grid = torch.empty((n, height, width, 2), dtype=theta.dtype, device=theta.device)
-    for k in range(2):
-        ax = theta[:, k, 0, None] * xs  # (n, W)
-        by = theta[:, k, 1, None] * ys + theta[:, k, 2, None]  # (n, H)
-        torch.add(ax[:, None, :], by[:, :, None], out=grid[..., k])
-    return grid
-
-
-def random_affine(
-    x: Tensor,
-    *,
-    degrees: float,
-    translate: float,
-    scale: tuple[float, float],
-    hflip_p: float,
-    generator: torch.Generator,
-    fill: float | Sequence[float] = 0.0,
-) -> Tensor:
-    """Per-sample random rotation, translation, isotropic scale and horizontal flip.
-
-    All samples are warped by one batched ``affine_grid`` + ``grid_sample`` (bilinear,
-    ``align_corners=False``). Per sample: rotation angle ~ U(-degrees, degrees) degrees about the
-    image centre; translation ~ U(-translate, translate) x (width, height) pixels; scale
-    ~ U(scale[0], scale[1]); mirror left-right with probability ``hflip_p``. The 5 x B uniforms
-    are drawn from ``generator`` on the CPU (so CPU and GPU agree for one seed) and then moved to
-    ``x.device``.
-
-    Args:
-        x: floating (B, C, H, W), e.g. windowed intensities in [0, 1].
-        degrees: maximum absolute rotation, degrees (>= 0).
-        translate: maximum absolute shift as a fraction of the image size, in [0, 1).
-        scale: (low, high) range of the zoom factor, 0 < low <= high.
-        hflip_p: probability of a horizontal flip, in [0, 1].
-        generator: a CPU ``torch.Generator``; it is advanced by exactly 5 * B draws.
-        fill: value of pixels that come from outside the input, a scalar or one value per
-            channel (same units as ``x``). With the default 0.0 (= windowed air for usual brain
-            windows) grid_sample's zero padding is used directly; otherwise a warped validity
-            mask blends the fill in.
-
-    Returns:
-        Tensor of ``x``'s shape, dtype and device.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"random_affine expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"random_affine needs a floating-point tensor, got {x.dtype}")
-    if generator.device.type != "cpu":
-        raise ValueError(f"random_affine draws its parameters on the CPU; pass a CPU generator, got {generator.device}")
-    lo, hi = float(scale[0]), float(scale[1])
-    if degrees < 0:
-        raise ValueError(f"degrees must be >= 0, got {degrees}")
-    if not 0.0 <= translate < 1.0:
-        raise ValueError(f"translate must be in [0, 1), got {translate}")
-    if not 0.0 < lo <= hi:
-        raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {tuple(scale)}")
-    if not 0.0 <= hflip_p <= 1.0:
-        raise ValueError(f"hflip_p must be in [0, 1], got {hflip_p}")
-
-    n, c, h, w = x.shape
-    theta = _affine_thetas(
-        n, h, w, degrees=float(degrees), translate=float(translate), scale=(lo, hi),
-        hflip_p=float(hflip_p), generator=generator,
-    ).to(device=x.device, dtype=x.dtype)
-    grid = _affine_grid(theta, n, h, w)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-    fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(-1)
-    if fill_t.numel() not in (1, c):
-        raise ValueError(f"fill must be a scalar or hold one value per channel ({c}), got {fill_t.numel()} values")
-    if bool((fill_t != 0).any()):
-        ones = torch.ones((n, 1, h, w), dtype=x.dtype, device=x.device)
-        valid = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out = out + (1.0 - valid) * fill_t.view(1, -1, 1, 1)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # normalize
 # --------------------------------------------------------------------------------------------
 def normalize(
@@ -307,57 +178,11 @@ def normalize(
 # the training pipeline
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class AugConfig:
-    """Train-time augmentation ranges (see :func:`random_affine`).
-
-    Attributes:
-        degrees: max absolute rotation, degrees.
-        translate: max absolute shift, fraction of the image size.
-        scale: (low, high) zoom range.
-        hflip_p: probability of a horizontal flip.
-    """
-
-    degrees: float = 10.0
-    translate: float = 0.05
-    scale: tuple[float, float] = (0.9, 1.1)
-    hflip_p: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not self.degrees >= 0:
-            raise ValueError(f"aug.degrees must be >= 0, got {self.degrees}")
-        if not 0.0 <= self.translate < 1.0:
-            raise ValueError(f"aug.translate must be in [0, 1), got {self.translate}")
-        if len(self.scale) != 2 or not 0.0 < self.scale[0] <= self.scale[1]:
-            raise ValueError(f"aug.scale must be [low, high] with 0 < low <= high, got {list(self.scale)}")
-        if not 0.0 <= self.hflip_p <= 1.0:
-            raise ValueError(f"aug.hflip_p must be in [0, 1], got {self.hflip_p}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "AugConfig":
-        """Build from a mapping (missing keys take the defaults; unknown keys raise ValueError)."""
-        d = dict(d or {})
-        valid = ("degrees", "translate", "scale", "hflip_p")
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown key(s) aug.{', aug.'.join(unknown)}; valid keys are: {', '.join(valid)}")
-        if "scale" in d:
-            sc = d["scale"]
-            if isinstance(sc, (int, float)):
-                raise ValueError(f"aug.scale must be a [low, high] pair, got {sc!r}")
-            d["scale"] = tuple(float(v) for v in sc)
-            if len(d["scale"]) != 2:
-                raise ValueError(f"aug.scale must be a [low, high] pair, got {list(sc)!r}")
-        for k in ("degrees", "translate", "hflip_p"):
-            if k in d:
-                d[k] = float(d[k])
-        return cls(**d)
-
-
-@dataclass(frozen=True)
 class BatchTransform:
     """window -> resize -> (random affine when training) -> ImageNet normalize, on whole batches.
 
-    Build it with :meth:`from_config` from the trainer's config section, e.g.::
+    The trainer builds it with :func:`trainer.loops.make_transform` from its
+    :class:`~trainer.config.TrainConfig`; :meth:`from_config` builds one from a plain mapping, e.g.::
 
         BatchTransform.from_config({"windows": [[40, 80]], "out_size": 224,
                                     "aug": {"degrees": 10, "translate": 0.05,
@@ -379,7 +204,7 @@ class BatchTransform:
             raise ValueError(f"out_size must be a positive integer, got {self.out_size!r}")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> "BatchTransform":
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> BatchTransform:
         """Build from a dict-like with keys ``windows`` (default [[40, 80]]), ``out_size``
         (default 224) and ``aug`` (defaults of :class:`AugConfig`). Unknown keys raise ValueError."""
         d = dict(cfg or {})
@@ -403,10 +228,6 @@ class BatchTransform:
     def channels(self) -> int:
         """Number of output channels C (the model's ``in_channels``)."""
         return len(expand_windows(self.windows))
-
-    def air_fill(self) -> list[float]:
-        """Per-channel windowed value of air (-1024 HU): the padding value of the affine warp."""
-        return [min(max((AIR_HU - (c - w / 2)) / w, 0.0), 1.0) for c, w in expand_windows(self.windows)]
 
     def __call__(self, hu_batch: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
         """Transform a batch.
@@ -481,7 +302,7 @@ def _fused_coefficients(
     src = [unique.index(w) for w in wins]
     scale = [1.0 / (unique[u][1] * std[k]) for k, u in enumerate(src)]
     shift = [((airs[u] - lows[u]) / unique[u][1] - mean[k]) / std[k] for k, u in enumerate(src)]
-    vec = lambda v: torch.tensor(v, dtype=torch.float32, device=dev).view(1, -1, 1, 1)  # noqa: E731
+    vec = lambda v: torch.tensor(v, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
     return {
         "air": airs,
         "low": vec(lows),
@@ -492,13 +313,3 @@ def _fused_coefficients(
         "scale": vec(scale),
         "shift": vec(shift),
     }
-
-
-def _normalize_(x: Tensor) -> Tensor:
-    """In-place :func:`normalize` with the ImageNet defaults (``x`` must be a fresh tensor)."""
-    c = x.shape[1]
-    m = list(IMAGENET_MEAN) if c == 3 else [sum(IMAGENET_MEAN) / 3] * c
-    s = list(IMAGENET_STD) if c == 3 else [sum(IMAGENET_STD) / 3] * c
-    mt = torch.tensor(m, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
-    st = torch.tensor(s, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
-    return x.sub_(mt).div_(st)

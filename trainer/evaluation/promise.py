@@ -43,8 +43,8 @@ def promise_vs_delivery(cv_oof: dict[str, Any], test_metrics: dict[str, Any], te
 
     Args:
         cv_oof: ``cv_metrics.json["oof"]`` (keys ``metrics`` and ``intervals``).
-        test_metrics: the test's :func:`trainer.metrics.binary_metrics` at ``threshold``.
-        test_intervals: the test's :func:`trainer.stats.interval_report`.
+        test_metrics: the test's :func:`trainer.evaluation.metrics.binary_metrics` at ``threshold``.
+        test_intervals: the test's :func:`trainer.evaluation.intervals.interval_report`.
         threshold: the CV-chosen threshold both sides are evaluated at.
 
     Returns:

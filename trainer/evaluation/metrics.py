@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from trainer.evaluation.inputs import check_labels_scores
+
 __all__ = [
     "CONFUSION_COLUMNS",
     "binary_metrics",
@@ -53,55 +55,9 @@ CONFUSION_COLUMNS: tuple[str, ...] = (
 # validation helpers
 # --------------------------------------------------------------------------
 def _check_y_prob(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and convert ``y_true`` / ``prob`` to 1-D arrays.
-
-    Returns ``y`` as a bool array (True = positive) and ``prob`` as float64.
-    """
-    y = np.asarray(y_true)
-    p = np.asarray(prob, dtype=np.float64)
-    if y.ndim != 1:
-        raise ValueError(
-            f"The 'y_true' parameter must be a 1-D array; got an array with shape {y.shape}."
-        )
-    if p.ndim != 1:
-        raise ValueError(
-            f"The 'prob' parameter must be a 1-D array; got an array with shape {p.shape}."
-        )
-    if y.shape[0] != p.shape[0]:
-        raise ValueError(
-            "The 'y_true' and 'prob' parameters must have the same length; "
-            f"got {y.shape[0]} and {p.shape[0]}."
-        )
-    if y.shape[0] == 0:
-        raise ValueError("The 'y_true' parameter must contain at least one sample; got 0.")
-    if y.dtype == bool:
-        yb = y
-    else:
-        try:
-            yf = y.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"The 'y_true' parameter must contain only the values 0 and 1; got dtype {y.dtype}."
-            ) from exc
-        bad = ~np.isin(yf, (0.0, 1.0))
-        if bad.any():
-            found = np.unique(y[bad])[:5].tolist()
-            raise ValueError(
-                "The 'y_true' parameter must contain only the values {0, 1}; "
-                f"got other values such as {found}."
-            )
-        yb = yf == 1.0
-    if not np.all(np.isfinite(p)):
-        raise ValueError(
-            "The 'prob' parameter must contain only finite values; "
-            f"got {int((~np.isfinite(p)).sum())} NaN/inf value(s)."
-        )
-    if p.min() < 0.0 or p.max() > 1.0:
-        raise ValueError(
-            "The 'prob' parameter must contain probabilities in [0, 1]; "
-            f"got values in [{p.min():.6g}, {p.max():.6g}] (pass sigmoid(logits), not logits)."
-        )
-    return yb, p
+    """(bool (n,) labels, True = positive; float64 (n,) probabilities), checked by :func:`check_labels_scores`."""
+    y, p = check_labels_scores(y_true, prob)
+    return y.astype(bool), p
 
 
 def _check_thresholds(thresholds: Any) -> np.ndarray:
@@ -267,7 +223,7 @@ def threshold_grid(step: float = 0.01) -> np.ndarray:
         raise ValueError(
             f"The 'step' parameter of threshold_grid must be a float in (0, 1]; got {step!r}."
         )
-    n = int(math.floor(1.0 / s + 1e-9))
+    n = math.floor(1.0 / s + 1e-9)
     grid = np.round(np.arange(n + 1, dtype=np.float64) * s, 10)
     grid = grid[grid <= 1.0]
     if grid[-1] < 1.0:

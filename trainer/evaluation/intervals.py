@@ -21,9 +21,10 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm, rankdata
+from scipy.stats import binomtest, norm, rankdata
 
-from trainer.metrics import binary_metrics
+from trainer.evaluation.inputs import check_labels_scores
+from trainer.evaluation.metrics import binary_metrics
 
 __all__ = [
     "BOOT_METRICS",
@@ -47,27 +48,19 @@ def z_value(level: float = 0.95) -> float:
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of the proportion ``k / n``.
+    """Wilson score interval of the proportion ``k / n``: ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``.
 
-    ``(p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)``; (NaN, NaN) when ``n == 0``.
-    Example (Newcombe 1998, table I): 81/263 -> (0.2553, 0.3662); 0/20 -> (0, 0.1611).
+    (NaN, NaN) when ``n == 0``. Example (Newcombe 1998, table I): 81/263 -> (0.2553, 0.3662);
+    0/20 -> (0, 0.1611).
     """
     k, n = int(k), int(n)
     if n < 0 or k < 0 or k > n:
         raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return float("nan"), float("nan")
-    z = z_value(level)
-    p = k / n
-    den = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    lo, hi = max(0.0, center - half), min(1.0, center + half)
-    if k == 0:
-        lo = 0.0
-    if k == n:
-        hi = 1.0
-    return lo, hi
+    z_value(level)  # the level's message
+    ci = binomtest(k, n).proportion_ci(confidence_level=float(level), method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def delong(y: Any, prob: Any, level: float = 0.95) -> dict[str, float]:
@@ -82,10 +75,8 @@ def delong(y: Any, prob: Any, level: float = 0.95) -> dict[str, float]:
         ``auc, var, se, lo, hi`` (interval clipped to [0, 1]); ``var``/``se``/``lo``/``hi`` are
         NaN with fewer than two rows in a class, everything NaN with a single class.
     """
-    yb = np.asarray(y).astype(bool)
-    p = np.asarray(prob, dtype=np.float64)
-    if yb.shape != p.shape or yb.ndim != 1:
-        raise ValueError(f"y and prob must be 1-D of equal length, got {yb.shape} and {p.shape}")
+    y01, p = check_labels_scores(y, prob, y_name="y", probabilities=False, allow_empty=True)
+    yb = y01.astype(bool)
     x, yy = p[yb], p[~yb]
     m, n = x.size, yy.size
     nan = float("nan")
@@ -176,21 +167,12 @@ def group_bootstrap(
         "ci": {metric: [lo, hi]}}`` for :data:`BOOT_METRICS` (``[None, None]`` when no
         resample could be used).
     """
-    yb = np.asarray(y).astype(bool)
-    p = np.asarray(prob, dtype=np.float64)
-    if yb.shape != p.shape or yb.ndim != 1:
-        raise ValueError(f"y and prob must be 1-D of equal length, got {yb.shape} and {p.shape}")
+    y01, p = check_labels_scores(y, prob, y_name="y", probabilities=False, allow_empty=True)
+    yb = y01.astype(bool)
     n_boot = int(n_boot)
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    if groups is None:
-        codes, n_units, unit = np.arange(p.size), p.size, "row"
-    else:
-        g = np.asarray(groups)
-        if g.shape != p.shape:
-            raise ValueError(f"groups must have one entry per row, got {g.shape} for {p.shape}")
-        uniq, codes = np.unique(g.astype(str), return_inverse=True)
-        n_units, unit = uniq.size, "group"
+    codes, n_units, unit = _unit_codes(groups, p)
     out: dict[str, Any] = {"unit": unit, "n_units": int(n_units), "n_boot": n_boot, "n_used": 0, "n_skipped": 0,
                            "seed": int(seed), "level": float(level), "method": "percentile",
                            "ci": {k: [None, None] for k in BOOT_METRICS}}
@@ -206,28 +188,49 @@ def group_bootstrap(
         draws = rng.integers(0, n_units, size=(b, n_units))
         flat = (draws + np.arange(b)[:, None] * n_units).ravel()
         counts = np.bincount(flat, minlength=b * n_units).reshape(b, n_units).astype(np.float64)
-        w = counts[:, codes]
-        auc, ap = weighted_auc_ap(yb, p, w)
-        tp = w @ (yb & pred).astype(np.float64)
-        fp = w @ (~yb & pred).astype(np.float64)
-        tn = w @ (~yb & ~pred).astype(np.float64)
-        fn = w @ (yb & ~pred).astype(np.float64)
-        keep = ((tp + fn) > 0) & ((tn + fp) > 0)
-        batch = {"auc": auc, "ap": ap, "sens": _ratio(tp, tp + fn), "spec": _ratio(tn, tn + fp),
-                 "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn)}
+        batch, keep = _resample_metrics(yb, p, pred, counts[:, codes])
         for k, v in batch.items():
             vals[k].append(v[keep])
         out["n_used"] += int(keep.sum())
         done += b
     out["n_skipped"] = n_boot - out["n_used"]
-    alpha = (1.0 - float(level)) / 2.0
-    for k in BOOT_METRICS:
-        v = np.concatenate(vals[k])
-        v = v[np.isfinite(v)]
-        if v.size:
-            lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
-            out["ci"][k] = [float(lo), float(hi)]
+    out["ci"] = {k: _percentile_ci(np.concatenate(vals[k]), level) for k in BOOT_METRICS}
     return out
+
+
+def _percentile_ci(v: np.ndarray, level: float) -> list[float | None]:
+    """The ``level`` percentile interval of the finite values of ``v``; [None, None] when there are none."""
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return [None, None]
+    alpha = (1.0 - float(level)) / 2.0
+    lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
+    return [float(lo), float(hi)]
+
+
+def _unit_codes(groups: Any, p: np.ndarray) -> tuple[np.ndarray, int, str]:
+    """(int (n,) resampling unit per row, number of units, ``"row"`` | ``"group"``)."""
+    if groups is None:
+        return np.arange(p.size), p.size, "row"
+    g = np.asarray(groups)
+    if g.shape != p.shape:
+        raise ValueError(f"groups must have one entry per row, got {g.shape} for {p.shape}")
+    uniq, codes = np.unique(g.astype(str), return_inverse=True)
+    return codes, uniq.size, "group"
+
+
+def _resample_metrics(
+    yb: np.ndarray, p: np.ndarray, pred: np.ndarray, w: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:data:`BOOT_METRICS` of B resamples given as row multiplicities ``w`` (B, n); and which resamples hold both classes."""
+    auc, ap = weighted_auc_ap(yb, p, w)
+    tp = w @ (yb & pred).astype(np.float64)
+    fp = w @ (~yb & pred).astype(np.float64)
+    tn = w @ (~yb & ~pred).astype(np.float64)
+    fn = w @ (yb & ~pred).astype(np.float64)
+    keep = ((tp + fn) > 0) & ((tn + fp) > 0)
+    return {"auc": auc, "ap": ap, "sens": _ratio(tp, tp + fn), "spec": _ratio(tn, tn + fp),
+            "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn)}, keep
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Cross-validated threshold tables and operating-point selection.
 
 The out-of-fold (OOF) predictions of a k-fold cross-validation are turned into
-one :func:`trainer.metrics.threshold_table` per fold, which are then summarised
+one :func:`trainer.evaluation.metrics.threshold_table` per fold, which are then summarised
 per threshold (mean / sample std across folds, summed counts). A decision
 threshold is then picked from that summary with :func:`select_threshold`.
 """
@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainer.metrics import _ratios, binary_metrics, threshold_grid, threshold_table
+from trainer.evaluation.metrics import (
+    _ratios,
+    binary_metrics,
+    threshold_grid,
+    threshold_table,
+)
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -91,7 +96,7 @@ def cv_threshold_tables(
         Out-of-fold predictions with columns ``ID, label, prob, fold``
         (``fold`` >= 0; test rows must not be included).
     thresholds : array-like of float
-        Thresholds to evaluate (e.g. :func:`trainer.metrics.threshold_grid`).
+        Thresholds to evaluate (e.g. :func:`trainer.evaluation.metrics.threshold_grid`).
     train_auc_by_fold : mapping fold -> float, optional
         Training-set ROC AUC of each fold's model. When given it must have an
         entry for every fold in ``oof``.
@@ -99,7 +104,7 @@ def cv_threshold_tables(
     Returns
     -------
     by_fold : pandas.DataFrame
-        ``fold`` followed by the :func:`~trainer.metrics.threshold_table`
+        ``fold`` followed by the :func:`~trainer.evaluation.metrics.threshold_table`
         columns, plus ``ap`` and ``auc`` of the fold's validation predictions
         (constant within a fold; ``auc`` is NaN for a single-class fold) and
         ``train_auc`` when ``train_auc_by_fold`` is given. Sorted by fold, then
@@ -131,6 +136,14 @@ def cv_threshold_tables(
     if np.unique(thr_arr).size != thr_arr.size:
         raise ValueError("The 'thresholds' parameter must not contain duplicate values.")
 
+    by_fold = _fold_tables(oof, folds, thresholds, train_auc_by_fold)
+    return by_fold, _summarise_folds(by_fold, train_auc_by_fold is not None)
+
+
+def _fold_tables(
+    oof: pd.DataFrame, folds: list[int], thresholds: Any, train_auc_by_fold: Mapping[int, float] | None
+) -> pd.DataFrame:
+    """:func:`cv_threshold_tables`' ``by_fold``: one threshold table per fold, stacked."""
     tables: list[pd.DataFrame] = []
     fold_col = oof["fold"].astype(np.int64).to_numpy()
     labels = oof["label"].to_numpy()
@@ -146,9 +159,13 @@ def cv_threshold_tables(
         if train_auc_by_fold is not None:
             tab["train_auc"] = float(train_auc_by_fold[f])
         tables.append(tab)
-    by_fold = pd.concat(tables, ignore_index=True)
+    return pd.concat(tables, ignore_index=True)
 
-    order = tables[0]["threshold"].to_numpy()
+
+def _summarise_folds(by_fold: pd.DataFrame, has_train_auc: bool) -> pd.DataFrame:
+    """:func:`cv_threshold_tables`' ``summary``: per threshold (first fold's order), means/SDs over folds,
+    summed counts and the pooled ratios of those counts."""
+    order = by_fold.loc[by_fold["fold"] == by_fold["fold"].iloc[0], "threshold"].to_numpy()
     g = by_fold.groupby("threshold", sort=False)
     cols: dict[str, Any] = {"threshold": order}
     for m_name in RATIO_METRICS:
@@ -156,7 +173,7 @@ def cv_threshold_tables(
         cols[f"{m_name}_std"] = g[m_name].std(ddof=1).reindex(order).to_numpy()
     cols["ap_mean"] = g["ap"].mean().reindex(order).to_numpy()
     cols["auc_mean"] = g["auc"].mean().reindex(order).to_numpy()
-    if train_auc_by_fold is not None:
+    if has_train_auc:
         cols["train_auc_mean"] = g["train_auc"].mean().reindex(order).to_numpy()
     else:
         cols["train_auc_mean"] = np.full(order.shape, np.nan)
@@ -166,8 +183,7 @@ def cv_threshold_tables(
     pooled = _ratios(cols["tp_sum"], cols["fp_sum"], cols["tn_sum"], cols["fn_sum"])
     for m_name in RATIO_METRICS:
         cols[f"{m_name}_pooled"] = pooled[m_name]
-    summary = pd.DataFrame(cols)
-    return by_fold, summary
+    return pd.DataFrame(cols)
 
 
 def candidate_thresholds(prob: Any, *, source: str = "oof", step: float = 0.01) -> np.ndarray:
@@ -176,7 +192,7 @@ def candidate_thresholds(prob: Any, *, source: str = "oof", step: float = 0.01) 
     ``source="oof"``: the midpoints between consecutive distinct scores, so the candidates are
     dense exactly where the scores are (a model whose scores all sit below 0.01 still gets a
     fine choice); more than :data:`MAX_CANDIDATES` are thinned to that many quantiles.
-    ``source="grid"``: :func:`trainer.metrics.threshold_grid` with ``step``.
+    ``source="grid"``: :func:`trainer.evaluation.metrics.threshold_grid` with ``step``.
 
     Either way a candidate that puts every pooled score on one side (``t <= min`` predicts all
     positive, ``t > max`` all negative) is dropped -- unless all scores are equal, when nothing
@@ -218,7 +234,7 @@ def threshold_spread(by_fold: pd.DataFrame, threshold: float) -> dict[str, Any]:
         sd = float(np.std(vals, ddof=1)) if vals.size > 1 else float("nan")
         out[f"{m}_std"] = sd
         if np.isfinite(sd) and sd > SPREAD_WARN:
-            each = ", ".join("fold %d: %.2f" % (f["fold"], f[m]) for f in per_fold)
+            each = ", ".join(f"fold {int(f['fold'])}: {f[m]:.2f}" for f in per_fold)
             out["warnings"].append(f"{m} at threshold {threshold:.4g} varies across folds (sd {sd:.2f} > "
                                    f"{SPREAD_WARN}; {each}): the operating point is unstable")
     for f in per_fold:
@@ -274,6 +290,76 @@ def select_threshold(
     ThresholdUnreachableError
         (subclass of ValueError) when no threshold reaches ``sens_target``.
     """
+    sfx, what = _check_summary(summary, strategy, pooling)
+    thr = summary["threshold"].to_numpy(dtype=np.float64)
+    if strategy == "max_f1":
+        idx, target_out = _pick_max_f1(summary, thr, sfx, sens_target), None
+    else:
+        target_out = _check_sens_target(sens_target)
+        idx = _pick_sens_target(summary, thr, sfx, what, target_out)
+
+    row = summary.iloc[idx]
+    out: dict[str, Any] = {
+        "strategy": strategy,
+        "pooling": pooling,
+        "threshold": float(row["threshold"]),
+        "sens_target": target_out,
+    }
+    for k, v in _row_to_dict(row.drop(labels=["threshold"])).items():
+        out[k] = v
+    return out
+
+
+def _pick_max_f1(summary: pd.DataFrame, thr: np.ndarray, sfx: str, sens_target: Any) -> int:
+    """Row of the largest ``f1_<sfx>`` (ties: the lowest threshold)."""
+    if sens_target is not None:
+        raise ValueError(
+            "The 'sens_target' parameter is only used with strategy='sens_target'; "
+            f"got sens_target={sens_target!r} with strategy='max_f1'."
+        )
+    f1 = summary[f"f1_{sfx}"].to_numpy(dtype=np.float64)
+    valid = ~np.isnan(f1)
+    if not valid.any():
+        raise ValueError(f"The 'summary' column 'f1_{sfx}' is all NaN; cannot select a threshold.")
+    cand = np.flatnonzero(valid & (f1 == np.nanmax(f1)))
+    return int(cand[np.argmin(thr[cand])])
+
+
+def _check_sens_target(sens_target: Any) -> float:
+    if sens_target is None:
+        raise ValueError("The 'sens_target' parameter is required with strategy='sens_target'; got None.")
+    try:
+        target = float(sens_target)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"The 'sens_target' parameter must be a float in [0, 1]; got {sens_target!r}.") from exc
+    if not (math.isfinite(target) and 0.0 <= target <= 1.0):
+        raise ValueError(f"The 'sens_target' parameter must be a float in [0, 1]; got {sens_target!r}.")
+    return target
+
+
+def _pick_sens_target(summary: pd.DataFrame, thr: np.ndarray, sfx: str, what: str, target: float) -> int:
+    """Among rows with ``sens_<sfx> >= target``, the largest ``ppv_<sfx>`` (ties: the highest threshold)."""
+    sens = summary[f"sens_{sfx}"].to_numpy(dtype=np.float64)
+    ok = sens >= target - SENS_TOL  # NaN compares False
+    if not ok.any():
+        if np.isnan(sens).all():
+            raise ThresholdUnreachableError(
+                f"sens_target={target:g} cannot be reached: 'sens_{sfx}' is all NaN. "
+                "Lower `sens_target` or use strategy='max_f1'."
+            )
+        i_best = int(np.nanargmax(sens))
+        raise ThresholdUnreachableError(
+            f"sens_target={target:g} is unreachable: the best {what} sensitivity is "
+            f"{sens[i_best]:.4f} at threshold={thr[i_best]:g}. "
+            "Lower `sens_target` or use strategy='max_f1'."
+        )
+    ppv = np.nan_to_num(summary[f"ppv_{sfx}"].to_numpy(dtype=np.float64), nan=-np.inf)
+    cand = np.flatnonzero(ok & (ppv == ppv[ok].max()))
+    return int(cand[np.argmax(thr[cand])])
+
+
+def _check_summary(summary: pd.DataFrame, strategy: str, pooling: str) -> tuple[str, str]:
+    """(column suffix, word for the messages) of ``pooling``, after checking ``summary`` has what ``strategy`` reads."""
     if strategy not in STRATEGIES:
         raise ValueError(
             f"The 'strategy' parameter of select_threshold must be one of "
@@ -293,63 +379,4 @@ def select_threshold(
             f"strategy={strategy!r}; got columns {list(summary.columns)}."
         )
 
-    thr = summary["threshold"].to_numpy(dtype=np.float64)
-    if strategy == "max_f1":
-        if sens_target is not None:
-            raise ValueError(
-                "The 'sens_target' parameter is only used with strategy='sens_target'; "
-                f"got sens_target={sens_target!r} with strategy='max_f1'."
-            )
-        f1 = summary[f"f1_{sfx}"].to_numpy(dtype=np.float64)
-        valid = ~np.isnan(f1)
-        if not valid.any():
-            raise ValueError(f"The 'summary' column 'f1_{sfx}' is all NaN; cannot select a threshold.")
-        best = np.nanmax(f1)
-        cand = np.flatnonzero(valid & (f1 == best))
-        idx = int(cand[np.argmin(thr[cand])])
-        target_out: float | None = None
-    else:
-        if sens_target is None:
-            raise ValueError(
-                "The 'sens_target' parameter is required with strategy='sens_target'; got None."
-            )
-        try:
-            target = float(sens_target)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"The 'sens_target' parameter must be a float in [0, 1]; got {sens_target!r}."
-            ) from exc
-        if not (math.isfinite(target) and 0.0 <= target <= 1.0):
-            raise ValueError(
-                f"The 'sens_target' parameter must be a float in [0, 1]; got {sens_target!r}."
-            )
-        sens = summary[f"sens_{sfx}"].to_numpy(dtype=np.float64)
-        ok = sens >= target - SENS_TOL  # NaN compares False
-        if not ok.any():
-            if np.isnan(sens).all():
-                raise ThresholdUnreachableError(
-                    f"sens_target={target:g} cannot be reached: 'sens_{sfx}' is all NaN. "
-                    "Lower `sens_target` or use strategy='max_f1'."
-                )
-            i_best = int(np.nanargmax(sens))
-            raise ThresholdUnreachableError(
-                f"sens_target={target:g} is unreachable: the best {what} sensitivity is "
-                f"{sens[i_best]:.4f} at threshold={thr[i_best]:g}. "
-                "Lower `sens_target` or use strategy='max_f1'."
-            )
-        ppv = np.nan_to_num(summary[f"ppv_{sfx}"].to_numpy(dtype=np.float64), nan=-np.inf)
-        best = ppv[ok].max()
-        cand = np.flatnonzero(ok & (ppv == best))
-        idx = int(cand[np.argmax(thr[cand])])
-        target_out = target
-
-    row = summary.iloc[idx]
-    out: dict[str, Any] = {
-        "strategy": strategy,
-        "pooling": pooling,
-        "threshold": float(row["threshold"]),
-        "sens_target": target_out,
-    }
-    for k, v in _row_to_dict(row.drop(labels=["threshold"])).items():
-        out[k] = v
-    return out
+    return sfx, what

@@ -17,17 +17,14 @@ Probabilities are clipped to [1e-6, 1 - 1e-6] before the logit. A fit that does 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import warnings
 from typing import Any
 
-import matplotlib
+import numpy as np
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import brier_score_loss  # noqa: E402
+from trainer.evaluation.inputs import check_labels_scores
 
 __all__ = [
     "STRATEGIES",
@@ -35,7 +32,6 @@ __all__ = [
     "calibration_summary",
     "calibration_table",
     "logistic_calibration",
-    "plot_calibration",
 ]
 
 STRATEGIES: tuple[str, ...] = ("uniform", "quantile")
@@ -43,15 +39,9 @@ EPS: float = 1e-6
 
 
 def _check(y: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
-    yy = np.asarray(y).astype(np.float64)
-    p = np.asarray(prob, dtype=np.float64)
-    if yy.ndim != 1 or yy.shape != p.shape or yy.size == 0:
-        raise ValueError(f"y and prob must be non-empty 1-D arrays of equal length, got {yy.shape} and {p.shape}")
-    if not np.all(np.isin(yy, (0.0, 1.0))):
-        raise ValueError("y must contain only 0 and 1")
-    if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
-        raise ValueError("prob must be finite probabilities in [0, 1]")
-    return yy, p
+    """(float64 (n,) 0/1 labels, float64 (n,) probabilities), non-empty."""
+    yy, p = check_labels_scores(y, prob, y_name="y")
+    return yy.astype(np.float64), p
 
 
 def bin_edges(prob: np.ndarray, n_bins: int = 10, strategy: str = "uniform") -> np.ndarray:
@@ -66,19 +56,20 @@ def bin_edges(prob: np.ndarray, n_bins: int = 10, strategy: str = "uniform") -> 
 
 
 def calibration_table(y: Any, prob: Any, n_bins: int = 10, strategy: str = "uniform") -> list[dict[str, float]]:
-    """One dict per non-empty bin: ``lo, hi, n, mean_pred, frac_pos`` (ascending)."""
+    """One dict per non-empty bin: ``lo, hi, n, mean_pred, frac_pos`` (ascending).
+
+    ``mean_pred`` and ``frac_pos`` are ``sklearn.calibration.calibration_curve``'s values; the
+    edges (:func:`bin_edges`) and counts are those of its bins (bin i: edges[i] <= p < edges[i+1]),
+    which it does not return.
+    """
     yy, p = _check(y, prob)
     edges = bin_edges(p, n_bins, strategy)
-    ids = np.searchsorted(edges[1:-1], p)  # sklearn's assignment: bin i holds edges[i] <= p < edges[i+1]
-    nb = len(edges) - 1
-    cnt = np.bincount(ids, minlength=nb)
-    s_pred = np.bincount(ids, weights=p, minlength=nb)
-    s_true = np.bincount(ids, weights=yy, minlength=nb)
-    rows = []
-    for i in np.flatnonzero(cnt):
-        rows.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "n": int(cnt[i]),
-                     "mean_pred": float(s_pred[i] / cnt[i]), "frac_pos": float(s_true[i] / cnt[i])})
-    return rows
+    cnt = np.bincount(np.searchsorted(edges[1:-1], p), minlength=len(edges) - 1)
+    with warnings.catch_warnings():  # a single-class set is a valid (if uninformative) diagram
+        warnings.simplefilter("ignore")
+        frac_pos, mean_pred = calibration_curve(yy, p, n_bins=int(n_bins), strategy=strategy, pos_label=1)
+    return [{"lo": float(edges[i]), "hi": float(edges[i + 1]), "n": int(cnt[i]), "mean_pred": float(mp),
+             "frac_pos": float(fp)} for i, mp, fp in zip(np.flatnonzero(cnt), mean_pred, frac_pos)]
 
 
 def _fit_logistic(y: np.ndarray, x: np.ndarray | None, offset: np.ndarray, max_iter: int = 100,
@@ -152,53 +143,3 @@ def calibration_summary(y: Any, prob: Any, n_bins: int = 10, strategy: str = "un
         "strategy": strategy,
         "bins": bins,
     }
-
-
-def plot_calibration(
-    sets: dict[str, tuple[Any, Any]],
-    path: str | os.PathLike[str],
-    *,
-    n_bins: int = 10,
-    strategy: str = "uniform",
-    title: str = "Calibration",
-) -> dict[str, dict[str, Any]]:
-    """Reliability diagram (top) and prediction histograms (bottom) for one or more sets.
-
-    Args:
-        sets: ``{name: (y, prob)}``, e.g. ``{"test": (y, p)}`` or ``{"OOF": ..., "test": ...}``.
-        path: PNG to write (parent folders created).
-
-    Returns:
-        ``{name: calibration_summary(...)}``.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    fig, (ax, axh) = plt.subplots(2, 1, figsize=(6, 7.5), gridspec_kw={"height_ratios": [3, 1.2]}, sharex=True)
-    try:
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-        for i, (name, (y, prob)) in enumerate(sets.items()):
-            s = calibration_summary(y, prob, n_bins, strategy)
-            out[name] = s
-            xs = [b["mean_pred"] for b in s["bins"]]
-            ys = [b["frac_pos"] for b in s["bins"]]
-            sizes = [20 + 180 * b["n"] / s["n"] for b in s["bins"]]
-            color = f"C{i}"
-            slope = "n/a" if not np.isfinite(s["slope"]) else f"{s['slope']:.2f}"
-            ax.plot(xs, ys, "-", color=color, lw=1.5,
-                    label=f"{name}: Brier {s['brier']:.3f}, slope {slope}, n={s['n']}")
-            ax.scatter(xs, ys, s=sizes, color=color, zorder=3)
-            yy, p = _check(y, prob)
-            edges = np.linspace(0, 1, 21)
-            axh.hist(p[yy == 0], bins=edges, histtype="step", color=color, ls="-", label=f"{name} label 0")
-            axh.hist(p[yy == 1], bins=edges, histtype="step", color=color, ls="--", label=f"{name} label 1")
-        ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), ylabel="observed fraction positive", title=title)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
-        axh.set(xlabel=f"predicted probability ({strategy} bins, {n_bins})", ylabel="count")
-        axh.legend(fontsize=7)
-        fig.tight_layout()
-        p_out = Path(path)
-        p_out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p_out, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return out

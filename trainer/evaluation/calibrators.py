@@ -83,7 +83,7 @@ class Calibrator:
                 "note": self.note}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "Calibrator":
+    def from_dict(cls, d: dict[str, Any] | None) -> Calibrator:
         """The inverse of :meth:`to_dict`; ``None`` (a run made without calibration) is the identity."""
         if not d:
             return cls("none", note="no calibration recorded")

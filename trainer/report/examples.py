@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -12,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from trainer.data import Dataset
+from trainer.data import SliceSource
 from trainer.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchTransform
 
 
@@ -21,7 +20,7 @@ def _denorm(x: torch.Tensor) -> np.ndarray:
     return (x[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).clamp(0, 1).cpu().numpy()
 
 
-def plot_examples(data: Dataset, idx: np.ndarray, label: int, n: int, tf: BatchTransform, path: Path, seed: int) -> list[str]:
+def plot_examples(data: SliceSource, idx: np.ndarray, label: int, n: int, tf: BatchTransform, path: Path, seed: int) -> list[str]:
     """For ``n`` rows of class ``label`` among ``idx``: cached HU, model input (eval) and two augmented inputs."""
     rows = idx[data.labels[idx] == label]
     if len(rows) == 0:

@@ -1,41 +1,39 @@
 """Clinical-grade evaluation of one prediction set: intervals, calibration and patient-level results.
 
-Used by ``trainer cv`` (pooled out-of-fold predictions -> ``cv_metrics.json["oof"]``,
-``cv_calibration.png``, ``cv_oof_patient_predictions.csv``) and ``trainer final`` (test
-predictions -> ``test_metrics.json`` keys ``intervals``, ``calibration``, ``patient``,
-``evaluation``; ``test_calibration.png``; ``test_patient_predictions.csv``).
+Used by ``trainer cv`` (pooled out-of-fold predictions -> ``cv_metrics.json["oof"]`` and
+``cv_oof_patient_predictions.csv``) and ``trainer final`` (test predictions ->
+``test_metrics.json`` keys ``intervals``, ``calibration``, ``patient``, ``evaluation`` and
+``test_patient_predictions.csv``); they write the files and draw the calibration figures.
 
-Settings are config keys (defaults in :data:`trainer.config.DEFAULTS`): ``n_boot``, ``ci_level``,
+Settings are config keys (defaults on :class:`trainer.config.TrainConfig`): ``n_boot``, ``ci_level``,
 ``ci_seed``, ``patient_aggregation``, ``calibration_bins``, ``calibration_strategy``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from trainer.calibration import calibration_summary, plot_calibration
-from trainer.metrics import binary_metrics
-from trainer.patient import aggregate_patients, describe, patient_frame
-from trainer.stats import interval_report
+from trainer.config import TrainConfig
+from trainer.evaluation.calibration import calibration_summary
+from trainer.evaluation.intervals import interval_report
+from trainer.evaluation.metrics import binary_metrics
+from trainer.evaluation.patient import aggregate_patients, describe, patient_frame
 
 EVAL_KEYS: tuple[str, ...] = ("n_boot", "ci_level", "ci_seed", "patient_aggregation", "calibration_bins",
                               "calibration_strategy", "gallery_n")
 
 
-def eval_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The evaluation keys of ``cfg``, defaults filled in (a cv run made before they existed)."""
-    from trainer.config import DEFAULTS
-
-    return {k: cfg.get(k, DEFAULTS[k]) for k in EVAL_KEYS}
+def eval_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The evaluation keys of ``cfg`` (recorded in the metrics JSON as ``evaluation``)."""
+    return {k: getattr(cfg, k) for k in EVAL_KEYS}
 
 
 def evaluate_predictions(
-    ids: Any, y: Any, prob: Any, patients: Any, threshold: float, cfg: Mapping[str, Any]
+    ids: Any, y: Any, prob: Any, patients: Any, threshold: float, cfg: TrainConfig
 ) -> dict[str, Any]:
     """Intervals (Wilson, DeLong, patient bootstrap), calibration and patient-level metrics.
 
@@ -60,7 +58,7 @@ def evaluate_predictions(
                             how=s["patient_aggregation"], threshold=thr)
     out["patient"] = {
         **describe(s["patient_aggregation"]),
-        "n_patients": int(len(pt)),
+        "n_patients": len(pt),
         "n_pos_patients": int(pt["label"].sum()),
         "metrics": binary_metrics(pt["label"].to_numpy(), pt["prob"].to_numpy(), thr),
         "intervals": interval_report(pt["label"].to_numpy(), pt["prob"].to_numpy(), thr, pt["patient"].to_numpy(),
@@ -71,16 +69,15 @@ def evaluate_predictions(
     return out
 
 
-def _public(ev: dict[str, Any]) -> dict[str, Any]:
+def public(ev: dict[str, Any]) -> dict[str, Any]:
+    """:func:`evaluate_predictions`' JSON part (without the ``_patients`` table)."""
     return {k: v for k, v in ev.items() if not k.startswith("_")}
 
 
-def cv_evaluation(
-    run: Path, split: pd.DataFrame, oof: pd.DataFrame, threshold: float, cfg: Mapping[str, Any],
-    patients: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Evaluate the pooled OOF predictions; writes ``cv_calibration.png`` and
-    ``cv_oof_patient_predictions.csv``; returns the ``cv_metrics.json["oof"]`` dict.
+def oof_evaluation(
+    split: pd.DataFrame, oof: pd.DataFrame, threshold: float, cfg: TrainConfig, patients: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """Evaluate the pooled OOF predictions at ``threshold``: (``cv_metrics.json["oof"]``, the patient table).
 
     ``patients`` maps ID -> patient key (default: the split's ``group`` column).
     """
@@ -89,34 +86,6 @@ def cv_evaluation(
     pk = np.array([keymap.get(i, i) for i in ids], dtype=str)
     y, p = oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float)
     ev = evaluate_predictions(ids, y, p, pk, threshold, cfg)
-    s = ev["evaluation"]
     res: dict[str, Any] = {"what": "pooled out-of-fold predictions of the fold models, at the selected threshold",
-                           "metrics": binary_metrics(y, p, threshold) if len(y) else {}, **_public(ev)}
-    if "_patients" in ev:
-        ev["_patients"].to_csv(run / "cv_oof_patient_predictions.csv", index=False)
-    if len(y):
-        plot_calibration({"OOF": (y, p)}, run / "cv_calibration.png", n_bins=int(s["calibration_bins"]),
-                         strategy=s["calibration_strategy"], title="Calibration (out-of-fold)")
-    return res
-
-
-def final_evaluation(
-    run: Path, ids: Any, y: Any, prob: Any, patients: Any, threshold: float, cfg: Mapping[str, Any],
-    oof: pd.DataFrame | None = None,
-) -> dict[str, Any]:
-    """Evaluate the test predictions; writes ``test_calibration.png`` (with the OOF curve when
-    ``oof`` is given) and ``test_patient_predictions.csv``; returns the keys added to
-    ``test_metrics.json``."""
-    ev = evaluate_predictions(ids, y, prob, patients, threshold, cfg)
-    s = ev["evaluation"]
-    if "_patients" in ev:
-        ev["_patients"].to_csv(run / "test_patient_predictions.csv", index=False)
-    y = np.asarray(y).astype(int)
-    if len(y):
-        sets = {}
-        if oof is not None and len(oof):
-            sets["OOF (cv)"] = (oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float))
-        sets["test"] = (y, np.asarray(prob, dtype=float))
-        plot_calibration(sets, run / "test_calibration.png", n_bins=int(s["calibration_bins"]),
-                         strategy=s["calibration_strategy"], title="Calibration (test)")
-    return _public(ev)
+                           "metrics": binary_metrics(y, p, threshold) if len(y) else {}, **public(ev)}
+    return res, ev.get("_patients")

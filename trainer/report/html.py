@@ -1,0 +1,130 @@
+"""``report.html``: one self-contained audit page per cv or final run.
+
+Everything is inline: plots are base64 PNG data URIs, styles are one ``<style>`` block, there is
+no script and no external link, so the file opens offline and can be archived or mailed as is.
+The page is rendered by jinja2 from ``trainer/report/templates/`` (autoescaped); this module
+gathers what each section shows from the run folder's typed results
+(:class:`~trainer.results.CVResult`, :class:`~trainer.results.TestResult`,
+:class:`~trainer.config.TrainConfig`) and computes nothing that the run did not already report.
+
+Sections (stable ``id`` attributes, in this order):
+
+================== =====================================================================
+``promise``        what CV promised at the threshold beside what the test delivered (final
+                   runs; a cv run shows its promise), and every warning of the run
+``summary``        run kind, folder, headline numbers
+``data-manifest``  the store: files, ok, quarantined by reason, fixes, class balance,
+                   transfer syntaxes, image sizes, duplicates, outliers, preprocessing
+``split-manifest`` slices/positives/groups per split and fold; the no-group-crosses check
+``config-environment`` seed, bootstrap settings, device, wall time, package versions, config
+``cv-curves``      cross-validated ROC / PR with fold bands, training histories, per fold
+``threshold-table`` the CV threshold summary around the chosen threshold
+``oof-metrics``    pooled out-of-fold metrics with intervals (slice and patient level)
+``test-metrics``   test metrics with intervals (final runs; a cv run says how to get them)
+``confusion``      confusion matrix at the threshold (test for final, OOF for cv)
+``calibration``    reliability diagram, Brier, slope, intercept
+``gallery``        the most confident false positives and false negatives, brain window
+================== =====================================================================
+
+A section whose inputs are missing says so in place (``<p class="missing">``) instead of failing
+the whole report; :func:`write_report` returns the ids of such sections.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from trainer.report import sections as S
+from trainer.report.format import ci, fmt, kv_frame
+
+__all__ = ["SECTION_IDS", "build_report", "write_report"]
+
+SECTION_IDS: tuple[str, ...] = (
+    "promise", "summary", "data-manifest", "split-manifest", "config-environment", "cv-curves", "threshold-table",
+    "oof-metrics", "test-metrics", "confusion", "calibration", "gallery",
+)
+TITLES = {
+    "promise": "Promise vs delivery", "summary": "Summary", "data-manifest": "Data manifest", "split-manifest": "Split manifest",
+    "config-environment": "Configuration and environment", "cv-curves": "Cross-validation curves",
+    "threshold-table": "Threshold table", "oof-metrics": "Out-of-fold metrics (cross-validation)",
+    "test-metrics": "Test metrics", "confusion": "Confusion matrix", "calibration": "Calibration",
+    "gallery": "Most confident errors",
+}
+
+#: section id -> the function gathering its template's ``d`` (raises :class:`~trainer.report.sections.Missing`).
+SECTIONS: dict[str, Callable[[S.Context], Any]] = {
+    "promise": S.promise, "summary": S.summary, "data-manifest": S.data_manifest, "split-manifest": S.split_manifest,
+    "config-environment": S.config_environment, "cv-curves": S.cv_curves, "threshold-table": S.threshold_table,
+    "oof-metrics": S.oof_metrics, "test-metrics": S.test_metrics, "confusion": S.confusion,
+    "calibration": S.calibration, "gallery": S.gallery,
+}
+
+
+def _kv_rows(d: dict[str, Any], nd: int = 4) -> list[dict[str, Any]]:
+    """The rows of the ``kv`` macro's key/value table."""
+    return [{str(k): v for k, v in r.items()} for r in kv_frame(d, nd).to_dict("records")]
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _escape(value: Any) -> Markup:
+    """Every printed value: ``html.escape(quote=True)`` (the stdlib's entities), Markup as is."""
+    return value if isinstance(value, Markup) else Markup(html.escape(str(value), quote=True))
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("trainer.report", "templates"), autoescape=True,
+                             finalize=_escape, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    env.filters.update(fmt=fmt, ci=ci, data_uri=_data_uri)
+    env.globals.update(kv_rows=_kv_rows)
+    return env
+
+
+def _section(env: jinja2.Environment, sid: str, ctx: S.Context) -> tuple[str, bool]:
+    """(inner HTML of section ``sid``, whether its inputs were missing)."""
+    try:
+        body = env.get_template(f"sections/{sid}.html.j2").render(c=ctx, d=SECTIONS[sid](ctx))
+        return body, False
+    except S.Missing as e:
+        return f'<p class="missing">{_escape(str(e))}</p>', True
+    except Exception as e:  # noqa: BLE001 - one broken section must not lose the others
+        print(f"report.html: section {sid} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        msg = f"this section could not be built: {type(e).__name__}: {e}"
+        return f'<p class="missing">{_escape(msg)}</p>', True
+
+
+def build_report(run: str | Path, *, store_path: str | Path | None = None,
+                 wall_seconds: float | None = None) -> tuple[str, list[str]]:
+    """The report's HTML and the ids of sections that could not be filled."""
+    ctx = S.load_context(Path(run), store_path, wall_seconds)
+    env = _environment()
+    sections, missing = [], []
+    for sid in SECTION_IDS:
+        body, was_missing = _section(env, sid, ctx)
+        if was_missing:
+            missing.append(sid)
+        sections.append({"id": sid, "title": TITLES[sid], "body": Markup(body)})
+    css = (Path(__file__).parent / "templates" / "style.css").read_text()
+    doc = env.get_template("report.html.j2").render(
+        title=f"neurocache {ctx.kind} run {ctx.run.name}", css=Markup(css), sections=sections)
+    return doc + "\n", missing
+
+
+def write_report(run: str | Path, *, store_path: str | Path | None = None, wall_seconds: float | None = None,
+                 out: str | Path | None = None) -> tuple[Path, list[str]]:
+    """Write ``report.html`` (default: in the run folder); returns (path, ids of unfilled sections)."""
+    doc, missing = build_report(run, store_path=store_path, wall_seconds=wall_seconds)
+    path = Path(out) if out else Path(run) / "report.html"
+    path.write_text(doc, encoding="utf-8")
+    return path, missing
