@@ -10,7 +10,8 @@ ARGS   ?=
 PYTHON ?= python3
 
 # modules mypy checks in make lint (the typed contracts; the rest is checked by ruff only)
-TYPED  := neurocache/config.py neurocache/geometry.py trainer/context.py
+TYPED  := neurocache/config.py neurocache/geometry.py neurocache/execution.py neurocache/build/plan.py \
+          trainer/config.py trainer/results.py trainer/context.py trainer/split.py trainer/evaluation
 
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -64,7 +65,7 @@ notebook: $(STAMP)  ## execute notebooks/eda.ipynb on $(STORE) and $(OUT) -> $(O
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)  ## ruff on every package and the tests; mypy on the typed modules (configs, geometry, context)
+lint: $(STAMP)  ## ruff on every package and the tests; mypy on the typed modules (configs, results, plan, evaluation, ...)
 	$(BIN)/ruff check neurocache trainer tests bench
 	$(BIN)/mypy $(TYPED)
 

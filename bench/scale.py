@@ -26,7 +26,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -129,11 +128,11 @@ def cv_first_batch(store: str, out: str) -> dict[str, float]:
     tf = make_transform(cfg)
     pool = np.flatnonzero(~split["test"].to_numpy())
     for label in (0, 1):
-        plot_examples(data, pool, label, cfg["prep_plot_n"], tf, Path(out) / f"examples{label}.png", cfg["seed"])
+        plot_examples(data, pool, label, cfg.prep_plot_n, tf, Path(out) / f"examples{label}.png", cfg.seed)
     t["examples"] = time.perf_counter() - t0 - sum(t.values())
     tr, _ = fold_rows(split, 0)
     gen = torch.Generator().manual_seed(0)
-    rows, hu = next(iter(data.batches(tr, int(cfg["batch_size"]), generator=gen)))
+    rows, hu = next(iter(data.batches(tr, int(cfg.batch_size), generator=gen)))
     tf(hu, train=True, generator=gen)
     t["first_batch"] = time.perf_counter() - t0 - sum(t.values())
     t["total"] = time.perf_counter() - t0
@@ -154,10 +153,10 @@ def make_fake_final(store: Path, run: Path, out_size: int = 64) -> Path:
     attrs = read_attrs(store) or {}
     cfg = load_config(sets=[f"out_size={out_size}", "device=cpu"])
     run.mkdir(parents=True, exist_ok=True)
-    model = build_model(weights="none", dropout=cfg["dropout"], in_channels=make_transform(cfg).channels)
+    model = build_model(weights="none", dropout=cfg.dropout, in_channels=make_transform(cfg).channels)
     torch.save(model.state_dict(), run / "final_model.pt")
     card = {"weights_file": "final_model.pt", "store": {"path": str(store), "fingerprint": attrs["fingerprint"]},
-            "config": cfg, "threshold": 0.5, "preprocess": attrs["preprocess"]}
+            "config": cfg.to_dict(), "threshold": 0.5, "preprocess": attrs["preprocess"]}
     (run / "model_card.json").write_text(json.dumps(card, default=str))
     return run
 
@@ -580,7 +579,8 @@ def markdown(r: dict[str, Any]) -> str:
                   "(`images[lo:hi]`, its per-chunk async pipeline), as the reader did before.", "",
                   "| reader threads | samples/s | samples per CPU-second | CPU use |", "| ---: | ---: | ---: | ---: |"]
         for k, v in s["by_threads"].items():
-            lines.append(f"| {'1, through Zarr' if k == 'zarr' else k} | {v['samples_per_s']:,.0f} | {v['samples_per_cpu_s']:,.0f} | {v['cpu_utilisation']:.2f} cores |")
+            name = "1, through Zarr" if k == "zarr" else k
+            lines.append(f"| {name} | {v['samples_per_s']:,.0f} | {v['samples_per_cpu_s']:,.0f} | {v['cpu_utilisation']:.2f} cores |")
         ra = s.get("reader_alone")
         if ra:
             lines += ["", "The shard reader alone (`_ShardReader`: file read + blosc decode of whole shards, no batch gather), "

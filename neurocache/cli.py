@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     _data_args(b)
     b.add_argument("--store", required=True, help="store to write: a folder (store.zarr) or an fsspec URL (s3://bucket/store.zarr, "
                    "gs://..., file://...); credentials come from the environment (AWS_* variables, profiles), never from flags")
-    b.add_argument("--config", type=Path, default=None, help="YAML config; its `preprocess:` section sets the parameters (default: built-in defaults)")
+    b.add_argument("--config", type=Path, default=None,
+                   help="YAML config; its `preprocess:` section sets the parameters (default: built-in defaults)")
     b.add_argument("--workers", type=int, default=None, help="Dask worker processes (default: all cores; 1 = no Dask, in-process)")
     b.add_argument("--scheduler", default=None, help="address tcp://HOST:PORT or scheduler-file JSON of an existing dask.distributed cluster; "
                    "its workers must see --data-root and --store at the same path/URL")
@@ -58,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="summarise a store")
     i.add_argument("store", help="store folder or fsspec URL (s3://bucket/store.zarr)")
-    i.add_argument("--json", action="store_true", help="print one JSON object (n_files, n_ok, n_quarantined, shape, dtype, fingerprint, complete, bytes_on_disk, source_bytes, ...)")
+    i.add_argument("--json", action="store_true", help="print one JSON object (n_files, n_ok, n_quarantined, shape, dtype, "
+                                                       "fingerprint, complete, bytes_on_disk, source_bytes, ...)")
 
     pl = sub.add_parser("plot", help="draw the preprocessing stages of some slices of one class")
     pl.add_argument("store", help="store folder or URL (its source DICOM folder must still exist)")

@@ -177,7 +177,6 @@ def test_distributed_build_cli_scheduler_file(synth_data, synth_store, cluster, 
 def test_worker_killed_mid_build(synth_data, synth_store, cluster, tmp_path):
     """A worker process SIGKILLed while decoding: Dask reruns its task elsewhere, the build completes
     with every row and equals the local build."""
-    import os
 
     from dask.distributed import Client
 

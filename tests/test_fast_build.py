@@ -5,10 +5,8 @@ a resume across a codec change re-encodes; histogram moments; batch sizes; an fs
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

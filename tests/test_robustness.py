@@ -25,7 +25,6 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     EnhancedCTImageStorage,
     ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -43,7 +42,7 @@ from neurocache.inputs import InputError
 from neurocache.preprocess import preprocess_file
 from neurocache.reasons import FIXES, REASONS
 from neurocache.store import open_store
-from neurocache.synth import make_ct_dataset, write_ct
+from neurocache.synth import make_ct_dataset
 
 from conftest import HASH_KEY, SMALL_PREP
 from faults import cli_command

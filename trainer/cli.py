@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--store", required=True, help="neurocache store (built by `neurocache build`): a folder or an fsspec URL "
                     "(s3://bucket/store.zarr, gs://..., file://...); credentials come from the environment, never from flags")
     cv.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="YAML config")
-    cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable; nested keys with dots, e.g. aug.degrees=5)")
+    cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (repeatable; nested keys with dots, e.g. aug.degrees=5)")
     cv.add_argument("--config-json", default=None, help="JSON file or inline JSON object of config overrides (applied after --config)")
     cv.add_argument("--run-grid", action="store_true", help="cross-validate every candidate of --grid and continue with the best mean CV AUPRC")
     cv.add_argument("--grid", type=Path, default=Path("configs/grid.yaml"), help="grid file for --run-grid")

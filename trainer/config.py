@@ -158,11 +158,11 @@ class TrainConfig:
     warmup_epochs: int = 0             # stage B: learning rate ramps linearly up to lr_ft over this many epochs
     lr_schedule: str = "constant"      # constant | cosine: stage B's rate after warm-up (cosine decays to 0 at epochs_ft)
     min_delta: float = 0.0             # an epoch counts as better only if validation AUPRC rises by more than this
+    ema_decay: float = 0.0             # 0 = off; else validate/keep an exponential moving average of the weights (per step)
     ft_trainable_attrs: tuple[str, ...] | None = None  # None = all modules; or e.g. [layer3, layer4, fc]
     sampler: str = "weighted"          # weighted (class-balanced, with replacement) | uniform
     pos_weight: str | float = "none"   # none | auto (n_neg / n_pos) | a number: BCE positive-class weight
-    holdout_frac: float = 0.15         # grouped stratified holdout of a model's training rows: early stopping and
-                                       # calibration only (final model and, with inner_holdout, every fold model)
+    holdout_frac: float = 0.15         # grouped stratified holdout of training rows: early stopping + calibration only
     cv_early_stopping: str = "inner_holdout"  # inner_holdout: each fold stops/calibrates on a holdout of its own
                                        # training folds, as final does | val_fold: the seed's way (optimistic)
     calibration: str = "platt"         # platt | temperature | isotonic | none (trainer/evaluation/calibrators.py)
@@ -276,6 +276,7 @@ def _check_ranges(c: TrainConfig) -> None:
     for key in ("min_epochs_head", "min_epochs_ft", "warmup_epochs"):
         _check(getattr(c, key) >= 0, f"{key}={getattr(c, key)} must be >= 0 epochs")
     _check(c.min_delta >= 0, f"min_delta={c.min_delta} must be >= 0 (an AUPRC improvement)")
+    _check(0 <= c.ema_decay < 1, f"ema_decay={c.ema_decay} must be in [0, 1) (0 = no weight averaging)")
     _check(0 < c.threshold_step <= 0.5, f"threshold_step={c.threshold_step} must be in (0, 0.5]")
 
 

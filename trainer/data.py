@@ -221,7 +221,9 @@ def load_dataset(store_path: str, cfg: TrainConfig, device: torch.device) -> Sli
 
 
 def _epoch_order(idx: np.ndarray, labels: np.ndarray, sampler: str, generator: torch.Generator) -> torch.Tensor:
-    """int64 CPU tensor: an epoch's rows in draw order (``uniform``: a permutation; ``weighted``: ``len(idx)`` class-balanced draws with replacement)."""
+    """int64 CPU tensor: an epoch's rows in draw order.
+
+    ``uniform``: a permutation; ``weighted``: ``len(idx)`` class-balanced draws with replacement."""
     idx_t = torch.as_tensor(idx, dtype=torch.long)
     if sampler == "weighted":
         y = torch.as_tensor(labels[idx])

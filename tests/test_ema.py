@@ -1,0 +1,56 @@
+"""Weight averaging (``ema_decay``): the EMA torch keeps is the textbook one, and it is what fit_stage
+validates, keeps and restores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.config import ConfigError, load_config
+from trainer.data import load_dataset
+from trainer.loops import _ema, fit_stage, make_transform, predict, ranking_scores
+from trainer.model import build_model
+
+
+def test_ema_is_the_exponential_moving_average_of_the_steps():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = _ema(net, 0.9)
+    seen = []
+    for _ in range(4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        net.train()(torch.randn(8, 3))  # moves the BatchNorm running statistics
+        seen.append({k: v.detach().clone().float() for k, v in net.state_dict().items() if v.is_floating_point()})
+        ema.update_parameters(net)
+    ref = seen[0]
+    for step in seen[1:]:
+        ref = {k: 0.9 * ref[k] + 0.1 * step[k] for k in ref}
+    got = ema.module.state_dict()
+    for k, v in ref.items():  # weights and buffers alike
+        torch.testing.assert_close(got[k].float(), v)
+    assert _ema(net, 0.0) is None
+
+
+def test_ema_decay_must_be_below_one():
+    with pytest.raises(ConfigError, match="ema_decay"):
+        load_config(sets=["ema_decay=1.0"])
+
+
+def test_fit_stage_restores_the_averaged_weights_it_validated(trainer_store):
+    cfg = load_config(sets=["preprocess.size=64", "preprocess.shard_size=16", "out_size=32", "batch_size=8",
+                            "eval_batch_size=32", "epochs_ft=3", "patience_ft=3", "ema_decay=0.5", "device=cpu",
+                            "weights=none", "lr_ft=0.01"])
+    data = load_dataset(str(trainer_store), cfg, torch.device("cpu"))
+    rows = np.random.default_rng(0).permutation(len(data.labels))
+    tr, va = rows[:40], rows[40:]
+    tf = make_transform(cfg)
+    torch.manual_seed(0)
+    model = build_model(weights="none", dropout=0.0, in_channels=tf.channels)
+    res = fit_stage(model, data, tr, va, tf, cfg, stage="ft", generator=torch.Generator().manual_seed(0))
+    assert len(res.history) == 3 and res.best_epoch >= 1
+    ap, _ = ranking_scores(data.labels[va], predict(model, data, va, tf, cfg))
+    assert ap == pytest.approx(res.history[res.best_epoch - 1]["val_auprc"], abs=1e-12)  # the averaged weights
+    assert ap == pytest.approx(res.best_auprc, abs=1e-12)
