@@ -16,7 +16,8 @@ from trainer.model import build_model
 def test_ema_is_the_exponential_moving_average_of_the_steps():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    ema = _ema(net, 0.9)
+    ema, module = _ema(net, 0.9)
+    assert module is ema.module
     seen = []
     for _ in range(4):
         with torch.no_grad():
@@ -31,7 +32,7 @@ def test_ema_is_the_exponential_moving_average_of_the_steps():
     got = ema.module.state_dict()
     for k, v in ref.items():  # weights and buffers alike
         torch.testing.assert_close(got[k].float(), v)
-    assert _ema(net, 0.0) is None
+    assert _ema(net, 0.0) == (None, net)
 
 
 def test_ema_decay_must_be_below_one():

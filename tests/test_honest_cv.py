@@ -229,6 +229,16 @@ def test_stuck_folds_names_chance_and_outlier_folds():
     got = {f["fold"]: f["why"] for f in stuck_folds(folds)}
     assert set(got) == {1, 3}
     assert f"<= {CHANCE_AUC}" in got[1] and "below the other folds' median" in got[3]
+    assert "learned much less" in got[3]  # no holdout scores to tell otherwise
+
+
+def test_an_outlier_fold_whose_holdout_is_fine_has_harder_patients():
+    folds = [{"fold": 0, "val_auc": 0.93, "holdout_auc": 0.95}, {"fold": 1, "val_auc": 0.65, "holdout_auc": 0.93},
+             {"fold": 2, "val_auc": 0.94, "holdout_auc": 0.94}, {"fold": 3, "val_auc": 0.70, "holdout_auc": 0.62}]
+    got = {f["fold"]: f["why"] for f in stuck_folds(folds)}
+    assert set(got) == {1, 3}
+    assert "validation patients are harder" in got[1] and "0.930" in got[1]  # it learned: its holdout is like the others'
+    assert "learned much less" in got[3]  # its own holdout is poor too (0.62 < 0.94 - 0.15)
 
 
 def test_a_stuck_fold_is_reported_in_cv_metrics_and_the_report(tmp_path):

@@ -296,7 +296,7 @@ def _listify(o: Any) -> Any:
 
 
 def _defaults() -> dict[str, Any]:
-    return TrainConfig().to_dict()
+    return TrainConfig().to_dict()  # a fresh copy each time (callers merge into it)
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -343,8 +343,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any], prefix: str = "") -> dict
     return out
 
 
-#: The defaults as a plain dict (``effective_config.json`` of a run with no overrides).
-DEFAULTS: dict[str, Any] = _defaults()
+DEFAULTS: dict[str, Any] = _defaults()  #: the defaults as a plain dict (effective_config.json with no overrides)
 
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:

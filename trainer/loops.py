@@ -186,11 +186,13 @@ def _train_epoch(
     return (train_loss, seen, *clock.totals())
 
 
-def _ema(model: nn.Module, decay: float) -> AveragedModel | None:
-    """An exponential moving average of ``model`` (weights and buffers) with per-step ``decay``; None when 0."""
+def _ema(model: nn.Module, decay: float) -> tuple[AveragedModel | None, nn.Module]:
+    """(an exponential moving average of ``model``'s weights and buffers with per-step ``decay``, the
+    module to validate: the average's copy of the model); (None, ``model``) when ``decay`` is 0."""
     if decay <= 0:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        return None, model
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return ema, ema.module
 
 
 def _val_loss(p_val: np.ndarray, y_val: np.ndarray) -> float:
@@ -232,8 +234,7 @@ def fit_stage(
     best_ap, _ = ranking_scores(y_val, predict(model, data, val_idx, tf, cfg)) if st.epochs else (float("nan"), 0)
     best_ap = -1.0 if np.isnan(best_ap) else best_ap
     best_state, best_epoch, bad, history = copy.deepcopy(model.state_dict()), 0, 0, []
-    ema = _ema(model, cfg.ema_decay)
-    scored = ema.module if ema is not None else model  # the weights validated, kept and restored
+    ema, scored = _ema(model, cfg.ema_decay)  # scored: the weights validated, kept and restored
     for epoch in range(1, st.epochs + 1):
         lr = float(st.lr) * lr_factor(epoch, st.epochs, warmup=st.warmup_epochs, schedule=st.lr_schedule)
         for group in opt.param_groups:

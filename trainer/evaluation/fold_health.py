@@ -39,10 +39,22 @@ def stuck_folds(folds: list[dict[str, Any]], key: str = "val_auc") -> list[dict[
             why = f"validation ROC-AUC {a:.3f} <= {CHANCE_AUC} (no better than chance): the model did not learn"
         elif np.isfinite(med) and a < med - OUTLIER_GAP:
             why = (f"validation ROC-AUC {a:.3f} is more than {OUTLIER_GAP} below the other folds' median "
-                   f"{med:.3f}: this fold's model learned much less")
+                   f"{med:.3f}: " + _which(folds, i))
         if why:
             out.append({"fold": int(f["fold"]), key: float(a), "others_median": med, "why": why})
     return out
+
+
+def _which(folds: list[dict[str, Any]], i: int) -> str:
+    """Why fold ``i`` scores its validation fold far below the others: its model learned less, or
+    (its own holdout scored like the other folds' holdouts) its validation patients are harder."""
+    h = np.array([np.nan if f.get("holdout_auc") is None else float(f["holdout_auc"]) for f in folds], dtype=float)
+    others = np.delete(h, i)
+    others = others[np.isfinite(others)]
+    if np.isfinite(h[i]) and others.size and h[i] > CHANCE_AUC and h[i] >= float(np.median(others)) - OUTLIER_GAP:
+        return (f"its model scores its own holdout like the others do (ROC-AUC {h[i]:.3f}), so its validation "
+                f"patients are harder: patient-to-patient variation a test set of this size will show too")
+    return "this fold's model learned much less"
 
 
 def chance_warning(name: str, auc: float | None) -> str | None:
