@@ -21,6 +21,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from trainer.evaluation.inputs import check_frame
+
 __all__ = ["GRID_POINTS", "FoldCurves", "interp_pr", "interp_roc", "mean_pr", "mean_roc"]
 
 #: Number of points of the common FPR / recall grid (0..1 inclusive).
@@ -121,17 +123,7 @@ def _fold_curves(oof: pd.DataFrame, kind: Literal["roc", "pr"]) -> FoldCurves:
 
 
 def _check_oof(oof: pd.DataFrame) -> pd.DataFrame:
-    if not isinstance(oof, pd.DataFrame):
-        raise TypeError(f"The 'oof' parameter must be a pandas DataFrame; got {type(oof).__name__}.")
-    missing = [c for c in ("label", "prob", "fold") if c not in oof.columns]
-    if missing:
-        raise ValueError(
-            f"The 'oof' DataFrame is missing column(s) {missing}; "
-            f"required: ['label', 'prob', 'fold'], got {list(oof.columns)}."
-        )
-    if len(oof) == 0:
-        raise ValueError("The 'oof' DataFrame is empty.")
-    return oof
+    return check_frame(oof, "oof", ("label", "prob", "fold"))
 
 
 def _iter_valid_folds(oof: pd.DataFrame) -> list[tuple[int, np.ndarray, np.ndarray]]:

@@ -5,8 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["check_labels_scores"]
+__all__ = ["check_frame", "check_labels_scores"]
+
+
+def check_frame(df: Any, name: str, columns: tuple[str, ...] | list[str]) -> pd.DataFrame:
+    """``df`` itself when it is a non-empty DataFrame with ``columns``; else a TypeError/ValueError naming ``name``."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"The '{name}' parameter must be a pandas DataFrame; got {type(df).__name__}.")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"The '{name}' DataFrame is missing column(s) {missing}; "
+                         f"required columns are {list(columns)}, got {list(df.columns)}.")
+    if len(df) == 0:
+        raise ValueError(f"The '{name}' DataFrame is empty.")
+    return df
 
 
 def check_labels_scores(

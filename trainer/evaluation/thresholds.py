@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer.evaluation.inputs import check_frame
 from trainer.evaluation.metrics import (
     _ratios,
     binary_metrics,
@@ -59,18 +60,7 @@ class ThresholdUnreachableError(ValueError):
 
 
 def _check_oof(oof: pd.DataFrame) -> pd.DataFrame:
-    if not isinstance(oof, pd.DataFrame):
-        raise TypeError(
-            f"The 'oof' parameter must be a pandas DataFrame; got {type(oof).__name__}."
-        )
-    missing = [c for c in _OOF_COLUMNS if c not in oof.columns]
-    if missing:
-        raise ValueError(
-            f"The 'oof' DataFrame is missing column(s) {missing}; "
-            f"required columns are {list(_OOF_COLUMNS)}, got {list(oof.columns)}."
-        )
-    if len(oof) == 0:
-        raise ValueError("The 'oof' DataFrame is empty.")
+    check_frame(oof, "oof", _OOF_COLUMNS)
     if oof["fold"].isna().any():
         raise ValueError("The 'oof' DataFrame has missing values in column 'fold'.")
     folds = oof["fold"].to_numpy()

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer.evaluation.inputs import check_frame
 from trainer.report.plots import PathLike, _save, plt
 
 __all__ = ["plot_histories"]
@@ -30,16 +31,7 @@ def _global_epochs(hist: pd.DataFrame) -> pd.Series:
 
 def _check_history(hist: pd.DataFrame) -> pd.DataFrame:
     """``hist`` checked (columns, non-empty, stages) with ``_x`` (:func:`_global_epochs`) added."""
-    if not isinstance(hist, pd.DataFrame):
-        raise TypeError(f"The 'hist' parameter must be a pandas DataFrame; got {type(hist).__name__}.")
-    missing = [c for c in _HIST_COLUMNS if c not in hist.columns]
-    if missing:
-        raise ValueError(
-            f"The 'hist' DataFrame is missing column(s) {missing}; "
-            f"required: {list(_HIST_COLUMNS)}, got {list(hist.columns)}."
-        )
-    if len(hist) == 0:
-        raise ValueError("The 'hist' DataFrame is empty.")
+    check_frame(hist, "hist", _HIST_COLUMNS)
     bad = sorted(set(hist["stage"]) - set(_STAGES))
     if bad:
         raise ValueError(f"The 'stage' column of 'hist' must contain only {list(_STAGES)}; got {bad}.")
