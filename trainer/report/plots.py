@@ -9,7 +9,7 @@ computed in :mod:`trainer.evaluation` (:func:`~trainer.evaluation.curves.mean_ro
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,22 @@ def _draw_fold_curves(ax: Any, c: FoldCurves, label: str) -> None:
                         label="±1 std")
 
 
+def _plot_cv_curves(c: FoldCurves, path: PathLike, score: str, reference: Callable[[Any], Any], xlabel: str,
+                    ylabel: str, kind: str, legend: str) -> None:
+    """The cross-validation figure: per-fold curves, mean, band, a reference line; saved to ``path``."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    try:
+        _draw_fold_curves(ax, c, score)
+        reference(ax)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel,
+               title=f"Cross-validated {kind}: {score} = {c.mean:.3f} ± {c.std:.3f}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc=legend, fontsize=8)
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def plot_mean_roc(oof: pd.DataFrame | FoldCurves, path: PathLike) -> dict[str, float]:
     """Per-fold ROC curves, their mean and a +/-1 std band.
 
@@ -88,17 +104,8 @@ def plot_mean_roc(oof: pd.DataFrame | FoldCurves, path: PathLike) -> dict[str, f
     ``RuntimeWarning``). Returns :meth:`FoldCurves.summary`: ``mean_auc``, ``std_auc``, ``n_folds``.
     """
     c = oof if isinstance(oof, FoldCurves) else mean_roc(oof)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    try:
-        _draw_fold_curves(ax, c, "AUC")
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate", ylabel="True positive rate",
-               title=f"Cross-validated ROC: AUC = {c.mean:.3f} ± {c.std:.3f}")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    _plot_cv_curves(c, path, "AUC", lambda ax: ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance"),
+                    "False positive rate", "True positive rate", "ROC", "lower right")
     return c.summary()
 
 
@@ -109,17 +116,9 @@ def plot_mean_pr(oof: pd.DataFrame | FoldCurves, path: PathLike) -> dict[str, fl
     compute them from. Returns ``mean_ap``, ``std_ap``, ``prevalence``, ``n_folds``.
     """
     c = oof if isinstance(oof, FoldCurves) else mean_pr(oof)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    try:
-        _draw_fold_curves(ax, c, "AP")
-        ax.axhline(c.prevalence, ls="--", color="grey", lw=1, label=f"prevalence ({c.prevalence:.3f})")
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="Recall (sensitivity)", ylabel="Precision (PPV)",
-               title=f"Cross-validated PR: AP = {c.mean:.3f} ± {c.std:.3f}")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=8)
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    _plot_cv_curves(c, path, "AP", lambda ax: ax.axhline(c.prevalence, ls="--", color="grey", lw=1,
+                                                         label=f"prevalence ({c.prevalence:.3f})"),
+                    "Recall (sensitivity)", "Precision (PPV)", "PR", "lower left")
     return c.summary()
 
 
