@@ -55,3 +55,21 @@ def test_fit_stage_restores_the_averaged_weights_it_validated(trainer_store):
     ap, _ = ranking_scores(data.labels[va], predict(model, data, va, tf, cfg))
     assert ap == pytest.approx(res.history[res.best_epoch - 1]["val_auprc"], abs=1e-12)  # the averaged weights
     assert ap == pytest.approx(res.best_auprc, abs=1e-12)
+
+
+def test_fit_stage_never_restores_the_untrained_weights(trainer_store):
+    # min_delta 1.0: no epoch can beat another, so the first trained epoch is kept (never the initial weights,
+    # which an untrained model's lucky holdout AUPRC used to win back)
+    cfg = load_config(sets=["preprocess.size=64", "preprocess.shard_size=16", "out_size=32", "batch_size=8",
+                            "eval_batch_size=32", "epochs_ft=2", "patience_ft=5", "min_delta=1.0", "device=cpu",
+                            "weights=none"])
+    data = load_dataset(str(trainer_store), cfg, torch.device("cpu"))
+    rows = np.random.default_rng(1).permutation(len(data.labels))
+    tf = make_transform(cfg)
+    torch.manual_seed(0)
+    model = build_model(weights="none", dropout=0.0, in_channels=tf.channels)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    res = fit_stage(model, data, rows[:40], rows[40:], tf, cfg, stage="ft", generator=torch.Generator().manual_seed(0))
+    assert res.best_epoch == 1 and res.best_auprc == pytest.approx(res.history[0]["val_auprc"])
+    assert not torch.equal(model.state_dict()["fc.1.weight" if "fc.1.weight" in initial else "fc.weight"],
+                           initial["fc.1.weight" if "fc.1.weight" in initial else "fc.weight"])

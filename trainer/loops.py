@@ -222,7 +222,9 @@ def fit_stage(
     from scratch on a few hundred slices the raw weights' validation AUPRC swings from epoch to
     epoch, the average's does not. Stage ``ft`` follows :func:`lr_factor` (``warmup_epochs``,
     ``lr_schedule``); stage ``head`` keeps its rate. The best epoch's weights are restored at the
-    end (the initial weights when no epoch beats the AUPRC before training). Returns the
+    end; the first trained epoch is the first candidate (never the untrained weights: a randomly
+    initialised model can score its holdout by chance above every early epoch, and restoring it
+    would hand CV a model that never learned). Returns the
     per-epoch history (one row per epoch: losses, AUPRC/AUC, seconds, images/s, data wait).
     """
     st = cfg.stage(stage)
@@ -231,9 +233,7 @@ def fit_stage(
                          momentum=cfg.momentum, nesterov=cfg.nesterov)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(cfg, data.labels[train_idx], data.device))
     y_val = data.labels[val_idx]
-    best_ap, _ = ranking_scores(y_val, predict(model, data, val_idx, tf, cfg)) if st.epochs else (float("nan"), 0)
-    best_ap = -1.0 if np.isnan(best_ap) else best_ap
-    best_state, best_epoch, bad, history = copy.deepcopy(model.state_dict()), 0, 0, []
+    best_ap, best_state, best_epoch, bad, history = -1.0, copy.deepcopy(model.state_dict()), 0, 0, []
     ema, scored = _ema(model, cfg.ema_decay)  # scored: the weights validated, kept and restored
     for epoch in range(1, st.epochs + 1):
         lr = float(st.lr) * lr_factor(epoch, st.epochs, warmup=st.warmup_epochs, schedule=st.lr_schedule)
@@ -252,7 +252,7 @@ def fit_stage(
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
-        if not np.isnan(ap) and ap > best_ap + cfg.min_delta:
+        if not np.isnan(ap) and (best_epoch == 0 or ap > best_ap + cfg.min_delta):
             best_ap, best_epoch, bad = ap, epoch, 0
             best_state = copy.deepcopy(scored.state_dict())
         elif epoch > st.min_epochs:
