@@ -285,14 +285,14 @@ def _build_profile(pr: cProfile.Profile) -> dict[str, float]:
     """Cumulative seconds of the build's stages in one profiled 1-worker build."""
     stats = pstats.Stats(pr).stats  # type: ignore[attr-defined]
     want = {
-        "total build_store": ("build.py", "build_store"),
+        "total build_store": ("build/pipeline.py", "build_store"),
         "preprocess_file (all files)": ("preprocess.py", "preprocess_file"),
         "  file_digest (sha256 of the file)": ("preprocess.py", "file_digest"),
         "  read_slice (dcmread + header + pixels)": ("dicomio.py", "read_slice"),
         "  preprocess_slice (histogram, box, letterbox)": ("preprocess.py", "preprocess_slice"),
-        "process_batch (preprocess + staging write)": ("build.py", "process_batch"),
-        "_compact (staging -> images copy)": ("build.py", "_compact"),
-        "_assemble (feature table)": ("build.py", "_assemble"),
+        "process_batch (preprocess + staging write)": ("build/tasks.py", "process_batch"),
+        "_compact (staging -> images copy)": ("build/compact.py", "compact"),
+        "_assemble (feature table)": ("build/labels.py", "assemble"),
         "quality_report": ("quality.py", "quality_report"),
     }
     out: dict[str, float] = {}
