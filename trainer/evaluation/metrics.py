@@ -74,16 +74,19 @@ def _check_thresholds(thresholds: Any) -> np.ndarray:
     return t
 
 
-def _check_threshold(threshold: Any) -> float:
+def _finite_float(value: Any, what: str) -> float:
+    """``float(value)``; ValueError "The <what> must be a finite real number" when it is not one."""
     try:
-        t = float(threshold)
+        v = float(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"The 'threshold' parameter must be a real number; got {threshold!r}."
-        ) from exc
-    if not math.isfinite(t):
-        raise ValueError(f"The 'threshold' parameter must be finite; got {threshold!r}.")
-    return t
+        raise ValueError(f"The {what} must be a finite real number; got {value!r}.") from exc
+    if not math.isfinite(v):
+        raise ValueError(f"The {what} must be a finite real number; got {value!r}.")
+    return v
+
+
+def _check_threshold(threshold: Any) -> float:
+    return _finite_float(threshold, "'threshold' parameter")
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -213,13 +216,8 @@ def threshold_grid(step: float = 0.01) -> np.ndarray:
     ValueError
         If ``step`` is not in ``(0, 1]``.
     """
-    try:
-        s = float(step)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"The 'step' parameter of threshold_grid must be a float in (0, 1]; got {step!r}."
-        ) from exc
-    if not (math.isfinite(s) and 0.0 < s <= 1.0):
+    s = _finite_float(step, "'step' parameter of threshold_grid (a float in (0, 1])")
+    if not 0.0 < s <= 1.0:
         raise ValueError(
             f"The 'step' parameter of threshold_grid must be a float in (0, 1]; got {step!r}."
         )

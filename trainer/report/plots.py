@@ -80,20 +80,33 @@ def _draw_fold_curves(ax: Any, c: FoldCurves, label: str) -> None:
                         label="±1 std")
 
 
-def _plot_cv_curves(c: FoldCurves, path: PathLike, score: str, reference: Callable[[Any], Any], xlabel: str,
-                    ylabel: str, kind: str, legend: str) -> None:
-    """The cross-validation figure: per-fold curves, mean, band, a reference line; saved to ``path``."""
+def _curve_figure(path: PathLike, draw: Callable[[Any], Any], xlabel: str, ylabel: str, title: str, legend: str,
+                  fontsize: float | None = None) -> None:
+    """A 6x6 in curve figure on the unit square: ``draw(ax)`` then axes, grid, legend; saved to ``path``."""
     fig, ax = plt.subplots(figsize=(6, 6))
     try:
-        _draw_fold_curves(ax, c, score)
-        reference(ax)
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel,
-               title=f"Cross-validated {kind}: {score} = {c.mean:.3f} ± {c.std:.3f}")
+        draw(ax)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
-        ax.legend(loc=legend, fontsize=8)
+        ax.legend(loc=legend, fontsize=fontsize)
         _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def _chance(ax: Any) -> None:
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+
+
+def _prevalence(ax: Any, prevalence: float) -> None:
+    ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"prevalence ({prevalence:.3f})")
+
+
+def _plot_cv_curves(c: FoldCurves, path: PathLike, score: str, reference: Callable[[Any], Any], xlabel: str,
+                    ylabel: str, kind: str, legend: str) -> None:
+    """The cross-validation figure: per-fold curves, mean, band, a reference line; saved to ``path``."""
+    _curve_figure(path, lambda ax: (_draw_fold_curves(ax, c, score), reference(ax)), xlabel, ylabel,
+                  f"Cross-validated {kind}: {score} = {c.mean:.3f} ± {c.std:.3f}", legend, fontsize=8)
 
 
 def plot_mean_roc(oof: pd.DataFrame | FoldCurves, path: PathLike) -> dict[str, float]:
@@ -104,8 +117,7 @@ def plot_mean_roc(oof: pd.DataFrame | FoldCurves, path: PathLike) -> dict[str, f
     ``RuntimeWarning``). Returns :meth:`FoldCurves.summary`: ``mean_auc``, ``std_auc``, ``n_folds``.
     """
     c = oof if isinstance(oof, FoldCurves) else mean_roc(oof)
-    _plot_cv_curves(c, path, "AUC", lambda ax: ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance"),
-                    "False positive rate", "True positive rate", "ROC", "lower right")
+    _plot_cv_curves(c, path, "AUC", _chance, "False positive rate", "True positive rate", "ROC", "lower right")
     return c.summary()
 
 
@@ -116,9 +128,8 @@ def plot_mean_pr(oof: pd.DataFrame | FoldCurves, path: PathLike) -> dict[str, fl
     compute them from. Returns ``mean_ap``, ``std_ap``, ``prevalence``, ``n_folds``.
     """
     c = oof if isinstance(oof, FoldCurves) else mean_pr(oof)
-    _plot_cv_curves(c, path, "AP", lambda ax: ax.axhline(c.prevalence, ls="--", color="grey", lw=1,
-                                                         label=f"prevalence ({c.prevalence:.3f})"),
-                    "Recall (sensitivity)", "Precision (PPV)", "PR", "lower left")
+    _plot_cv_curves(c, path, "AP", lambda ax: _prevalence(ax, c.prevalence), "Recall (sensitivity)", "Precision (PPV)",
+                    "PR", "lower left")
     return c.summary()
 
 
@@ -130,17 +141,8 @@ def plot_roc(y: Any, prob: Any, path: PathLike, title: str = "ROC") -> dict[str,
     y_arr, p = check_labels_scores(y, prob, y_name="y", both_classes="to draw a curve")
     fpr, tpr, _ = roc_curve(y_arr, p)
     auc = float(roc_auc_score(y_arr, p))
-    fig, ax = plt.subplots(figsize=(6, 6))
-    try:
-        ax.plot(fpr, tpr, color="C0", lw=2, label=f"ROC (AUC = {auc:.3f})")
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate",
-               ylabel="True positive rate", title=title)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    _curve_figure(path, lambda ax: (ax.plot(fpr, tpr, color="C0", lw=2, label=f"ROC (AUC = {auc:.3f})"), _chance(ax)),
+                  "False positive rate", "True positive rate", title, "lower right")
     return {"auc": auc}
 
 
@@ -150,17 +152,9 @@ def plot_pr(y: Any, prob: Any, path: PathLike, title: str = "Precision-recall") 
     precision, recall, _ = precision_recall_curve(y_arr, p)
     ap = float(average_precision_score(y_arr, p))
     prevalence = float(y_arr.mean())
-    fig, ax = plt.subplots(figsize=(6, 6))
-    try:
-        ax.step(recall, precision, where="post", color="C0", lw=2, label=f"PR (AP = {ap:.3f})")
-        ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"prevalence ({prevalence:.3f})")
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="Recall (sensitivity)",
-               ylabel="Precision (PPV)", title=title)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower left")
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    _curve_figure(path, lambda ax: (ax.step(recall, precision, where="post", color="C0", lw=2, label=f"PR (AP = {ap:.3f})"),
+                                    _prevalence(ax, prevalence)),
+                  "Recall (sensitivity)", "Precision (PPV)", title, "lower left")
     return {"ap": ap, "prevalence": prevalence}
 
 
