@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=512, help="main image side in pixels (default 512; some patients get non-square images)")
     s.add_argument("--positive-frac", type=float, default=0.35, help="approximate fraction of label-1 slices (default 0.35)")
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files (default 0)")
-    s.add_argument("--lesions", choices=("taper", "3d"), default="taper",
+    s.add_argument("--lesions", choices=("taper", "3d"), default="taper",  # = synth.lesion.LESION_PROFILES (tested)
                    help="how a lesion changes along its run of slices: taper (default, as earlier releases: size tapers, "
                         "full contrast) or 3d (an ellipsoid spanning the run: smaller and fainter on its end slices, "
                         "for neighbour-context (2.5D) experiments)")

@@ -113,14 +113,14 @@ def slice_positions(
         (positions (N,) float64 — mm, or index units for ``instance_number``; NaN for ``none`` —,
         sources (N,) object array of :data:`PositionSource`).
     """
+    codes, k = _codes(series)
     ipp = np.asarray(ipp, dtype=np.float64).reshape(-1, 3)
-    normal = _series_normals(series, slice_normals(iop))
+    normal = _series_normals(codes, slice_normals(iop))
     candidates = {
         "ipp": np.einsum("ij,ij->i", ipp, normal),
         "slice_location": np.asarray(slice_location, dtype=np.float64),
         "instance_number": np.asarray(instance_number, dtype=np.float64),
     }
-    codes, k = _codes(series)
     pos = np.full(len(codes), np.nan)
     src = np.full(len(codes), "none", dtype=object)
     undecided = np.ones(k, dtype=bool)
@@ -131,6 +131,22 @@ def slice_positions(
         pos[take], src[take] = values[take], name
         undecided &= ~take_series
     return pos, src
+
+
+def _ordered_steps(codes: np.ndarray, positions: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The slices with a position in (series, position, row) order, and their steps.
+
+    Returns:
+        (indices (M,) into the inputs in that order; per ordered slice the step to the next slice of
+        its series, mm (NaN at a series end); its series' typical spacing, the median positive step).
+    """
+    i = np.flatnonzero(np.isfinite(positions))
+    i = i[np.lexsort((rows[i], positions[i], codes[i]))]
+    s, p = codes[i], positions[i]
+    same_next = np.r_[s[1:] == s[:-1], False] if len(s) else np.zeros(0, dtype=bool)
+    step = np.where(same_next, np.r_[np.diff(p), np.nan] if len(p) else np.zeros(0), np.nan)
+    spacing = pd.Series(np.where(step > 0, step, np.nan)).groupby(s).transform("median").to_numpy()
+    return i, step, spacing
 
 
 def series_geometry(
@@ -156,18 +172,12 @@ def series_geometry(
     rows = table["row"].to_numpy(dtype=np.int64)
     codes, _ = _codes(table["series_key"] if series is None else series)
     positions = np.asarray(positions, dtype=np.float64)
-    i = np.flatnonzero(np.isfinite(positions))
-    i = i[np.lexsort((rows[i], positions[i], codes[i]))]  # by series, then position, then row
-    s, p, r = codes[i], positions[i], rows[i]
-    same_next = np.r_[s[1:] == s[:-1], False] if len(s) else np.zeros(0, dtype=bool)
-    step = np.r_[np.diff(p), np.nan] if len(p) else np.zeros(0)
-    step = np.where(same_next, step, np.nan)
-    spacing = pd.Series(np.where(step > 0, step, np.nan)).groupby(s).transform("median").to_numpy()
-    # the step before a slice: the previous slice's step when it is in the same series
-    dup_next = same_next & (step == 0)
+    i, step, spacing = _ordered_steps(codes, positions, rows)
+    s, r = codes[i], rows[i]
+    dup_next = step == 0  # this slice and the next share a position
     dup = dup_next | np.r_[False, dup_next[:-1]]
     ok = r >= 0
-    linked = (same_next & (step > 0) & (step <= gap_factor * spacing) & ~dup & np.r_[~dup[1:], False]
+    linked = ((step > 0) & (step <= gap_factor * spacing) & ~dup & np.r_[~dup[1:], False]
               & ok & np.r_[ok[1:], False])
     nxt = np.where(linked, np.r_[r[1:], -1], -1)
     prev = np.where(np.r_[False, linked[:-1]], np.r_[-1, r[:-1]], -1)
@@ -204,15 +214,11 @@ def geometry_counts(
         position), ``gaps`` (steps between consecutive slices of a series longer than ``gap_factor``
         typical spacings), ``duplicate_positions`` (steps of 0) and ``mixed_orientation_slices``.
     """
-    ok = table["row"].to_numpy() >= 0
+    rows = table["row"].to_numpy(dtype=np.int64)
+    ok = rows >= 0
     codes, k = _codes(table["series_key"] if series is None else series)
     positions = np.asarray(positions, dtype=np.float64)
-    i = np.flatnonzero(np.isfinite(positions))
-    i = i[np.lexsort((positions[i], codes[i]))]
-    s, p = codes[i], positions[i]
-    same_prev = np.r_[False, s[1:] == s[:-1]] if len(s) else np.zeros(0, dtype=bool)
-    step = pd.Series(np.where(same_prev, np.r_[np.nan, np.diff(p)] if len(p) else np.zeros(0), np.nan))
-    spacing = step.where(step > 0).groupby(s).transform("median")
+    _, step, spacing = _ordered_steps(codes, positions, rows)
     ok_per_series = np.bincount(codes[ok], minlength=k)
     return {
         "series": int((ok_per_series > 0).sum()),

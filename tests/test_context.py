@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainer.context import context_fallback, context_rows
+from trainer.context import context_rows, replaced_neighbours
 
 # rows 0-1-2-3 one series (3 and 4 split by a gap), 4 alone, 5-6 a pair
 PREV = np.array([-1, 0, 1, 2, -1, -1, 5])
@@ -25,8 +25,9 @@ def test_k1_and_k2_stacks():
     assert _rows([1, 2, 5], 2) == [[0, 0, 1, 2, 3], [0, 1, 2, 3, 3], [5, 5, 5, 6, 6]]
 
 
-def test_fallback_counts_replaced_slices():
-    rows = np.array([1, 2, 0, 4, 5])
-    assert context_fallback(rows, PREV, NEXT, 1).tolist() == [0, 0, 1, 2, 1]
-    assert context_fallback(rows, PREV, NEXT, 2).tolist() == [1, 1, 2, 4, 3]
-    assert context_fallback(rows, PREV, NEXT, 0).tolist() == [0, 0, 0, 0, 0]
+def test_replaced_neighbours_counts_the_stand_ins():
+    rows = torch.tensor([1, 2, 0, 4, 5])
+    stack = lambda k: context_rows(rows, torch.tensor(PREV), torch.tensor(NEXT), k)  # noqa: E731
+    assert replaced_neighbours(stack(1)).tolist() == [0, 0, 1, 2, 1]
+    assert replaced_neighbours(stack(2)).tolist() == [1, 1, 2, 4, 3]
+    assert replaced_neighbours(stack(0)).tolist() == [0, 0, 0, 0, 0]

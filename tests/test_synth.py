@@ -262,6 +262,8 @@ def _pixels(root: Path) -> dict[str, np.ndarray]:
 
 
 def test_3d_lesions_same_patients_fainter_ends(tmp_path: Path) -> None:
+    from neurocache.synth.lesion import lesion_scale
+
     kw = {"patients": 6, "slices_per_patient": 6, "size": 64, "positive_frac": 0.4, "seed": 5}
     taper = generate_dataset(tmp_path / "taper", **kw)
     solid = generate_dataset(tmp_path / "3d", lesions="3d", **kw)
@@ -279,3 +281,15 @@ def test_3d_lesions_same_patients_fainter_ends(tmp_path: Path) -> None:
     assert all(blood(b[i]) < blood(a[i]) for i in ends)
     with pytest.raises(ValueError, match="lesions="):
         generate_dataset(tmp_path / "bad", lesions="flat", **kw)
+    with pytest.raises(ValueError, match="lesions="):  # the mechanism itself refuses an unknown profile too
+        lesion_scale(0, 3, "flat")
+
+
+def test_cli_lesion_choices_are_the_profiles() -> None:
+    from neurocache.cli import _parser
+    from neurocache.synth.lesion import LESION_PROFILES
+
+    args = _parser().parse_args(["synth", "out", "--lesions", "3d"])
+    assert args.lesions == "3d"
+    synth = next(a for a in _parser()._subparsers._group_actions[0].choices["synth"]._actions if a.dest == "lesions")
+    assert tuple(synth.choices) == LESION_PROFILES

@@ -10,7 +10,6 @@ then sees "no change" rather than an air image, which it would read as anatomy.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
@@ -37,18 +36,16 @@ def context_rows(rows: torch.Tensor, prev_row: torch.Tensor, next_row: torch.Ten
     return torch.stack(cols, dim=1)
 
 
-def context_fallback(rows: np.ndarray, prev_row: np.ndarray, next_row: np.ndarray, k: int) -> np.ndarray:
-    """Per slice in ``rows``: how many of its 2k context slices were replaced (0 = full context).
+def replaced_neighbours(stack: torch.Tensor) -> torch.Tensor:
+    """Per stack of :func:`context_rows`: how many of its 2k context slices were replaced (0 = full context).
+
+    A replaced slice repeats its inner neighbour's row; real neighbours never repeat a row (a link
+    never points to its own slice), so the count is the number of equal adjacent columns.
 
     Args:
-        rows: (B,) int64 centre rows; prev_row, next_row: (N,) int64 links (numpy).
+        stack: (B, 2k + 1) int64 rows from :func:`context_rows`.
+
+    Returns:
+        (B,) int64.
     """
-    missing = np.zeros(len(rows), dtype=np.int64)
-    for links in (prev_row, next_row):
-        cur, alive = np.asarray(rows, dtype=np.int64), np.ones(len(rows), dtype=bool)
-        for _ in range(k):
-            step = links[cur]
-            alive &= step >= 0
-            missing += ~alive
-            cur = np.where(alive, step, cur)
-    return missing
+    return (stack[:, 1:] == stack[:, :-1]).sum(dim=1)

@@ -29,6 +29,8 @@ def lesion_scale(j: int, run_len: int, profile: str) -> tuple[float, float]:
     """(cross-section scale, contrast scale) of the lesion on run slice ``j`` (0-based) of ``run_len``."""
     if profile == "taper":
         return (0.6 + 0.4 * float(np.sin(np.pi * (j + 0.5) / run_len)) if run_len > 1 else 1.0), 1.0
+    if profile != "3d":
+        raise ValueError(f"lesions={profile!r}: choose one of {', '.join(LESION_PROFILES)}")
     t = (j + 0.5 - run_len / 2.0) / (run_len / 2.0) if run_len > 1 else 0.0
     s = float(np.sqrt(max(0.0, 1.0 - t * t)))
     return max(0.45, s), max(0.3, s * s)

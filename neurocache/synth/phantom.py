@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from neurocache.synth.fields import _bbox, _lerp_, _smooth_fields, _soft
-from neurocache.synth.lesion import LESION_PROFILES, _LesionMixin
+from neurocache.synth.lesion import _LesionMixin
 from neurocache.synth.plan import _PatientPlan
 from neurocache.synth.seeds import _F32, HU_MAX, HU_MIN, SLICE_SPACING_MM, _rng
 
@@ -21,8 +21,6 @@ class _PatientRenderer(_LesionMixin):
 
     def __init__(self, plan: _PatientPlan, slices: int, seed: int, lesions: str = "taper") -> None:
         # The draws from ``rng`` happen in this order, so the same seed renders the same patient.
-        if lesions not in LESION_PROFILES:
-            raise ValueError(f"lesions={lesions!r}: choose one of {', '.join(LESION_PROFILES)}")
         rng = _rng("patient", seed, plan.index)
         self.plan = plan
         self.lesion_profile = lesions
