@@ -203,7 +203,7 @@ def streaming_figures(store: Path, threads: tuple[int, ...] = (1, 2, 4), seconds
         it.close()
         _log(f"stream: {n} reader thread(s): {_fmt_rate(out['by_threads'][str(n)])}")
     data.images._layout = layout
-    from trainer.data import _ShardReader
+    from trainer.streaming import ShardReader as _ShardReader
 
     n_shards = -(-len(idx) // data.images.shard_rows)
     out["reader_alone"] = {}

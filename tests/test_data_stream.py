@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig, load_config
-from trainer.data import SliceSource, StoreImages, load_dataset
+from trainer.data import SliceSource, load_dataset
+from trainer.streaming import StoreImages
 from trainer.loops import fit_stage, make_transform, predict
 from trainer.model import build_model
 

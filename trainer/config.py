@@ -87,9 +87,7 @@ class AugConfig:
             d["scale"] = tuple(float(v) for v in sc)
             if len(d["scale"]) != 2:
                 raise ValueError(f"aug.scale must be a [low, high] pair, got {list(sc)!r}")
-        for k in ("degrees", "translate", "hflip_p"):
-            if k in d:
-                d[k] = float(d[k])
+        d.update({k: float(d[k]) for k in ("degrees", "translate", "hflip_p") if k in d})
         return cls(**d)
 
 
@@ -138,6 +136,7 @@ class TrainConfig:
     num_workers: int = 0               # kept so saved configs keep their keys; batches are formed on the device
     out_size: int = 224                # model input side [pixels]
     windows: tuple[tuple[float, float], ...] = ((40.0, 80.0),)  # (center, width) [HU] per channel
+    context_slices: int = 0            # 2.5D: k neighbours per side stacked as channels (0 = the slice alone)
     aug: AugConfig = field(default_factory=AugConfig)  # train-time augmentation ranges
     weights: str = "none"              # none | imagenet | path to a resnet18 state_dict (configs/default.yaml: imagenet;
                                        # the built-in fallback is none so a config without the key never downloads)
@@ -265,6 +264,8 @@ def _check_ranges(c: TrainConfig) -> None:
     _check(0 < c.test_size < 1, f"test_size={c.test_size} must be in (0, 1)")
     _check(c.k_folds >= 2, f"k_folds={c.k_folds} must be >= 2")
     _check(c.out_size >= 16, f"out_size={c.out_size} must be >= 16 pixels")
+    _check(0 <= c.context_slices <= 8 and (c.context_slices == 0 or c.group_by != "none"), f"context_slices="
+           f"{c.context_slices} must be 0..8 per side, with group_by patient|study|series (none would leak neighbours)")
     _check(c.stream_readers >= 1, f"stream_readers={c.stream_readers} must be >= 1 (shard reader threads when streaming)")
     _check(c.stream_shards >= 1, f"stream_shards={c.stream_shards} must be >= 1 (shards held on the device when streaming)")
     _check(0 < c.holdout_frac < 1, f"holdout_frac={c.holdout_frac} must be in (0, 1)")
@@ -388,11 +389,8 @@ def load_config(
         except json.JSONDecodeError as e:
             raise ConfigError(f"--config-json {config_json!r} is neither a JSON file nor a JSON object: {e}") from None
         d = _merge(d, data)
-    if flags:
-        d = _merge(d, {SEED_FLAGS[k]: v for k, v in flags.items() if v is not None})
-    if sets:
-        d = _merge(d, parse_set(sets))
-    return TrainConfig.from_dict(d)
+    d = _merge(d, {SEED_FLAGS[k]: v for k, v in (flags or {}).items() if v is not None})
+    return TrainConfig.from_dict(_merge(d, parse_set(sets)))
 
 
 def prep_config(cfg: TrainConfig) -> PrepConfig:

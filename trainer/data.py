@@ -9,76 +9,31 @@ Two modes behind one API, :meth:`SliceSource.batches`, which yields ``(rows, hu)
   ``stream_shards`` shards is copied to the device (non-blocking) and its rows are drawn in a
   shuffled order, so a store far larger than memory trains with the same loop.
 
+With ``context_slices`` k > 0 a batch holds each row's stack of 2k + 1 slices (the row and its
+series neighbours from the store's ``prev_row``/``next_row`` links, :func:`trainer.context.context_rows`):
+resident, one gather; streaming, neighbours in the shard group on the device come from there and
+the rest are read from the store row by row (the store is ordered by ID, so most are).
+
 Either way the batch then goes through batched tensor ops (:class:`trainer.transforms.BatchTransform`):
 no DataLoader, no workers, no per-sample Python.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from neurocache.remote import StoreLocation
-from neurocache.shards import ShardLayout
 from neurocache.store import Store, StoreError, open_store
 from trainer.config import TrainConfig, prep_config
+from trainer.context import context_rows
+from trainer.streaming import StoreImages, stream_batches
 
 GROUP_COLUMNS = {"patient": "patient_key", "study": "study_key", "series": "series_key"}
-
-
-class StoreImages:
-    """The ok images left in the store, for stores above ``memory_budget_gb``: int16 (N, S, S), HU.
-
-    Indexing (``images[rows]``) reads just those rows and returns an int16 tensor on ``device``, so
-    code written for the resident tensor (pictures, a few rows) still works; training and
-    evaluation go through :meth:`SliceSource.batches`, which reads whole shards instead.
-    """
-
-    def __init__(self, array: Any, device: torch.device, loc: StoreLocation | None = None) -> None:
-        self.array = array
-        self.device = device
-        self.shape = tuple(int(v) for v in array.shape)
-        self.dtype = torch.int16
-        shards = getattr(array, "shards", None)
-        self.shard_rows = int((shards or array.chunks)[0])
-        # The store's own shard layout: whole shards are then read as one file and decoded by blosc
-        # straight into the output (neurocache.shards), several times faster than through Zarr.
-        self._loc, self._layout = loc, None
-        if loc is not None:
-            try:
-                self._layout = ShardLayout.of(loc.read_bytes("images/zarr.json"))
-            except OSError:
-                self._layout = None
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: Any) -> torch.Tensor:
-        r = np.atleast_1d(torch.as_tensor(rows).cpu().numpy()).astype(np.int64)
-        uniq, inv = np.unique(r, return_inverse=True)
-        arr = np.asarray(self.array.get_orthogonal_selection((uniq, slice(None), slice(None))))
-        return torch.from_numpy(np.ascontiguousarray(arr[inv])).to(self.device)
-
-    def read_shard(self, k: int, pin: bool) -> torch.Tensor:
-        """Rows ``[k * shard_rows, (k + 1) * shard_rows)`` as one int16 CPU tensor (pinned when ``pin``)."""
-        lo = k * self.shard_rows
-        hi = min(lo + self.shard_rows, self.shape[0])
-        if self._layout is not None and self._layout.shard == self.shard_rows:
-            try:
-                blob: bytes | None = self._loc.read_bytes(f"images/{self._layout.key(k)}")
-            except FileNotFoundError:
-                blob = None  # every slice of the shard is the fill value
-            arr = self._layout.decode(blob, hi - lo, f"images shard {k}")
-        else:
-            arr = np.asarray(self.array[lo:hi])
-        t = torch.from_numpy(arr)
-        return t.pin_memory() if pin else t
 
 
 @dataclass
@@ -96,6 +51,9 @@ class SliceSource:
         groups: str numpy (N,) — the split key per row (patient hash by default; the ID for ``none``).
         stream_shards: streaming mode: shards shuffled together (and held on the device) at a time.
         stream_readers: streaming mode: threads reading and decoding shards ahead of the consumer.
+        context: neighbour slices per side in each sample (0: the slice alone).
+        links: (2, N) int64 ``prev_row`` / ``next_row`` of every row (-1: none), on the device when
+            resident (CPU when streaming); needed when ``context`` > 0.
     """
 
     store: Store
@@ -105,6 +63,15 @@ class SliceSource:
     groups: np.ndarray
     stream_shards: int = 4
     stream_readers: int = 1
+    context: int = 0
+    links: torch.Tensor | None = None
+
+    def stack_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, 2k + 1) int64 rows of each row's context stack (column k is ``rows``), on ``rows``' device."""
+        if self.links is None:
+            raise ValueError("SliceSource has no neighbour links (context > 0 needs the store's prev_row/next_row)")
+        links = self.links.to(rows.device)
+        return context_rows(rows, links[0], links[1], self.context)
 
     @property
     def device(self) -> torch.device:
@@ -139,7 +106,8 @@ class SliceSource:
 
         Yields:
             ``rows``: int64 (b,) on the device; ``hu``: int16 (b, S, S) HU on the device, ``hu[i]``
-            being the image of ``rows[i]``.
+            being the image of ``rows[i]`` — or (b, 2k + 1, S, S), the stack of :meth:`stack_rows`,
+            when ``context`` k > 0.
         """
         idx = np.ascontiguousarray(idx, dtype=np.int64)
         if shuffle:
@@ -149,14 +117,15 @@ class SliceSource:
         else:
             order = torch.as_tensor(idx)
         if self.streaming:
-            yield from _stream(self.images, order, batch_size, generator if shuffle else None,
-                               self.stream_shards, drop_last, self.stream_readers)
+            stacks = self.stack_rows if self.context else None
+            yield from stream_batches(self.images, order, batch_size, generator if shuffle else None,
+                               self.stream_shards, drop_last, self.stream_readers, stacks)
             return
         order = order.to(self.device, non_blocking=True)  # one host -> device copy per epoch
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
         for i in range(0, stop, batch_size):
             b = order[i : i + batch_size]
-            yield b, self.images[b]
+            yield b, self.images[self.stack_rows(b) if self.context else b]
 
 
 def pick_device(name: str) -> torch.device:
@@ -209,6 +178,13 @@ def load_dataset(store_path: str, cfg: TrainConfig, device: torch.device) -> Sli
         if device.type == "cuda":
             images = images.pin_memory().to(device, non_blocking=True)
     table = table.assign(group=group_keys(table, cfg.group_by))
+    links = None
+    if cfg.context_slices:
+        if not {"prev_row", "next_row"} <= set(table.columns):
+            raise StoreError(f"store {store_path} has no series geometry (prev_row/next_row) for context_slices="
+                             f"{cfg.context_slices}; rebuild it with this version: neurocache build --store {store_path} ...")
+        links = torch.as_tensor(table[["prev_row", "next_row"]].to_numpy(np.int64).T.copy())
+        links = links if isinstance(images, StoreImages) else links.to(device)
     return SliceSource(
         store=store,
         table=table,
@@ -217,6 +193,8 @@ def load_dataset(store_path: str, cfg: TrainConfig, device: torch.device) -> Sli
         groups=np.array(table["group"], dtype=str),
         stream_shards=int(cfg.stream_shards),
         stream_readers=int(cfg.stream_readers),
+        context=int(cfg.context_slices),
+        links=links,
     )
 
 
@@ -231,133 +209,3 @@ def _epoch_order(idx: np.ndarray, labels: np.ndarray, sampler: str, generator: t
         w = (1.0 / counts)[y]
         return idx_t[torch.multinomial(w, len(idx_t), replacement=True, generator=generator)]
     return idx_t[torch.randperm(len(idx_t), generator=generator)]
-
-
-def _stream(
-    images: StoreImages,
-    order: torch.Tensor,
-    batch_size: int,
-    generator: torch.Generator | None,
-    group_shards: int,
-    drop_last: bool,
-    readers: int = 1,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Streaming mode of :meth:`SliceSource.batches`.
-
-    The shards holding ``order``'s rows are visited in a random order (in order without a
-    generator) and cut into groups of ``group_shards``; the rows are regrouped by shard group,
-    keeping their random draw order inside a group, and cut into batches. A background thread
-    reads the shards (each one whole) ahead of the consumer (``readers`` threads); a group is copied to the device
-    when its first batch needs it and freed after its last one (a batch may straddle two groups).
-    """
-    rows = order.numpy()
-    shard_of = rows // images.shard_rows
-    shards = np.unique(shard_of)
-    if generator is not None:
-        shards = shards[torch.randperm(len(shards), generator=generator).numpy()]
-    g = max(1, int(group_shards))
-    rank = np.empty(int(shards.max()) + 1 if len(shards) else 0, dtype=np.int64)
-    rank[shards] = np.arange(len(shards))
-    group_of_row = rank[shard_of] // g
-    keep = np.argsort(group_of_row, kind="stable")
-    rows, group_of_row = rows[keep], group_of_row[keep]
-    stop = len(rows) - (len(rows) % batch_size if drop_last and len(rows) > batch_size else 0)
-    if stop <= 0:
-        return
-    n_groups = int(group_of_row[stop - 1]) + 1
-    reader = _ShardReader(images, [int(k) for k in shards[: n_groups * g]], ahead=max(2 * g, 2 * readers), threads=readers)
-    slot = np.full(len(rank), -1, dtype=np.int64)  # shard -> position within its group's buffer
-    slot[shards] = np.arange(len(shards)) % g
-    loaded: dict[int, torch.Tensor] = {}
-    dev = images.device
-    try:
-        for i in range(0, stop, batch_size):
-            b, gb = rows[i : i + batch_size], group_of_row[i : i + batch_size]
-            for grp in range(int(gb[0]), int(gb[-1]) + 1):
-                if grp not in loaded:
-                    loaded[grp] = _load_group(reader, images, min(g, len(shards) - grp * g))
-            local = torch.from_numpy(slot[b // images.shard_rows] * images.shard_rows + b % images.shard_rows)
-            if gb[0] == gb[-1]:
-                hu = loaded[int(gb[0])][local.to(dev, non_blocking=True)]
-            else:
-                hu = torch.empty((len(b),) + images.shape[1:], dtype=torch.int16, device=dev)
-                for grp in range(int(gb[0]), int(gb[-1]) + 1):
-                    m = torch.from_numpy(gb == grp)
-                    hu[m.to(dev)] = loaded[grp][local[m].to(dev, non_blocking=True)]
-            for grp in [k for k in loaded if k < int(gb[-1])]:
-                del loaded[grp]  # every later batch lies in group gb[-1] or after
-            yield torch.from_numpy(b).to(dev, non_blocking=True), hu
-    finally:
-        reader.close()
-
-
-def _load_group(reader: _ShardReader, images: StoreImages, n_shards: int) -> torch.Tensor:
-    """The next ``n_shards`` shards from ``reader`` in one int16 device buffer, shard j at rows j*shard_rows."""
-    buf = torch.empty((n_shards * images.shard_rows,) + images.shape[1:], dtype=torch.int16, device=images.device)
-    for j in range(n_shards):
-        t = reader.next()
-        buf[j * images.shard_rows : j * images.shard_rows + len(t)].copy_(t, non_blocking=True)
-    return buf
-
-
-class _ShardReader:
-    """Reads shards in a given order on ``threads`` daemon threads, up to ``ahead`` shards ahead of
-    :meth:`next`, which returns them in that order.
-
-    Zarr's decompression and file reads release the GIL, so the reads overlap the training step, and
-    several threads decode several shards at once (``stream_readers``; one thread decodes about one
-    core's worth, see docs/benchmarks.md). Pinned host buffers on CUDA let the device copies run
-    asynchronously; the caching host allocator does not reuse a pinned block before its copy has finished.
-    """
-
-    def __init__(self, images: StoreImages, order: list[int], ahead: int, threads: int = 1) -> None:
-        self._order = order
-        self._done: dict[int, Any] = {}  # position in order -> shard tensor or the exception raised
-        self._cv = threading.Condition()
-        self._next_claim = 0  # next position a thread reads
-        self._pos = 0  # next position next() returns
-        self._ahead = max(1, ahead)
-        self._stop = threading.Event()
-        pin = images.device.type == "cuda"
-
-        def work() -> None:
-            while True:
-                with self._cv:
-                    while not self._stop.is_set() and self._next_claim - self._pos >= self._ahead:
-                        self._cv.wait(0.1)
-                    if self._stop.is_set() or self._next_claim >= len(order):
-                        return
-                    i = self._next_claim
-                    self._next_claim += 1
-                try:
-                    item: Any = images.read_shard(order[i], pin)
-                except BaseException as e:  # handed to the consumer, raised there
-                    item = e
-                with self._cv:
-                    self._done[i] = item
-                    self._cv.notify_all()
-                if isinstance(item, BaseException):
-                    return
-
-        self._threads = [threading.Thread(target=work, name=f"neurocache-shard-reader-{j}", daemon=True)
-                         for j in range(max(1, int(threads)))]
-        for t in self._threads:
-            t.start()
-
-    def next(self) -> torch.Tensor:
-        with self._cv:
-            while self._pos not in self._done:
-                self._cv.wait()
-            item = self._done.pop(self._pos)
-            self._pos += 1
-            self._cv.notify_all()
-        if isinstance(item, BaseException):
-            raise RuntimeError(f"reading a store shard failed: {type(item).__name__}: {item}") from item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._cv:
-            self._cv.notify_all()
-        for t in self._threads:
-            t.join(timeout=5)

@@ -67,7 +67,7 @@ def _dataset(store: str, cfg: TrainConfig, device) -> Any:
     from trainer.data import load_dataset
 
     key = repr((store, prep_config(cfg).fingerprint(), cfg.group_by, float(cfg.memory_budget_gb),
-                int(cfg.stream_shards), int(cfg.stream_readers), str(device)))
+                int(cfg.stream_shards), int(cfg.stream_readers), int(cfg.context_slices), str(device)))
     cached = _CACHE.get("data")
     if cached is not None and _CACHE.get("key") == key:
         # The same store folder may have been rebuilt since: reuse only when its attrs are unchanged.

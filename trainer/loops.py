@@ -28,7 +28,7 @@ from trainer.transforms import BatchTransform
 
 def make_transform(cfg: TrainConfig) -> BatchTransform:
     """The config's window/resize/augmentation pipeline."""
-    return BatchTransform(windows=cfg.windows, out_size=cfg.out_size, aug=cfg.aug)
+    return BatchTransform(windows=cfg.windows, out_size=cfg.out_size, aug=cfg.aug, context=cfg.context_slices)
 
 
 def autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:

@@ -12,6 +12,14 @@ Output CSV, one row per input file, in input order: ``ID`` (file stem), ``path``
 ``pred`` (0/1 at the threshold), ``status`` (``ok`` | ``quarantined``), ``reason`` and ``detail``
 (the store's reason codes, :data:`neurocache.reasons.REASONS`; empty when ok). Quarantined rows
 have empty ``prob`` and ``pred``: a non-CT or broken file gets a reason, never a made-up score.
+
+With ``context_slices`` k > 0 in the run's config, each slice's neighbours come from the input files
+themselves, linked by the store's rule (:mod:`neurocache.geometry`: same series, ordered along the
+slice normal, no link across a gap, a duplicate position or a quarantined file), so give predict
+whole series (a folder per series or study). A missing neighbour is replaced as in training (by the
+nearest slice towards the centre; a lone file is its own context), and the extra column
+``neighbours_missing`` (0..2k; empty when quarantined) says how many were. Those inputs' ok images
+are held in memory (int16, S x S each) until every file has been read.
 A name that is not valid UTF-8 is shown (``ID``, ``path``) with those bytes escaped (``\\xNN``) and gets
 ``bad_file_name``, as in the store; a folder's symlinks and special files get ``not_regular_file``.
 """
@@ -193,8 +201,10 @@ def predict_files(
     finally:
         if bar:
             bar.close()
-    out = pd.DataFrame(rows, columns=list(PREDICT_COLUMNS))
-    out["pred"] = out["pred"].astype("Int64")
+    extra = ["neighbours_missing"] if cfg.context_slices else []
+    out = pd.DataFrame(rows, columns=[*PREDICT_COLUMNS, *extra])
+    for col in ["pred", *extra]:
+        out[col] = out[col].astype("Int64")
     return out
 
 
@@ -204,6 +214,8 @@ def _score_files(
     """One :data:`PREDICT_COLUMNS` row per file; ok files scored in batches of ``bs`` (calibrated, thresholded)."""
     from neurocache.preprocess import preprocess_file
 
+    if run.config.context_slices:
+        return _score_files_with_context(files, run, model, tf, dev, bs, bar)
     rows: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []
 
@@ -219,8 +231,7 @@ def _score_files(
 
     for path in files:
         image, meta = preprocess_file(path, run.prep, _NO_KEY)
-        rows.append({"ID": Inputs.file_id(path), "path": shown_name(str(path)), "prob": np.nan, "prob_raw": np.nan,
-                     "pred": pd.NA, "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")})
+        rows.append(_row(path, meta))
         if meta["status"] == OK and image is not None:
             pending.append((len(rows) - 1, image))
             if len(pending) >= bs:
@@ -228,6 +239,48 @@ def _score_files(
         if bar:
             bar.update(1)
     flush()
+    return rows
+
+
+def _row(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """A :data:`PREDICT_COLUMNS` row for ``path`` before scoring (empty prob/pred)."""
+    return {"ID": Inputs.file_id(path), "path": shown_name(str(path)), "prob": np.nan, "prob_raw": np.nan,
+            "pred": pd.NA, "status": meta["status"], "reason": meta.get("reason", ""), "detail": meta.get("detail", "")}
+
+
+def _score_files_with_context(
+    files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any
+) -> list[dict[str, Any]]:
+    """As :func:`_score_files` with neighbour context: read every file, link the ok slices by series
+    geometry, then score each slice's stack (``neighbours_missing`` per row)."""
+    from neurocache.geometry import add_series_geometry
+    from neurocache.preprocess import preprocess_file
+    from trainer.context import context_rows, replaced_neighbours
+
+    rows: list[dict[str, Any]] = []
+    metas: list[dict[str, Any]] = []
+    images: list[np.ndarray] = []
+    for path in files:
+        image, meta = preprocess_file(path, run.prep, _NO_KEY)
+        rows.append({**_row(path, meta), "neighbours_missing": pd.NA})
+        ok = meta["status"] == OK and image is not None
+        metas.append({**meta, "row": len(images) if ok else -1})
+        if ok:
+            images.append(image)
+        if bar:
+            bar.update(1)
+    if not images:
+        return rows
+    geo = add_series_geometry(pd.DataFrame(metas))
+    ok_at = np.flatnonzero(geo["row"].to_numpy() >= 0)  # the file position of images 0, 1, ... (rows follow file order)
+    links = torch.as_tensor(geo[["prev_row", "next_row"]].to_numpy(np.int64)[ok_at].T.copy())
+    stack_all = torch.from_numpy(np.stack(images))
+    for lo in range(0, len(images), bs):
+        centre = torch.arange(lo, min(lo + bs, len(images)))
+        stack = context_rows(centre, links[0], links[1], int(run.config.context_slices))
+        raw = _score(model, tf, list(stack_all[stack].numpy()), run.config, dev)
+        for i, pr, pc, miss in zip(ok_at[lo : lo + bs], raw, run.calibrator(raw), replaced_neighbours(stack).tolist()):
+            rows[i].update(prob=float(pc), prob_raw=float(pr), pred=int(pc >= run.threshold), neighbours_missing=miss)
     return rows
 
 

@@ -3,14 +3,17 @@
 Every function takes and returns whole batches of tensors (no per-sample Python loop, no PIL),
 so the same code runs on CPU and GPU. The pipeline used by training is :class:`BatchTransform`:
 
-    int16 HU (B, S, S) --window--> float32 [0, 1] (B, C, S, S)
+    int16 HU (B, S, S) or (B, K, S, S) --window--> float32 [0, 1] (B, C, S, S)
                        --resize--> (B, C, out, out)
                        --random_affine (train only)-->
                        --normalize--> float32 (B, C, out, out), ImageNet statistics
 
 Windowing happens first, on the full-resolution HU values, so interpolation works on the
 windowed intensities; resize comes before the affine so the (more expensive) grid sample runs
-at the output size. Random parameters are drawn on the CPU from a caller-supplied
+at the output size. With neighbour context (``context`` k > 0) the input is a stack of K = 2k + 1
+slices per sample and each slice contributes one channel per distinct window (slice-major); one
+warp is shared by every channel of a sample, so the augmentation is identical across the stack.
+Random parameters are drawn on the CPU from a caller-supplied
 ``torch.Generator`` and then moved to the data's device, so a given seed gives the same
 augmentation on CPU and GPU.
 """
@@ -192,16 +195,23 @@ class BatchTransform:
         windows: (center, width) HU windows as given (expanded per :func:`expand_windows`).
         out_size: side of the network input, pixels.
         aug: augmentation ranges used when ``train=True``.
+        context: neighbour slices on each side (0: one slice per sample, the seed's input). With
+            k > 0 the input is (B, 2k + 1, S, S) and the channels are, slice by slice (previous
+            ones first), one per distinct window: C = (2k + 1) x U. One window and k = 1 give the
+            three channels an ImageNet first convolution expects (neighbours as "RGB").
     """
 
     windows: tuple[tuple[float, float], ...] = ((40.0, 80.0),)
     out_size: int = 224
     aug: AugConfig = field(default_factory=AugConfig)
+    context: int = 0
 
     def __post_init__(self) -> None:
         expand_windows(self.windows)  # validate early
         if int(self.out_size) <= 0:
             raise ValueError(f"out_size must be a positive integer, got {self.out_size!r}")
+        if int(self.context) < 0:
+            raise ValueError(f"context must be >= 0 neighbour slices per side, got {self.context!r}")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> BatchTransform:
@@ -227,13 +237,25 @@ class BatchTransform:
     @property
     def channels(self) -> int:
         """Number of output channels C (the model's ``in_channels``)."""
-        return len(expand_windows(self.windows))
+        return len(self._channel_windows())
+
+    @property
+    def stack(self) -> int:
+        """Slices per sample K = 2 ``context`` + 1."""
+        return 2 * int(self.context) + 1
+
+    def _channel_windows(self) -> list[tuple[float, float]]:
+        """The window of every output channel, in channel order."""
+        if not self.context:
+            return expand_windows(self.windows)
+        return list(dict.fromkeys(expand_windows(self.windows))) * self.stack
 
     def __call__(self, hu_batch: Tensor, train: bool, generator: torch.Generator | None = None) -> Tensor:
         """Transform a batch.
 
         Args:
-            hu_batch: (B, S, S) HU, int16 (or float), ideally already on the training device.
+            hu_batch: (B, S, S) HU, int16 (or float), ideally already on the training device;
+                (B, 2k + 1, S, S) with ``context`` k > 0 (the stack of :func:`trainer.context.context_rows`).
             train: apply the random affine when True.
             generator: CPU ``torch.Generator`` for the augmentation draws; required when
                 ``train`` is True, ignored otherwise.
@@ -245,13 +267,19 @@ class BatchTransform:
             windows are computed once and duplicated just before normalisation (every step is
             per-channel with one shared warp), which makes the default 1-window case ~3x cheaper.
         """
-        if hu_batch.ndim != 3:
+        k = self.stack
+        if self.context and (hu_batch.ndim != 4 or hu_batch.shape[1] != k):
+            raise ValueError(f"BatchTransform(context={self.context}) expects a (B, {k}, S, S) HU stack, "
+                             f"got shape {tuple(hu_batch.shape)}")
+        if not self.context and hu_batch.ndim != 3:
             raise ValueError(f"BatchTransform expects a (B, S, S) HU batch, got shape {tuple(hu_batch.shape)}")
         if train and generator is None:
             raise ValueError("BatchTransform(train=True) needs a CPU torch.Generator for the augmentation")
-        wins = expand_windows(self.windows)
+        wins = self._channel_windows()
         unique = tuple(dict.fromkeys(wins))
         coef = _fused_coefficients(unique, tuple(wins), str(hu_batch.device))
+        if self.context:
+            hu_batch = hu_batch.reshape(-1, *hu_batch.shape[2:])  # (B*K, S, S): each slice windowed alike
         # Work in "HU above windowed air": v = clamp(hu, low, high) - clamp(air, low, high). Air is
         # then exactly 0, so the warp's zero padding *is* the air fill (no validity-mask warp), and
         # window scaling, channel expansion and normalisation fold into one multiply-add at the end
@@ -263,6 +291,8 @@ class BatchTransform:
             x = (x.clamp_(low, high) if fresh else x.clamp(low, high)).sub_(coef["air"][0])
         else:
             x = torch.clamp(x, min=coef["low"], max=coef["high"]).sub_(coef["air_t"])  # (B, U, S, S)
+        if self.context:
+            x = x.reshape(-1, k * x.shape[1], *x.shape[2:])  # (B, K*U, S, S), slice-major
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         x = resize(x, self.out_size)
@@ -274,7 +304,7 @@ class BatchTransform:
                 generator=generator,  # type: ignore[arg-type]
             ).to(device=x.device, dtype=x.dtype, non_blocking=True)
             x = F.grid_sample(x, _affine_grid(theta, n, h, w), mode="bilinear", padding_mode="zeros", align_corners=False)
-        if coef["select"] is not None:
+        if coef["select"] is not None and not self.context:  # with context the channels are already in order
             x = x.index_select(1, coef["select"])
         # (B, U or C, H, W) -> (B, C, H, W): windowed-and-normalised = v * scale[c] + shift[c].
         x = torch.addcmul(coef["shift"], x, coef["scale"])
