@@ -216,10 +216,10 @@ def _cv_run(args: argparse.Namespace, cfg: TrainConfig, grid, client, resources:
         write_json(run / "effective_config.json", cfg)  # the chosen candidate is what final will use
     else:
         res = run_folds(data, split, cfg, progress=bar, runner=runner)
-    from trainer.data import group_keys
+    from trainer.data import group_keys, next_slice_ids
 
     patients = dict(zip(data.table["ID"].astype(str), group_keys(data.table, "patient")))
-    m = write_cv_outputs(run, split, res, cfg, patients=patients)
+    m = write_cv_outputs(run, split, res, cfg, patients=patients, next_ids=next_slice_ids(data.table))
     m = dataclasses.replace(m, wall_seconds=round(time.perf_counter() - t0, 2))
     write_json(run / "cv_metrics.json", m)
     o = m.oof_metrics

@@ -28,7 +28,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "optimizer": ("adamw", "sgd"),
     "sampler": ("weighted", "uniform"),
     "threshold_strategy": ("max_f1", "sens_target"),
-    "patient_aggregation": ("max", "mean"),
+    "patient_aggregation": ("max", "mean", "pair"),
     "calibration_strategy": ("uniform", "quantile"),
     "cv_early_stopping": ("inner_holdout", "val_fold"),
     "calibration": ("platt", "temperature", "isotonic", "none"),
@@ -183,7 +183,7 @@ class TrainConfig:
     n_boot: int = 1000                 # bootstrap resamples (of patients) for the intervals; 0 = none
     ci_level: float = 0.95             # confidence level of every interval
     ci_seed: int = 12345               # seeds the bootstrap: a rerun gives the same intervals
-    patient_aggregation: str = "max"   # max | mean: a patient's score from its slices
+    patient_aggregation: str = "max"   # max | mean | pair (series order: consecutive slices agree)
     calibration_bins: int = 10         # reliability-diagram bins
     calibration_strategy: str = "uniform"  # uniform | quantile bin edges
     gallery_n: int = 6                 # report.html: most confident false positives / false negatives shown

@@ -260,13 +260,15 @@ def _select(s: dict[str, Any], oof: pd.DataFrame, cfg: TrainConfig) -> dict[str,
 
 
 def write_cv_outputs(
-    run: Path, split: pd.DataFrame, res: CVFolds, cfg: TrainConfig, *, patients: dict[str, str] | None = None
+    run: Path, split: pd.DataFrame, res: CVFolds, cfg: TrainConfig, *, patients: dict[str, str] | None = None,
+    next_ids: dict[str, str] | None = None,
 ) -> CVResult:
     """Write the CV tables, plots, threshold selection and ``cv_metrics.json``; return the metrics.
 
     ``cv_metrics.json["oof"]`` holds the pooled OOF evaluation at the selected threshold (intervals,
     calibration, patient level; :func:`trainer.evaluation.oof_evaluation`); ``patients`` maps ID ->
-    patient key for the patient bootstrap and aggregation (default: the split's group column).
+    patient key for the patient bootstrap and aggregation (default: the split's group column);
+    ``next_ids`` maps ID -> the next slice's ID (``patient_aggregation: pair``).
     """
     s = summarise(res, cfg)
     res.oof.to_csv(run / "cv_oof_predictions.csv", index=False)
@@ -282,7 +284,7 @@ def write_cv_outputs(
     stuck = stuck_folds([f.to_dict() for f in res.folds])
     from trainer.evaluation import oof_evaluation
 
-    oof_eval, patient_table = oof_evaluation(split, res.oof, float(selection["threshold"]), cfg, patients)
+    oof_eval, patient_table = oof_evaluation(split, res.oof, float(selection["threshold"]), cfg, patients, next_ids)
     _write_oof_evaluation(run, res.oof, patient_table, cfg)
     metrics = CVResult(
         k_folds=int(cfg.k_folds), early_stopping=cfg.cv_early_stopping, calibration=cfg.calibration,

@@ -152,6 +152,18 @@ def group_keys(table: pd.DataFrame, group_by: str) -> np.ndarray:
     return keys
 
 
+def next_slice_ids(table: pd.DataFrame) -> dict[str, str]:
+    """ID -> the ID of the next slice of its series (the store's ``next_row``), for the ok rows that have one.
+
+    ``table`` is :attr:`SliceSource.table` (index i <-> ``images`` row i); {} for a store without geometry."""
+    if "next_row" not in table.columns:
+        return {}
+    ids = table["ID"].astype(str).to_numpy()
+    nxt = table["next_row"].to_numpy(dtype=np.int64)
+    has = np.flatnonzero(nxt >= 0)
+    return dict(zip(ids[has], ids[nxt[has]]))
+
+
 def load_dataset(store_path: str, cfg: TrainConfig, device: torch.device) -> SliceSource:
     """Open the store (checking schema, ``complete`` and fingerprint) and load its ok slices.
 

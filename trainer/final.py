@@ -121,13 +121,13 @@ def _test_result(
 ) -> TestResult:
     """Threshold metrics, intervals (Wilson, DeLong, patient bootstrap), calibration, patient level and
     the CV's promise of the test predictions; writes ``test_calibration.png`` and ``test_patient_predictions.csv``."""
-    from trainer.data import group_keys
+    from trainer.data import group_keys, next_slice_ids
     from trainer.evaluation import evaluate_predictions, public
 
     y, threshold = data.labels[test], cv.threshold
     m = binary_metrics(y, prob, threshold)
     full = evaluate_predictions(split["ID"].to_numpy()[test], y, prob, group_keys(data.table, "patient")[test],
-                                threshold, cv.config)
+                                threshold, cv.config, next_slice_ids(data.table))
     _write_test_evaluation(run, cv, y, prob, full.get("_patients"))
     ev = public(full)
     promised = None

@@ -33,9 +33,12 @@ def eval_settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def evaluate_predictions(
-    ids: Any, y: Any, prob: Any, patients: Any, threshold: float, cfg: TrainConfig
+    ids: Any, y: Any, prob: Any, patients: Any, threshold: float, cfg: TrainConfig,
+    next_ids: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Intervals (Wilson, DeLong, patient bootstrap), calibration and patient-level metrics.
+
+    ``next_ids`` (ID -> the next slice's ID in its series) is needed by ``patient_aggregation: pair``.
 
     Returns:
         ``{"intervals", "calibration", "patient": {aggregation, score, label_rule, n_patients,
@@ -54,7 +57,7 @@ def evaluate_predictions(
     out["intervals"] = interval_report(y, prob, thr, patients, n_boot=int(s["n_boot"]), seed=int(s["ci_seed"]),
                                        level=float(s["ci_level"]), unit_name="patient")
     out["calibration"] = calibration_summary(y, prob, int(s["calibration_bins"]), s["calibration_strategy"])
-    pt = aggregate_patients(patient_frame(ids, y, prob, patients), group_col="patient",
+    pt = aggregate_patients(patient_frame(ids, y, prob, patients, next_ids), group_col="patient",
                             how=s["patient_aggregation"], threshold=thr)
     out["patient"] = {
         **describe(s["patient_aggregation"]),
@@ -76,6 +79,7 @@ def public(ev: dict[str, Any]) -> dict[str, Any]:
 
 def oof_evaluation(
     split: pd.DataFrame, oof: pd.DataFrame, threshold: float, cfg: TrainConfig, patients: Mapping[str, str] | None = None,
+    next_ids: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame | None]:
     """Evaluate the pooled OOF predictions at ``threshold``: (``cv_metrics.json["oof"]``, the patient table).
 
@@ -85,7 +89,7 @@ def oof_evaluation(
     ids = oof["ID"].astype(str).to_numpy()
     pk = np.array([keymap.get(i, i) for i in ids], dtype=str)
     y, p = oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float)
-    ev = evaluate_predictions(ids, y, p, pk, threshold, cfg)
+    ev = evaluate_predictions(ids, y, p, pk, threshold, cfg, next_ids)
     res: dict[str, Any] = {"what": "pooled out-of-fold predictions of the fold models, at the selected threshold",
                            "metrics": binary_metrics(y, p, threshold) if len(y) else {}, **public(ev)}
     return res, ev.get("_patients")
