@@ -14,17 +14,13 @@ from typing import Any
 import numpy as np
 
 from neurocache.config import PrepConfig
-from neurocache.crop import letterbox, threshold_box, to_int16
+from neurocache.crop import letterbox, to_int16
 from neurocache.dicomheader import ORIENTATION_COLUMNS
 from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
-from neurocache.hu import (
-    floor_low_values,
-    histogram_percentiles,
-    stored_histogram,
-    stored_to_hu,
-)
+from neurocache.hu import histogram_percentiles
 from neurocache.inputs import entry_problem, open_regular
+from neurocache.kernels import box_from_maxima, floor_crop_hu, scan_slice
 from neurocache.names import shown_name
 from neurocache.reasons import OK, QUARANTINED, Quarantine
 
@@ -54,11 +50,14 @@ def preprocess_slice(data: SliceData, cfg: PrepConfig, name: str = "slice") -> P
     2. Bone mask = HU >= the ``skull_percentile`` of the slice; its tight box is the crop.
     3. Letterbox the crop to ``size x size`` (aspect kept, padded with ``pad_hu``), round to int16.
 
+    Two compiled passes over the slice (:mod:`neurocache.kernels`): one for the histogram and the
+    row / column maxima (the box), one over the box for HU and the floor.
+
     Raises:
         Quarantine: ``empty_slice`` (HU std < ``min_std_hu``) or ``no_skull`` (box too small).
     """
     stored = data.stored
-    offset, cum = stored_histogram(stored)
+    offset, cum, row_max, col_max = scan_slice(stored)
     feats = hu_features(stored, offset, cum, data.slope, data.intercept)
     if not feats["hu_std"] >= cfg.min_std_hu:
         raise Quarantine("empty_slice", f"{name}: HU std {feats['hu_std']:.3g} < min_std_hu={cfg.min_std_hu}")
@@ -71,7 +70,7 @@ def preprocess_slice(data: SliceData, cfg: PrepConfig, name: str = "slice") -> P
             f"({float(p_floor) * data.slope + data.intercept:g} HU), so there is no bone to box",
         )
     # Thresholds compare stored values: exact, and no full-size float image is needed for the mask.
-    box = threshold_box(stored, p_skull)
+    box = box_from_maxima(row_max, col_max, p_skull)
     if box is None or min(box[1] - box[0], box[3] - box[2]) < cfg.min_box_pixels:
         raise Quarantine(
             "no_skull",
@@ -79,9 +78,7 @@ def preprocess_slice(data: SliceData, cfg: PrepConfig, name: str = "slice") -> P
             f"min_box_pixels={cfg.min_box_pixels}",
         )
     r0, r1, c0, c1 = box
-    crop_stored = stored[r0:r1, c0:c1]
-    hu = stored_to_hu(crop_stored, data.slope, data.intercept)
-    floor_low_values(hu, crop_stored, p_floor, cfg.pad_hu)
+    hu = floor_crop_hu(stored, box, data.slope, data.intercept, p_floor, cfg.pad_hu)
     canvas, scale = letterbox(hu, cfg.size, cfg.pad_hu)
     feats.update({"box_r0": r0, "box_r1": r1, "box_c0": c0, "box_c1": c1, "scale": scale})
     return Prepared(
