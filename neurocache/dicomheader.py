@@ -135,12 +135,14 @@ def safe_message(e: BaseException, ds: pydicom.Dataset | None = None) -> str:
     """An exception's text for ``detail``: one line, printable ASCII, at most 300 characters, and with
     the dataset's identifying values (names, IDs, dates, UIDs) redacted should a decoder echo them."""
     msg = "".join(ch if 32 <= ord(ch) < 127 else " " for ch in str(e))
+    # An object's address first: one with 6 digits in a row would otherwise become "<number>" and
+    # the rest of it stay, so the same file's detail would differ from build to build.
+    msg = _ADDRESS.sub("", msg)
     # Quoted values, bytes literals, UIDs, dates and person names a parser may echo: never copied.
     msg = _QUOTED.sub("<value>", msg)
     msg = _UIDLIKE.sub("<uid>", msg)
     msg = _DATELIKE.sub("<number>", msg)
     msg = _PNLIKE.sub("<value>", msg)
-    msg = _ADDRESS.sub("", msg)
     msg = f"{type(e).__name__}: " + " ".join(msg.split())
     if ds is not None:
         for kw in _PHI_KEYWORDS:

@@ -619,3 +619,13 @@ def test_decoder_crash_is_isolated_and_quarantined(synth_data, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["by_reason"] == {"decoder_crash": 1}
     np.testing.assert_array_equal(open_store(serial).images[:], open_store(tmp_path / "dask.zarr").images[:])
+
+
+def test_safe_message_drops_object_addresses_whatever_their_digits():
+    """An address with six digits in a row once became "<number>" + its tail, so a decoder's message
+    (``<_io.BytesIO object at 0x...>``) differed between builds of the same file."""
+    from neurocache.dicomheader import safe_message
+
+    msgs = {safe_message(ValueError(f"cannot identify image file <_io.BytesIO object at {a}>"))
+            for a in ("0x7f3a1c2b5bd0", "0x7f1234567bd0", "0xabcdef")}
+    assert msgs == {"ValueError: cannot identify image file <_io.BytesIO object>"}
