@@ -14,7 +14,7 @@ import blake3
 import numpy as np
 
 from neurocache.config import PrepConfig
-from neurocache.crop import letterbox, to_int16
+from neurocache.crop import letterbox_int16
 from neurocache.dicomheader import ORIENTATION_COLUMNS
 from neurocache.dicomio import SliceData, read_slice, safe_message
 from neurocache.features import feature_columns, hu_features
@@ -79,10 +79,10 @@ def preprocess_slice(data: SliceData, cfg: PrepConfig, name: str = "slice") -> P
         )
     r0, r1, c0, c1 = box
     hu = floor_crop_hu(stored, box, data.slope, data.intercept, p_floor, cfg.pad_hu)
-    canvas, scale = letterbox(hu, cfg.size, cfg.pad_hu)
+    image, scale = letterbox_int16(hu, cfg.size, cfg.pad_hu)
     feats.update({"box_r0": r0, "box_r1": r1, "box_c0": c0, "box_c1": c1, "scale": scale})
     return Prepared(
-        image=to_int16(canvas),
+        image=image,
         features=feats,
         floor_hu=float(p_floor) * data.slope + data.intercept,
         skull_hu=float(p_skull) * data.slope + data.intercept,
