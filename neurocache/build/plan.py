@@ -104,7 +104,8 @@ def plan(
                 f"store {store} has schema {old.get('schema_version')!r}; this neurocache writes schema {SCHEMA_VERSION} "
                 f"({SCHEMA_CHANGE}). Use --force to rebuild it, or build into a new --store path."
             )
-        old, replace, kept_key = None, True, old.get("hash_key")
+        kept_key = old.get("hash_key")
+        old, replace = None, True
     if old is not None and old.get("fingerprint") != fingerprint:
         if not force:
             diff = param_diff(old.get("preprocess", {}), params)
