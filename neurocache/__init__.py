@@ -14,9 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-SCHEMA_VERSION = 3  # 2: fixes/n_frames columns, new reason codes, incremental-build attrs; 3: series geometry columns
+SCHEMA_VERSION = 4  # 2: fixes/n_frames columns, new reason codes, incremental-build attrs; 3: series geometry columns
+#: What the last schema change was, for the messages that refuse a store of another schema.
+SCHEMA_CHANGE = "schema 4 hashes file contents with BLAKE3 (column content_hash) instead of sha256"
+#: The version of the preprocessing that :meth:`neurocache.config.PrepConfig.fingerprint` covers: the
+#: schema version up to 3. Bump it (with SCHEMA_VERSION) only when images or computed values change;
+#: schema 4 changed the content-hash column alone, so stores and trained models keep their fingerprints.
+PREPROCESS_VERSION = 3
 
-__all__ = ["SCHEMA_VERSION", "__version__", "open_store"]
+__all__ = ["PREPROCESS_VERSION", "SCHEMA_CHANGE", "SCHEMA_VERSION", "__version__", "open_store"]
 
 
 def __getattr__(name: str) -> Any:

@@ -98,10 +98,11 @@ class PrepConfig:
         return {k: v for k, v in self.to_dict().items() if k not in self._LAYOUT_ONLY}
 
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of :meth:`value_params` plus the schema version."""
-        from neurocache import SCHEMA_VERSION
+        """sha256 of the canonical JSON of :meth:`value_params` plus the preprocessing version
+        (:data:`neurocache.PREPROCESS_VERSION`, under the key ``schema``: the schema version it was up to 3)."""
+        from neurocache import PREPROCESS_VERSION
 
-        payload = {"schema": SCHEMA_VERSION, "preprocess": self.value_params()}
+        payload = {"schema": PREPROCESS_VERSION, "preprocess": self.value_params()}
         canon = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 

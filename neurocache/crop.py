@@ -37,6 +37,20 @@ def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return image[r0:r1, c0:c1]
 
 
+def _fit(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
+    """The resize of :func:`letterbox`: ``(resized float32 (nh, nw), scale, r0, c0)``, the image's
+    place in the ``size x size`` canvas being ``[r0 : r0 + nh, c0 : c0 + nw]``."""
+    h, w = image.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    src = np.ascontiguousarray(image, dtype=np.float32)
+    if (nh, nw) == (h, w):
+        resized = src
+    else:
+        resized = np.asarray(Image.fromarray(src).resize((nw, nh), Image.Resampling.BILINEAR))
+    return resized, float(scale), (size - nh) // 2, (size - nw) // 2
+
+
 def letterbox(image: np.ndarray, size: int, pad: float) -> tuple[np.ndarray, float]:
     """Aspect-preserving resize of a 2-D image into a ``size x size`` canvas, centred, padded with ``pad``.
 
@@ -52,18 +66,23 @@ def letterbox(image: np.ndarray, size: int, pad: float) -> tuple[np.ndarray, flo
     Returns:
         ``(canvas, scale)``: float32 (S, S) HU and the resize factor (output pixels per input pixel).
     """
-    h, w = image.shape
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    src = np.ascontiguousarray(image, dtype=np.float32)
-    if (nh, nw) == (h, w):
-        resized = src
-    else:
-        resized = np.asarray(Image.fromarray(src).resize((nw, nh), Image.Resampling.BILINEAR))
+    resized, scale, r0, c0 = _fit(image, size)
     canvas = np.full((size, size), pad, dtype=np.float32)
-    r0, c0 = (size - nh) // 2, (size - nw) // 2
-    canvas[r0 : r0 + nh, c0 : c0 + nw] = resized
-    return canvas, float(scale)
+    canvas[r0 : r0 + resized.shape[0], c0 : c0 + resized.shape[1]] = resized
+    return canvas, scale
+
+
+def letterbox_int16(image: np.ndarray, size: int, pad: float) -> tuple[np.ndarray, float]:
+    """``to_int16`` of :func:`letterbox`'s canvas, value for value, without the float32 canvas: the
+    resized image is rounded on its own and the border is the rounded ``pad`` (the store's image).
+
+    Returns:
+        ``(canvas, scale)``: int16 (S, S) HU and the resize factor (output pixels per input pixel).
+    """
+    resized, scale, r0, c0 = _fit(image, size)
+    canvas = np.full((size, size), to_int16(np.full(1, pad, dtype=np.float32))[0], dtype=np.int16)
+    canvas[r0 : r0 + resized.shape[0], c0 : c0 + resized.shape[1]] = to_int16(resized)
+    return canvas, scale
 
 
 def to_int16(hu: np.ndarray) -> np.ndarray:

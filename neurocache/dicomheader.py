@@ -14,7 +14,14 @@ import re
 from typing import Any
 
 import pydicom
+from pydicom import config as _pydicom_config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.hooks import hooks as _pydicom_hooks
+from pydicom.hooks import raw_element_value as _default_value_hook
+from pydicom.hooks import raw_element_vr as _default_vr_hook
 from pydicom.uid import UID
+from pydicom.values import convert_value
 
 #: Table value of a header string that is not a valid code string / UID (never copied: may hold PHI).
 INVALID = "<invalid>"
@@ -69,9 +76,52 @@ def _get(ds: pydicom.Dataset, keyword: str) -> Any:
         return None
 
 
-def _num(ds: pydicom.Dataset, keyword: str, index: int | None = None) -> float:
-    """A numeric header value as float, NaN when absent or not a number."""
-    v = _get(ds, keyword)
+#: Header keywords read by :func:`_value` straight from their raw element: (tag, VR), for the VRs
+#: whose decoding does not depend on the character set.
+_RAW_READ = {
+    kw: (tag_for_keyword(kw), dictionary_VR(kw))
+    for kw in ("Modality", "SOPClassUID", "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "SliceThickness", "KVP",
+               "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "PhotometricInterpretation",
+               "BitsAllocated", "BitsStored", "PixelRepresentation", "ImagePositionPatient", "InstanceNumber",
+               "ImageOrientationPatient", "SliceLocation", "StudyInstanceUID", "SeriesInstanceUID", "SamplesPerPixel")
+}
+assert {vr for _, vr in _RAW_READ.values()} <= {"US", "IS", "DS", "CS", "UI"}
+
+
+def _default_conversion() -> bool:
+    """Whether pydicom converts raw elements its default way (no hook or callback registered)."""
+    return (_pydicom_config.data_element_callback is None and not _pydicom_hooks.raw_element_kwargs
+            and _pydicom_hooks.raw_element_vr is _default_vr_hook and _pydicom_hooks.raw_element_value is _default_value_hook)
+
+
+def _value(ds: pydicom.Dataset | None, keyword: str) -> Any:
+    """``_get(ds, keyword)``, for a keyword of :data:`_RAW_READ` decoded by pydicom's own VR converter
+    (``pydicom.values.convert_value``, what ``ds.get`` runs for a raw element) without building the
+    DataElement and without storing it in ``ds``: about a fifth of the cost. Anything else (a VR in
+    the file other than the dictionary's, a converted or deferred element, a conversion that fails,
+    hooks registered in pydicom) takes ``ds.get``'s own path, so the value is always ``ds.get``'s.
+    ``tests/test_header.py`` compares the two on every pydicom test file."""
+    entry = _RAW_READ.get(keyword)
+    if ds is None or entry is None or not _default_conversion():
+        return _get(ds, keyword) if ds is not None else None
+    tag, vr = entry
+    try:
+        elem = ds.get_item(tag)
+    except Exception:  # noqa: BLE001 - a corrupt dataset may raise anything
+        return _get(ds, keyword)
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement) and elem.value is not None and (elem.VR or vr) == vr:
+        try:
+            return convert_value(vr, elem)
+        except Exception:  # noqa: BLE001, S110 - ds.get's path below decides what a bad value reads as
+            pass
+    return _get(ds, keyword)
+
+
+def _number(v: Any, index: int | None = None) -> float:
+    """A header value (as :func:`_get` returns it) as float, NaN when absent or not a number;
+    ``index``: the item of a multi-valued element (NaN for a single value)."""
     if v is None:
         return float("nan")
     try:
@@ -82,9 +132,14 @@ def _num(ds: pydicom.Dataset, keyword: str, index: int | None = None) -> float:
         return float("nan")
 
 
+def _num(ds: pydicom.Dataset, keyword: str, index: int | None = None) -> float:
+    """A numeric header value as float, NaN when absent or not a number."""
+    return _number(_value(ds, keyword), index)
+
+
 def int_value(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
     """An integer header value; ``default`` when absent, -1 when present but not an integer."""
-    v = _get(ds, keyword)
+    v = _value(ds, keyword)
     if v is None or v == "":
         return default
     try:
@@ -95,7 +150,7 @@ def int_value(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
 
 
 def _str(ds: pydicom.Dataset, keyword: str) -> str:
-    v = _get(ds, keyword)
+    v = _value(ds, keyword)
     try:
         return str(_first(v) if isinstance(v, pydicom.multival.MultiValue) else v or "").strip()
     except Exception:  # noqa: BLE001 - a corrupt value may raise anything
@@ -135,12 +190,14 @@ def safe_message(e: BaseException, ds: pydicom.Dataset | None = None) -> str:
     """An exception's text for ``detail``: one line, printable ASCII, at most 300 characters, and with
     the dataset's identifying values (names, IDs, dates, UIDs) redacted should a decoder echo them."""
     msg = "".join(ch if 32 <= ord(ch) < 127 else " " for ch in str(e))
+    # An object's address first: one with 6 digits in a row would otherwise become "<number>" and
+    # the rest of it stay, so the same file's detail would differ from build to build.
+    msg = _ADDRESS.sub("", msg)
     # Quoted values, bytes literals, UIDs, dates and person names a parser may echo: never copied.
     msg = _QUOTED.sub("<value>", msg)
     msg = _UIDLIKE.sub("<uid>", msg)
     msg = _DATELIKE.sub("<number>", msg)
     msg = _PNLIKE.sub("<value>", msg)
-    msg = _ADDRESS.sub("", msg)
     msg = f"{type(e).__name__}: " + " ".join(msg.split())
     if ds is not None:
         for kw in _PHI_KEYWORDS:
@@ -161,6 +218,7 @@ def header_meta(ds: pydicom.Dataset, key: bytes) -> dict[str, Any]:
     identifiers appear only as keyed hashes; names, dates and UIDs are never copied.
     """
     fm = getattr(ds, "file_meta", None)
+    spacing, position, orientation = (_value(ds, kw) for kw in ("PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient"))
     return {
         "modality": _cs(ds, "Modality"),
         "sop_class": _uid(ds, "SOPClassUID"),
@@ -168,8 +226,8 @@ def header_meta(ds: pydicom.Dataset, key: bytes) -> dict[str, Any]:
         "rows": int_value(ds, "Rows"),
         "cols": int_value(ds, "Columns"),
         "n_frames": int_value(ds, "NumberOfFrames", 1),
-        "spacing_row_mm": _num(ds, "PixelSpacing", 0),
-        "spacing_col_mm": _num(ds, "PixelSpacing", 1),
+        "spacing_row_mm": _number(spacing, 0),
+        "spacing_col_mm": _number(spacing, 1),
         "thickness_mm": _num(ds, "SliceThickness"),
         "kvp": _num(ds, "KVP"),
         "slope": _num(ds, "RescaleSlope"),
@@ -180,11 +238,11 @@ def header_meta(ds: pydicom.Dataset, key: bytes) -> dict[str, Any]:
         "bits_allocated": int_value(ds, "BitsAllocated"),
         "bits_stored": int_value(ds, "BitsStored"),
         "pixel_representation": int_value(ds, "PixelRepresentation"),
-        "z_mm": _num(ds, "ImagePositionPatient", 2),
+        "z_mm": _number(position, 2),
         "instance_number": _num(ds, "InstanceNumber"),
-        "x_mm": _num(ds, "ImagePositionPatient", 0),
-        "y_mm": _num(ds, "ImagePositionPatient", 1),
-        **{col: _num(ds, "ImageOrientationPatient", i) for i, col in enumerate(ORIENTATION_COLUMNS)},
+        "x_mm": _number(position, 0),
+        "y_mm": _number(position, 1),
+        **{col: _number(orientation, i) for i, col in enumerate(ORIENTATION_COLUMNS)},
         "slice_location_mm": _num(ds, "SliceLocation"),
         "patient_key": keyed_hash(_str(ds, "PatientID") or None, key),
         "study_key": keyed_hash(_str(ds, "StudyInstanceUID") or None, key),

@@ -53,7 +53,7 @@ def preprocess_isolated(
             return image, row
     row = empty_row()
     try:
-        row["file_bytes"], row["sha256"] = file_digest(path)
+        row["file_bytes"], row["content_hash"] = file_digest(path)
     except OSError:
         pass
     if rc is None:

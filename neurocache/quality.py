@@ -53,7 +53,7 @@ def quality_report(table: pd.DataFrame, cfg: PrepConfig) -> dict[str, Any]:
     """
     ok = table[table["status"] == OK]
     files = table[table["status"] != MISSING]
-    dup_hash = files[files["sha256"].astype(str).ne("") & files["sha256"].duplicated(keep=False)]
+    dup_hash = files[files["content_hash"].astype(str).ne("") & files["content_hash"].duplicated(keep=False)]
     outliers = {}
     for col, name in _OUTLIER_COLUMNS.items():
         if col in ok:
@@ -78,7 +78,7 @@ def quality_report(table: pd.DataFrame, cfg: PrepConfig) -> dict[str, Any]:
         "class_balance": {"ok": class_balance(ok["label"]), "all_labels": class_balance(table["label"])},
         "duplicates": {
             "ids": table.loc[table["ID"].duplicated(keep=False), "ID"].unique().tolist(),
-            "content_hash_groups": dup_hash.groupby("sha256")["ID"].apply(list).tolist(),
+            "content_hash_groups": dup_hash.groupby("content_hash")["ID"].apply(list).tolist(),
         },
         "mismatches": {
             "files_without_label": table.loc[table["reason"] == "no_label", "ID"].tolist(),

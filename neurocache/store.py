@@ -22,7 +22,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
-from neurocache import SCHEMA_VERSION
+from neurocache import SCHEMA_CHANGE, SCHEMA_VERSION
 from neurocache.config import PrepConfig
 from neurocache.remote import StoreLocation, StoreURL
 
@@ -170,7 +170,7 @@ def open_store(
     if attrs.get("schema_version") != SCHEMA_VERSION:
         raise StoreError(
             f"store {p} has schema_version={attrs.get('schema_version')!r}; this neurocache reads "
-            f"schema {SCHEMA_VERSION}. Rebuild it with `neurocache build --force`."
+            f"schema {SCHEMA_VERSION} ({SCHEMA_CHANGE}). Rebuild it with `neurocache build --force`."
         )
     if attrs.get("complete") is not True:
         raise StoreError(

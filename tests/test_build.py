@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import blake3
 import numpy as np
 import pandas as pd
 import pytest
@@ -32,7 +33,7 @@ def test_every_image_equals_direct_preprocessing(synth_data, synth_store):
     for _, rec in ok.iterrows():
         img, row = preprocess_file(synth_data / "CTs" / rec["file"], SMALL_PREP, HASH_KEY)
         np.testing.assert_array_equal(images[int(rec["row"])], img)
-        assert row["sha256"] == rec["sha256"]
+        assert row["content_hash"] == rec["content_hash"] == blake3.blake3((synth_data / "CTs" / rec["file"]).read_bytes()).hexdigest()
     merged = ok.merge(labels, on="ID")
     assert (merged["label"].astype(int) == merged["Label"]).all()
 
@@ -41,6 +42,7 @@ def test_store_layout_and_attrs(synth_store):
     g = zarr.open_group(str(synth_store), mode="r")
     a = g.attrs["neurocache"]
     assert a["complete"] is True and a["fingerprint"] == SMALL_PREP.fingerprint()
+    assert a["content_hash"] == "blake3" and a["schema_version"] == 4
     assert a["preprocess"]["size"] == 64
     imgs = g["images"]
     assert imgs.dtype == np.int16 and imgs.chunks == (1, 64, 64) and imgs.shards[0] == 16
@@ -51,7 +53,7 @@ def test_store_layout_and_attrs(synth_store):
                 "kvp", "slope", "intercept", "window_center", "window_width", "photometric", "bits_stored",
                 "transfer_syntax", "z_mm", "patient_key", "study_key", "series_key", "hu_min", "hu_max", "hu_mean",
                 "hu_std", "hu_p1", "hu_p50", "hu_p99", "frac_air", "frac_brain", "frac_bone", "box_r0", "box_r1",
-                "box_c0", "box_c1", "scale", "file_bytes", "sha256"]:
+                "box_c0", "box_c1", "scale", "file_bytes", "content_hash"]:
         assert col in feats.columns, col
     # No PHI in clear: patient IDs/names of the synth files never appear in the table.
     assert not feats.astype(str).apply(lambda c: c.str.contains("PHANTOM|SYN", regex=True)).any().any()

@@ -50,6 +50,16 @@ def test_other_parameters_are_refused_or_replaced_with_force():
     assert p.action == "fresh" and p.replace and not p.reuse and p.key_hex == NEW_KEY
 
 
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_store_of_another_schema_is_refused_or_replaced_with_force(complete):
+    """A schema-3 store (sha256 content hashes) with the same fingerprint and inputs: not up to date,
+    not resumable, not a reuse source; --force rebuilds it from scratch."""
+    old = StoreFacts(attrs=attrs(schema_version=3, complete=complete), has_staging=True, has_progress=True, reuse_files=True)
+    with pytest.raises(StoreError, match="has schema 3; this neurocache writes schema .*BLAKE3.*--force"):
+        decide(old)
+    assert decide(old, force=True) == BuildPlan("fresh", KEY, 8, reuse=False, replace=True)  # the store's key kept
+
+
 def test_changed_inputs_of_a_complete_store_build_incrementally():
     p = decide(StoreFacts(attrs=attrs(), reuse_files=True), manifest="n" * 64)
     assert p == BuildPlan("incremental", KEY, 8, reuse=True)

@@ -141,7 +141,7 @@ def test_build_gives_every_entry_its_reason_and_counts_them(entries):
     assert info["by_reason"] == {"not_regular_file": 6, "bad_file_name": 1, "missing_file": 1}
     by = f.set_index("file")
     latin = by.loc["ID_caf\\xe9.dcm"]
-    assert latin["ID"] == "ID_caf\\xe9" and latin["row"] == -1 and latin["sha256"] == "" and latin["file_bytes"] == 0
+    assert latin["ID"] == "ID_caf\\xe9" and latin["row"] == -1 and latin["content_hash"] == "" and latin["file_bytes"] == 0
     assert int(latin["label"]) == 1 and latin["site"] == "d"  # ID_café's label row and its extra column
     assert latin["detail"].startswith("ID_caf\\xe9.dcm: the name is not valid UTF-8") and "'ID_café'" in latin["detail"]
     assert "convmv" in latin["detail"]

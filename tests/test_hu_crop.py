@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from neurocache.config import PrepConfig
-from neurocache.crop import bounding_box, crop, letterbox, to_int16
+from neurocache.crop import bounding_box, crop, letterbox, letterbox_int16, to_int16
 from neurocache.dicomio import SliceData
 from neurocache.hu import histogram_percentiles, stored_histogram, stored_to_hu, wrap_12bit
 from neurocache.preprocess import preprocess_slice
@@ -71,6 +71,19 @@ def test_letterbox_shape_aspect_and_pad(h, w):
     assert abs(r0 - (64 - r1)) <= 1 and abs(c0 - (64 - c1)) <= 1
     np.testing.assert_allclose(out[inside], 100.0, atol=1e-3)
     assert np.all(out[~inside] == -1024)
+
+
+@pytest.mark.parametrize("pad", [-1024.0, -1000.5, 0.0, 1e9])
+def test_letterbox_int16_is_to_int16_of_letterbox(pad):
+    rng = np.random.default_rng(5)
+    for h, w in [(1, 1), (64, 64), (30, 64), (64, 17), (200, 131), (7, 300)]:
+        img = rng.normal(0, 2000, (h, w)).astype(np.float32)
+        img[rng.random((h, w)) < 0.2] = 40000.0  # beyond int16: clipped
+        img[0, 0] = 2.5  # a half: rounds to even
+        canvas, scale = letterbox(img, 64, pad)
+        got, got_scale = letterbox_int16(img, 64, pad)
+        assert got.dtype == np.int16 and got_scale == scale
+        np.testing.assert_array_equal(got, to_int16(canvas))
 
 
 def test_to_int16_rounds_and_clips():

@@ -574,7 +574,7 @@ def test_nothing_outside_the_data_root_is_read(data_copy, tmp_path):
     os.symlink(outside / "x.dcm", data_copy / "CTs" / "ID_link.dcm")
     res = build_store(data_copy, tmp_path / "c.zarr", cfg=SMALL_PREP, workers=1, progress=False)
     row = res.features.set_index("ID").loc["ID_link"]
-    assert row["reason"] == "not_regular_file" and row["sha256"] == "" and row["file_bytes"] == 0
+    assert row["reason"] == "not_regular_file" and row["content_hash"] == "" and row["file_bytes"] == 0
     # The build wrote nothing outside its store.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr", "data", "elsewhere"]
 
@@ -613,9 +613,19 @@ def test_decoder_crash_is_isolated_and_quarantined(synth_data, tmp_path):
     info = json.loads(r.stdout)
     assert info["n_ok"] == 47 and info["by_reason"] == {"decoder_crash": 1}
     row = open_store(serial).features.set_index("file").loc[victim]
-    assert row["reason"] == "decoder_crash" and "SIGSEGV" in row["detail"] and row["sha256"] != ""
+    assert row["reason"] == "decoder_crash" and "SIGSEGV" in row["detail"] and row["content_hash"] != ""
     # Dask workers: the dead worker's batch is redone by the client in the same run.
     r = build(tmp_path / "dask.zarr", 2)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["by_reason"] == {"decoder_crash": 1}
     np.testing.assert_array_equal(open_store(serial).images[:], open_store(tmp_path / "dask.zarr").images[:])
+
+
+def test_safe_message_drops_object_addresses_whatever_their_digits():
+    """An address with six digits in a row once became "<number>" + its tail, so a decoder's message
+    (``<_io.BytesIO object at 0x...>``) differed between builds of the same file."""
+    from neurocache.dicomheader import safe_message
+
+    msgs = {safe_message(ValueError(f"cannot identify image file <_io.BytesIO object at {a}>"))
+            for a in ("0x7f3a1c2b5bd0", "0x7f1234567bd0", "0xabcdef")}
+    assert msgs == {"ValueError: cannot identify image file <_io.BytesIO object>"}

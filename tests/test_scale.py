@@ -87,7 +87,7 @@ def _inputs(n: int, seed: int = 0) -> tuple[Inputs, pd.DataFrame]:
         r = empty_row()
         if rng.random() < 0.1:
             r.update(status="quarantined", reason="not_dicom")
-        r.update(file=f, input_index=k, sha256=f"{k % (n // 2):064x}", rows=512, cols=512,
+        r.update(file=f, input_index=k, content_hash=f"{k % (n // 2):064x}", rows=512, cols=512,
                  patient_key=f"p{k % 500}", hu_p50=float(rng.normal(30, 5)))
         rows.append(r)
     staged = pd.DataFrame(rows, columns=[*ROW_COLUMNS, "file", "input_index"]).sample(frac=1, random_state=seed)

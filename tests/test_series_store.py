@@ -22,7 +22,7 @@ def _check_chains(ok: pd.DataFrame, spacing: float = 5.0) -> None:
 
 def test_store_links_every_slice_to_its_z_neighbours(synth_store):
     s = open_store(synth_store)
-    assert s.attrs["schema_version"] == SCHEMA_VERSION == 3
+    assert s.attrs["schema_version"] == SCHEMA_VERSION == 4
     t = s.features
     assert set(GEOMETRY_COLUMNS) <= set(t.columns)
     ok = t[t["row"] >= 0]

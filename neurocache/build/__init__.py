@@ -18,7 +18,7 @@ Phases (each task writes whole shards, so parallel writes never collide):
 **Incremental builds.** When the store is complete with the same preprocessing fingerprint, hash key
 and package version but the folder changed (files added, removed, replaced, or the labels CSV
 edited), the old ``images`` and ``features.parquet`` stay in place as a *reuse source* while the
-new build stages: a file whose name and content hash (sha256) match an old row is not decoded
+new build stages: a file whose name and content hash (BLAKE3) match an old row is not decoded
 again — its feature row and image are copied from the old store. The result is identical to a
 from-scratch build; ``attrs["build"]`` reports ``decoded`` and ``reused``. Before compaction
 overwrites ``images`` the reuse source is declared invalid in the attrs, so a later kill never

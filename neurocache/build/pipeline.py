@@ -37,6 +37,7 @@ from neurocache.build.tasks import Batch, suspects
 from neurocache.config import PrepConfig
 from neurocache.execution import cluster_threads
 from neurocache.inputs import InputError, Inputs, scan_inputs
+from neurocache.preprocess import CONTENT_HASH
 from neurocache.quality import quality_report
 from neurocache.reasons import MISSING, OK, QUARANTINED
 from neurocache.remote import StoreLocation, store_address
@@ -70,7 +71,7 @@ def build_store(
         strict: fail (store left incomplete) when any file is quarantined.
         force: replace a store built with other parameters. progress: show progress bars.
         hash_key: key for the patient/study/series hashes (default: the store's own, or a new random one).
-        incremental: reuse unchanged files (same name and sha256) of a previous build of this store.
+        incremental: reuse unchanged files (same name and content hash) of a previous build of this store.
         hooks: test hooks (:mod:`neurocache.build.hooks`); the default does nothing.
 
     Raises:
@@ -158,6 +159,7 @@ def _attrs(decision: BuildPlan, cfg: PrepConfig, inputs: Inputs, data_root: str 
     return {
         "schema_version": SCHEMA_VERSION,
         "package_version": __version__,
+        "content_hash": CONTENT_HASH,
         "preprocess": cfg.value_params(),
         "layout": {"shard_size": cfg.shard_size, "compression_level": cfg.compression_level, "shuffle": cfg.shuffle,
                    "chunks": [1, cfg.size, cfg.size]},

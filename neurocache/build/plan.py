@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from neurocache import SCHEMA_VERSION, __version__
+from neurocache import SCHEMA_CHANGE, SCHEMA_VERSION, __version__
 from neurocache.inputs import Inputs
 from neurocache.store import StoreError, param_diff
 
@@ -95,7 +95,17 @@ def plan(
     old = facts.attrs
     if old is None and facts.foreign:
         raise StoreError(f"{store} exists and is not a neurocache store; choose another --store path or remove it")
-    replace = False
+    replace, kept_key = False, None
+    if old is not None and old.get("schema_version") != SCHEMA_VERSION:
+        # Another table layout: neither up to date, nor resumable, nor a reuse source (same fingerprint or
+        # not). Its hash key is kept, so the rebuilt store's patient/study/series keys are the same.
+        if not force:
+            raise StoreError(
+                f"store {store} has schema {old.get('schema_version')!r}; this neurocache writes schema {SCHEMA_VERSION} "
+                f"({SCHEMA_CHANGE}). Use --force to rebuild it, or build into a new --store path."
+            )
+        kept_key = old.get("hash_key")
+        old, replace = None, True
     if old is not None and old.get("fingerprint") != fingerprint:
         if not force:
             diff = param_diff(old.get("preprocess", {}), params)
@@ -106,7 +116,7 @@ def plan(
         old, replace = None, True
     if old is not None and old.get("complete") is True and old.get("source", {}).get("manifest") == manifest:
         return BuildPlan("noop")
-    key_hex = hash_key_hex or (old or {}).get("hash_key") or new_key_hex
+    key_hex = hash_key_hex or (old or {}).get("hash_key") or kept_key or new_key_hex
     reuse = incremental and facts.reuse_files and _reusable(old, fingerprint, key_hex)
     if old is not None and _resumable(old, facts, manifest, key_hex):
         return BuildPlan("resume", key_hex, int(old["build"]["batch_files"]),

@@ -104,7 +104,7 @@ def reuse_rows(loc: StoreLocation, files: list[Path]) -> tuple[pd.DataFrame, Any
     table does not hold their decode result, so such files are decoded again.
     """
     old = loc.read_parquet(FEATURES_FILE, columns=[*ROW_COLUMNS, "row", "file"])
-    keep = (old["file"].astype(str) != "") & (old["sha256"].astype(str) != "")
+    keep = (old["file"].astype(str) != "") & (old["content_hash"].astype(str) != "")
     keep &= (old["status"] == OK) | ((old["status"] == QUARANTINED) & ~old["reason"].isin(list(TABLE_REASONS)))
     old = old[keep].drop_duplicates("file", keep="last").reset_index(drop=True)
     pos = pd.Index(old["file"].astype(str)).get_indexer([shown_name(p.name) for p in files])  # as the table holds them

@@ -127,12 +127,12 @@ class _ReuseSource:
     """The old store's rows and images a batch may copy (empty without ``reuse`` bytes)."""
 
     def __init__(self, loc: StoreLocation, reuse: bytes | None) -> None:
-        self.hits: dict[str, tuple[str, int]] = {}  # file name -> (old sha256, position in feats)
+        self.hits: dict[str, tuple[str, int]] = {}  # file name -> (old content hash, position in feats)
         self.from_old: dict[int, int] = {}  # slot in this batch -> row of the old images
         self.loc = loc
         if reuse:
             self.feats = pd.read_parquet(io.BytesIO(reuse))
-            self.hits = {str(f): (str(h), i) for i, (f, h) in enumerate(zip(self.feats["file"], self.feats["sha256"]))}
+            self.hits = {str(f): (str(h), i) for i, (f, h) in enumerate(zip(self.feats["file"], self.feats["content_hash"]))}
 
     def row(self, slot: int, path: str) -> dict[str, Any] | None:
         """The old row of ``path`` when its content hash is unchanged (its image is copied later by
