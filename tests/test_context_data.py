@@ -30,7 +30,8 @@ def resident(synth_store):
 
 @pytest.fixture(scope="module")
 def streamed(synth_store):
-    return load_dataset(str(synth_store), _cfg(memory_budget_gb=1e-9, stream_shards=1), torch.device("cpu"))
+    with pytest.warns(UserWarning, match="most neighbours are read one by one"):  # the cost is said, not hidden
+        return load_dataset(str(synth_store), _cfg(memory_budget_gb=1e-9, stream_shards=1), torch.device("cpu"))
 
 
 def test_resident_batches_hold_the_stack_of_each_row(resident):
@@ -49,7 +50,8 @@ def test_resident_batches_hold_the_stack_of_each_row(resident):
 
 @pytest.mark.parametrize("group_shards", [1, 3])
 def test_streamed_stacks_equal_the_resident_ones(synth_store, resident, group_shards):
-    data = load_dataset(str(synth_store), _cfg(memory_budget_gb=1e-9, stream_shards=group_shards), torch.device("cpu"))
+    with pytest.warns(UserWarning, match="context_slices=1"):
+        data = load_dataset(str(synth_store), _cfg(memory_budget_gb=1e-9, stream_shards=group_shards), torch.device("cpu"))
     assert data.streaming
     idx = np.arange(len(data.labels))[::-1].copy()
     seen = []

@@ -20,6 +20,7 @@ no DataLoader, no workers, no per-sample Python.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -196,7 +197,14 @@ def load_dataset(store_path: str, cfg: TrainConfig, device: torch.device) -> Sli
             raise StoreError(f"store {store_path} has no series geometry (prev_row/next_row) for context_slices="
                              f"{cfg.context_slices}; rebuild it with this version: neurocache build --store {store_path} ...")
         links = torch.as_tensor(table[["prev_row", "next_row"]].to_numpy(np.int64).T.copy())
-        links = links if isinstance(images, StoreImages) else links.to(device)
+        if isinstance(images, StoreImages):
+            warnings.warn(
+                f"context_slices={cfg.context_slices} on a store streamed from disk ({need_gb:.1f} GB of ok images > "
+                f"memory_budget_gb={cfg.memory_budget_gb}): `images` is in ID order, so most neighbours are read one "
+                "by one (about 25x fewer samples/s than without context, docs/benchmarks.md); raise memory_budget_gb "
+                "if the images fit on the device", stacklevel=2)
+        else:
+            links = links.to(device)
     return SliceSource(
         store=store,
         table=table,
