@@ -63,3 +63,17 @@ def test_a_lone_file_is_its_own_context_and_says_so(runs, tmp_path):
     broken.write_bytes(b"not dicom")
     got = predict_files(runs["final"], [broken, *one], device="cpu")
     assert got["status"].tolist() == ["quarantined", "ok"] and got["neighbours_missing"].isna().tolist() == [True, False]
+
+
+def test_context_0_reproduces_the_single_slice_oof_predictions(trainer_store, tmp_path_factory):
+    from _tiny_runs import tiny_runs
+
+    base = tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")  # the seed's input (no key)
+    root = tmp_path_factory.mktemp("context0")
+    cfg = root / "c0.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "context_slices": 0}))
+    assert main(["cv", "--store", str(trainer_store), "--config", str(cfg), "--out", str(root / "out"), "--quiet"]) == 0
+    run = sorted((root / "out").glob("run_*_cv*"))[-1]
+    want = pd.read_csv(base["cv"] / "cv_oof_predictions.csv", dtype={"ID": str})
+    got = pd.read_csv(run / "cv_oof_predictions.csv", dtype={"ID": str})
+    pd.testing.assert_frame_equal(got, want)  # the same rows, folds and probabilities, bit for bit
