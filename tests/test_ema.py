@@ -73,3 +73,19 @@ def test_fit_stage_never_restores_the_untrained_weights(trainer_store):
     assert res.best_epoch == 1 and res.best_auprc == pytest.approx(res.history[0]["val_auprc"])
     assert not torch.equal(model.state_dict()["fc.1.weight" if "fc.1.weight" in initial else "fc.weight"],
                            initial["fc.1.weight" if "fc.1.weight" in initial else "fc.weight"])
+
+
+def test_restore_best_false_trains_every_epoch_and_keeps_the_last(trainer_store):
+    cfg = load_config(sets=["preprocess.size=64", "preprocess.shard_size=16", "out_size=32", "batch_size=8",
+                            "eval_batch_size=32", "epochs_ft=3", "patience_ft=0", "ema_decay=0.5", "device=cpu",
+                            "weights=none", "lr_ft=0.01", "restore_best=false"])
+    data = load_dataset(str(trainer_store), cfg, torch.device("cpu"))
+    rows = np.random.default_rng(0).permutation(len(data.labels))
+    tr, va = rows[:40], rows[40:]
+    tf = make_transform(cfg)
+    torch.manual_seed(0)
+    model = build_model(weights="none", dropout=0.0, in_channels=tf.channels)
+    res = fit_stage(model, data, tr, va, tf, cfg, stage="ft", generator=torch.Generator().manual_seed(0))
+    assert len(res.history) == 3 and res.best_epoch == 3  # patience 0 stops nothing
+    ap, _ = ranking_scores(data.labels[va], predict(model, data, va, tf, cfg))
+    assert ap == pytest.approx(res.history[-1]["val_auprc"], abs=1e-12)  # the last epoch's (averaged) weights

@@ -158,6 +158,7 @@ class TrainConfig:
     lr_schedule: str = "constant"      # constant | cosine: stage B's rate after warm-up (cosine decays to 0 at epochs_ft)
     min_delta: float = 0.0             # an epoch counts as better only if validation AUPRC rises by more than this
     ema_decay: float = 0.0             # 0 = off; else validate/keep an exponential moving average of the weights (per step)
+    restore_best: bool = True          # True: early stopping, the best holdout epoch kept | False: every epoch, the last kept
     ft_trainable_attrs: tuple[str, ...] | None = None  # None = all modules; or e.g. [layer3, layer4, fc]
     sampler: str = "weighted"          # weighted (class-balanced, with replacement) | uniform
     pos_weight: str | float = "none"   # none | auto (n_neg / n_pos) | a number: BCE positive-class weight

@@ -224,7 +224,9 @@ def fit_stage(
     ``lr_schedule``); stage ``head`` keeps its rate. The best epoch's weights are restored at the
     end; the first trained epoch is the first candidate (never the untrained weights: a randomly
     initialised model can score its holdout by chance above every early epoch, and restoring it
-    would hand CV a model that never learned). Returns the
+    would hand CV a model that never learned). With ``restore_best: false`` every epoch runs and the
+    last one's weights (the average's, with EMA) are kept: the holdout then only reports and calibrates,
+    and fold and final models get the same budget. Returns the
     per-epoch history (one row per epoch: losses, AUPRC/AUC, seconds, images/s, data wait).
     """
     st = cfg.stage(stage)
@@ -252,6 +254,8 @@ def fit_stage(
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
+        if not cfg.restore_best:
+            continue  # a fixed budget: no selection on the (small, noisy) holdout
         if not np.isnan(ap) and (best_epoch == 0 or ap > best_ap + cfg.min_delta):
             best_ap, best_epoch, bad = ap, epoch, 0
             best_state = copy.deepcopy(scored.state_dict())
@@ -259,6 +263,8 @@ def fit_stage(
             bad += 1
             if bad > st.patience:
                 break
+    if not cfg.restore_best and history:
+        best_ap, best_epoch, best_state = history[-1]["val_auprc"], len(history), copy.deepcopy(scored.state_dict())
     model.load_state_dict(best_state)
     return StageResult(best_auprc=best_ap, best_epoch=best_epoch, history=history)
 
