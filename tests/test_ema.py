@@ -40,17 +40,23 @@ def test_ema_decay_must_be_below_one():
         load_config(sets=["ema_decay=1.0"])
 
 
-def test_fit_stage_restores_the_averaged_weights_it_validated(trainer_store):
+def _fit_ema(store, *extra: str):
+    """fit_stage of stage ft (3 epochs, EMA 0.5) on 40 rows; returns (result, model, data, holdout rows, transform, cfg)."""
     cfg = load_config(sets=["preprocess.size=64", "preprocess.shard_size=16", "out_size=32", "batch_size=8",
-                            "eval_batch_size=32", "epochs_ft=3", "patience_ft=3", "ema_decay=0.5", "device=cpu",
-                            "weights=none", "lr_ft=0.01"])
-    data = load_dataset(str(trainer_store), cfg, torch.device("cpu"))
+                            "eval_batch_size=32", "epochs_ft=3", "ema_decay=0.5", "device=cpu",
+                            "weights=none", "lr_ft=0.01", *extra])
+    data = load_dataset(str(store), cfg, torch.device("cpu"))
     rows = np.random.default_rng(0).permutation(len(data.labels))
     tr, va = rows[:40], rows[40:]
     tf = make_transform(cfg)
     torch.manual_seed(0)
     model = build_model(weights="none", dropout=0.0, in_channels=tf.channels)
     res = fit_stage(model, data, tr, va, tf, cfg, stage="ft", generator=torch.Generator().manual_seed(0))
+    return res, model, data, va, tf, cfg
+
+
+def test_fit_stage_restores_the_averaged_weights_it_validated(trainer_store):
+    res, model, data, va, tf, cfg = _fit_ema(trainer_store, "patience_ft=3")
     assert len(res.history) == 3 and res.best_epoch >= 1
     ap, _ = ranking_scores(data.labels[va], predict(model, data, va, tf, cfg))
     assert ap == pytest.approx(res.history[res.best_epoch - 1]["val_auprc"], abs=1e-12)  # the averaged weights
@@ -76,16 +82,7 @@ def test_fit_stage_never_restores_the_untrained_weights(trainer_store):
 
 
 def test_restore_best_false_trains_every_epoch_and_keeps_the_last(trainer_store):
-    cfg = load_config(sets=["preprocess.size=64", "preprocess.shard_size=16", "out_size=32", "batch_size=8",
-                            "eval_batch_size=32", "epochs_ft=3", "patience_ft=0", "ema_decay=0.5", "device=cpu",
-                            "weights=none", "lr_ft=0.01", "restore_best=false"])
-    data = load_dataset(str(trainer_store), cfg, torch.device("cpu"))
-    rows = np.random.default_rng(0).permutation(len(data.labels))
-    tr, va = rows[:40], rows[40:]
-    tf = make_transform(cfg)
-    torch.manual_seed(0)
-    model = build_model(weights="none", dropout=0.0, in_channels=tf.channels)
-    res = fit_stage(model, data, tr, va, tf, cfg, stage="ft", generator=torch.Generator().manual_seed(0))
+    res, model, data, va, tf, cfg = _fit_ema(trainer_store, "patience_ft=0", "restore_best=false")
     assert len(res.history) == 3 and res.best_epoch == 3  # patience 0 stops nothing
     ap, _ = ranking_scores(data.labels[va], predict(model, data, va, tf, cfg))
     assert ap == pytest.approx(res.history[-1]["val_auprc"], abs=1e-12)  # the last epoch's (averaged) weights
