@@ -78,6 +78,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(BENCH_STAMP)  ## benchmarks (3-6 min on 2 cores): writes bench/results.json and docs/benchmarks.md, prints the tables
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.context  # 2.5D streaming cost -> bench/context_results.json (docs/benchmarks.md, Neighbour context)
 
 SCALE_WORK ?= bench/work/scale
 SCALE_ARGS ?=
