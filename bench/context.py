@@ -23,8 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _outside_group_fraction(shard_of_row: np.ndarray, stacks: np.ndarray, order: np.ndarray, shard_rows: int,
-                            group_shards: int) -> float:
+def _outside_group_fraction(shard_of_row: np.ndarray, stacks: np.ndarray, order: np.ndarray, group_shards: int) -> float:
     """Fraction of neighbour rows of ``stacks`` (B, K) whose shard is not in the centre's shard group,
     with shards grouped ``group_shards`` at a time in visiting order ``order`` (a permutation of shards)."""
     group = np.empty(len(order), dtype=np.int64)
@@ -70,13 +69,13 @@ def measure(work: Path, patients: int = 60, slices: int = 24, shard: int = 32, s
             n_shards = -(-len(idx) // shard)
             rng = np.random.default_rng(0)
             out["neighbours_outside_group_id_order"] = _outside_group_fraction(
-                idx // shard, stacks, rng.permutation(n_shards), shard, 4)
+                idx // shard, stacks, rng.permutation(n_shards), 4)
             # the same stacks if images were ordered by (series, position): row r would sit at place[r]
             t_ = src.table
             place = np.empty(len(idx), dtype=np.int64)
             place[np.lexsort((t_["position_mm"].to_numpy(), t_["series_key"].to_numpy()))] = idx
             out["neighbours_outside_group_series_order"] = _outside_group_fraction(
-                place // shard, stacks, rng.permutation(n_shards), shard, 4)
+                place // shard, stacks, rng.permutation(n_shards), 4)
             out["rows"] = len(idx)
             out["full_context_frac"] = float((stacks[:, 0] != stacks[:, 1]).mean() * 0.5 + (stacks[:, 2] != stacks[:, 1]).mean() * 0.5)
     out["context_cost_ratio"] = out["context_0_samples_per_s"] / out["context_1_samples_per_s"]

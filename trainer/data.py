@@ -74,6 +74,11 @@ class SliceSource:
         links = self.links.to(rows.device)
         return context_rows(rows, links[0], links[1], self.context)
 
+    def sample_images(self, rows: torch.Tensor) -> torch.Tensor:
+        """The model's HU input for ``rows`` (on the images' device): int16 (B, S, S), or the
+        (B, 2k + 1, S, S) stacks of :meth:`stack_rows` when ``context`` > 0."""
+        return self.images[self.stack_rows(rows) if self.context else rows]
+
     @property
     def device(self) -> torch.device:
         return self.images.device
@@ -126,7 +131,7 @@ class SliceSource:
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
         for i in range(0, stop, batch_size):
             b = order[i : i + batch_size]
-            yield b, self.images[self.stack_rows(b) if self.context else b]
+            yield b, self.sample_images(b)
 
 
 def pick_device(name: str) -> torch.device:

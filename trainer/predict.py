@@ -150,10 +150,10 @@ def build_predictor(run: FinalRun, device: torch.device) -> tuple[torch.nn.Modul
 
 
 @torch.inference_mode()
-def _score(model: torch.nn.Module, tf: Any, images: list[np.ndarray], cfg: TrainConfig, device: torch.device) -> np.ndarray:
-    """Probabilities for a batch of int16 HU images: the training pipeline's evaluation path."""
-    hu = torch.from_numpy(np.stack(images)).to(device)
-    x = tf(hu, train=False)
+def _score(model: torch.nn.Module, tf: Any, hu: np.ndarray | torch.Tensor, cfg: TrainConfig, device: torch.device) -> np.ndarray:
+    """Probabilities for a batch of int16 HU images (B, S, S), or context stacks (B, 2k + 1, S, S):
+    the training pipeline's evaluation path."""
+    x = tf(torch.as_tensor(hu).to(device), train=False)
     from trainer.loops import autocast
 
     with autocast(device, cfg.amp):
@@ -222,7 +222,7 @@ def _score_files(
     def flush() -> None:
         if not pending:
             return
-        raw = _score(model, tf, [im for _, im in pending], run.config, dev)
+        raw = _score(model, tf, np.stack([im for _, im in pending]), run.config, dev)
         for (i, _), pr, pc in zip(pending, raw, run.calibrator(raw)):
             rows[i]["prob"] = float(pc)
             rows[i]["prob_raw"] = float(pr)
@@ -278,7 +278,7 @@ def _score_files_with_context(
     for lo in range(0, len(images), bs):
         centre = torch.arange(lo, min(lo + bs, len(images)))
         stack = context_rows(centre, links[0], links[1], int(run.config.context_slices))
-        raw = _score(model, tf, list(stack_all[stack].numpy()), run.config, dev)
+        raw = _score(model, tf, stack_all[stack], run.config, dev)
         for i, pr, pc, miss in zip(ok_at[lo : lo + bs], raw, run.calibrator(raw), replaced_neighbours(stack).tolist()):
             rows[i].update(prob=float(pc), prob_raw=float(pr), pred=int(pc >= run.threshold), neighbours_missing=miss)
     return rows

@@ -57,7 +57,8 @@ def evaluate_predictions(
     out["intervals"] = interval_report(y, prob, thr, patients, n_boot=int(s["n_boot"]), seed=int(s["ci_seed"]),
                                        level=float(s["ci_level"]), unit_name="patient")
     out["calibration"] = calibration_summary(y, prob, int(s["calibration_bins"]), s["calibration_strategy"])
-    pt = aggregate_patients(patient_frame(ids, y, prob, patients, next_ids), group_col="patient",
+    links = next_ids if s["patient_aggregation"] == "pair" else None
+    pt = aggregate_patients(patient_frame(ids, y, prob, patients, links), group_col="patient",
                             how=s["patient_aggregation"], threshold=thr)
     out["patient"] = {
         **describe(s["patient_aggregation"]),

@@ -61,9 +61,8 @@ def aggregate_patients(
                       "prob": frame["prob"].astype(float).to_numpy()})
     g = f.groupby("patient", sort=True)
     if how == "pair":
-        pair = np.fmin(f["prob"].to_numpy(), frame["prob_next"].to_numpy(dtype=float))  # NaN only where no next slice
-        score = pd.Series(np.where(np.isnan(frame["prob_next"].to_numpy(dtype=float)), np.nan, pair)).groupby(f["patient"]).max()
-        score = score.fillna(g["prob"].max())
+        pair = np.minimum(f["prob"].to_numpy(), frame["prob_next"].to_numpy(dtype=float))  # NaN where no next slice
+        score = pd.Series(pair).groupby(f["patient"]).max().fillna(g["prob"].max())  # max skips NaN
     else:
         score = g["prob"].max() if how == "max" else g["prob"].mean()
     out = pd.DataFrame({

@@ -32,7 +32,7 @@ def plot_examples(data: SliceSource, idx: np.ndarray, label: int, n: int, tf: Ba
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))
     b = torch.as_tensor(pick, device=data.device)
-    hu = data.images[data.stack_rows(b)] if tf.context else data.images[b]
+    hu = data.sample_images(b)
     ev = tf(hu, train=False)
     centre = hu[:, tf.context] if tf.context else hu
     ch = tf.context * (tf.channels // tf.stack)
