@@ -286,7 +286,7 @@ def train_model(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     tf = make_transform(cfg)
-    model = build_model(weights=cfg.weights, dropout=cfg.dropout, in_channels=tf.channels).to(data.device)
+    model = build_model(weights=cfg.weights, dropout=cfg.dropout, in_channels=tf.channels, pool=cfg.pool).to(data.device)
     if data.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
         if cfg.channels_last:

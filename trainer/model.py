@@ -1,7 +1,8 @@
 """ResNet18 binary classifier: construction, weight loading, staged freezing and optimizers.
 
 The network is torchvision's ResNet18 with its 1000-way head replaced by
-``Sequential(Dropout(p), Linear(512, 1))`` (one logit; use ``BCEWithLogitsLoss``).
+``Sequential(Dropout(p), Linear(512, 1))`` (one logit; use ``BCEWithLogitsLoss``) and, optionally,
+global max pooling in place of its average pooling.
 Weights are only ever stored and read as plain ``state_dict`` files
 (``torch.save(model.state_dict())`` / ``torch.load(..., weights_only=True)``); nothing else is
 pickled.
@@ -128,7 +129,7 @@ def _load_backbone(model: nn.Module, sd: Mapping[str, torch.Tensor], *, in_chann
 # --------------------------------------------------------------------------------------------
 # construction
 # --------------------------------------------------------------------------------------------
-def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int = 3) -> nn.Module:
+def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int = 3, pool: str = "avg") -> nn.Module:
     """A ResNet18 with a one-logit head.
 
     Args:
@@ -141,6 +142,9 @@ def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int
         in_channels: input channels C. For C != 3 ``conv1`` becomes
             ``Conv2d(C, 64, 7, 2, 3, bias=False)``; with pretrained weights its filters are the
             RGB filters averaged, repeated over the C channels and scaled by 3 / C.
+        pool: global pooling of the last (512, H/32, W/32) feature map: ``"avg"`` (torchvision's)
+            or ``"max"`` (the strongest response anywhere: a lesion a few pixels wide is not
+            averaged away over the whole slice). It has no weights, so any state_dict fits either.
 
     Returns:
         The model (train mode, on CPU). Input float (B, C, H, W); output (B, 1) logits.
@@ -154,6 +158,8 @@ def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if int(in_channels) < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if pool not in ("avg", "max"):
+        raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
     in_channels = int(in_channels)
     spec = str(weights).strip()
 
@@ -162,6 +168,8 @@ def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int
         conv = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # torchvision's init
         model.conv1 = conv
+    if pool == "max":
+        model.avgpool = nn.AdaptiveMaxPool2d(1)  # the attribute name is torchvision's; forward() calls it
     in_features = model.fc.in_features
     model.fc = nn.Sequential(nn.Dropout(p=float(dropout)), nn.Linear(in_features, 1))
 

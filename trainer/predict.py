@@ -141,7 +141,7 @@ def build_predictor(run: FinalRun, device: torch.device) -> tuple[torch.nn.Modul
 
     cfg = run.config
     tf = make_transform(cfg)
-    model = build_model(weights="none", dropout=cfg.dropout, in_channels=tf.channels)
+    model = build_model(weights="none", dropout=cfg.dropout, in_channels=tf.channels, pool=cfg.pool)
     load_weights(model, run.weights)
     model.to(device).eval()
     if device.type == "cuda" and cfg.channels_last:
