@@ -172,3 +172,28 @@ def test_make_optimizer(model):
     with pytest.raises(ValueError, match="adamw") as ei:
         make_optimizer(params, name="adam", lr=1e-3, weight_decay=0.0)
     assert "sgd" in str(ei.value) and "'adam'" in str(ei.value)
+
+
+def test_max_pool_head_is_the_peak_of_the_last_feature_map():
+    torch.manual_seed(0)
+    m = build_model(weights="none", dropout=0.0, pool="max").eval()
+    avg = build_model(weights="none", dropout=0.0).eval()
+    avg.load_state_dict(m.state_dict())  # pooling has no weights: the same state_dict fits both
+    x = _x(b=2, s=96)
+    with torch.no_grad():
+        f = m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))))  # (2, 512, 3, 3)
+        want_max = m.fc(f.amax(dim=(2, 3)))
+        want_avg = m.fc(f.mean(dim=(2, 3)))
+        torch.testing.assert_close(m(x), want_max)
+        torch.testing.assert_close(avg(x), want_avg)
+    assert not torch.allclose(want_max, want_avg)
+    with pytest.raises(ValueError, match="pool must be"):
+        build_model(pool="mean")
+
+
+def test_pool_config_key_is_checked():
+    from trainer.config import ConfigError, load_config
+
+    assert load_config(sets=["pool=max"]).pool == "max"
+    with pytest.raises(ConfigError, match="pool='gem' is invalid; allowed values: avg, max"):
+        load_config(sets=["pool=gem"])
