@@ -123,3 +123,16 @@ def test_make_predict_target():
     r = subprocess.run(["make", "-n", "-o", ".venv/.installed", "predict", "RUN=outputs/run_x_final", "INPUT=a.dcm dir/"],
                        cwd=ROOT, capture_output=True, text=True, check=True)
     assert "-m trainer predict --run outputs/run_x_final a.dcm dir/ --out outputs/predictions.csv" in r.stdout
+
+
+def test_predictor_rebuilds_the_runs_pooling(runs):
+    # tiny runs train with pool: max (and a 1x1 last feature map at 32 px, where max equals avg,
+    # so the reproduction test above cannot tell them apart): the rebuilt model must pool as trained.
+    import torch
+
+    from trainer.predict import build_predictor
+
+    run = load_final_run(runs["final"])
+    assert run.config.pool == "max"
+    model, _ = build_predictor(run, torch.device("cpu"))
+    assert isinstance(model.avgpool, torch.nn.AdaptiveMaxPool2d)
