@@ -16,7 +16,7 @@ TINY = {
     "k_folds": 2, "test_size": 0.3, "out_size": 32, "batch_size": 8, "eval_batch_size": 32,
     "epochs_head": 1, "epochs_ft": 1, "holdout_frac": 0.4, "prep_plot_n": 1, "threads": 2,
     "n_boot": 200, "gallery_n": 3,
-    "pool": "max",  # predict must rebuild the run's pooling: reproducing test_predictions.csv checks it
+    "pool": "max",  # predict must rebuild the run's pooling (test_predict.py checks the rebuilt model)
 }
 
 _CACHE: dict[str, dict[str, Path]] = {}
