@@ -15,6 +15,7 @@ import yaml
 from scipy.special import expit
 from sklearn.calibration import _sigmoid_calibration
 from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import roc_auc_score
 
 import trainer.cv as cv_mod
 from trainer.evaluation.calibrators import Calibrator, fit_calibrator, to_logit
@@ -299,6 +300,23 @@ def test_promise_table_flags_a_test_value_outside_the_cv_interval():
     assert rows["sens"]["diff"] == pytest.approx(0.41 - 0.85)
     text = format_promise(t)
     assert "sensitivity" in text and "outside the CV interval" in text and "3 of 6" in text
+    assert all(r["cv_fold_mean"] is None and r["diff_fold_mean"] is None for r in t["rows"])  # no fold stats given
+
+
+def test_promise_table_sets_the_fold_mean_beside_the_pooled_ranking_metrics():
+    cv_oof = {"metrics": {"sens": 0.85, "spec": 0.9, "auc": 0.945, "ap": 0.93},
+              "intervals": {"auc": {"bootstrap": [0.91, 0.97]}}}
+    test = {"sens": 0.9, "spec": 1.0, "auc": 1.0, "ap": 1.0}
+    t = promise_vs_delivery(cv_oof, test, None, 0.5, {"auc": (0.963, 0.026), "ap": (0.953, float("nan")),
+                                                      "sens": (0.1, 0.1)})
+    rows = {r["metric"]: r for r in t["rows"]}
+    assert rows["auc"]["cv_fold_mean"] == 0.963 and rows["auc"]["cv_fold_sd"] == 0.026
+    assert rows["auc"]["diff_fold_mean"] == pytest.approx(1.0 - 0.963) and rows["auc"]["diff"] == pytest.approx(0.055)
+    assert rows["ap"]["cv_fold_sd"] is None  # a NaN sd (one fold) is no number
+    assert rows["sens"]["cv_fold_mean"] is None  # threshold rows have no fold mean, whatever is passed
+    assert t["outside"] == ["auc"]  # the flag is still the pooled interval's
+    text = format_promise(t)
+    assert "0.963 ± 0.026" in text and "CV fold mean" in text
 
 
 def test_final_run_stores_and_prints_promise_vs_delivery(trainer_store, tmp_path, capsys):
@@ -311,6 +329,11 @@ def test_final_run_stores_and_prints_promise_vs_delivery(trainer_store, tmp_path
     assert set(rows) == {"sens", "spec", "ppv", "npv", "auc", "ap"}
     assert rows["sens"]["cv"] == pytest.approx(cvm["oof"]["metrics"]["sens"])
     assert rows["sens"]["test"] == pytest.approx(m["sens"]) and rows["auc"]["test"] == pytest.approx(m["auc"])
+    fold_auc = [roc_auc_score(g["label"], g["prob"]) for _, g in
+                pd.read_csv(runs["cv"] / "cv_oof_predictions.csv").groupby("fold")]
+    assert rows["auc"]["cv_fold_mean"] == pytest.approx(np.mean(fold_auc))  # each fold model's own ranking
+    assert rows["auc"]["cv_fold_sd"] == pytest.approx(np.std(fold_auc, ddof=1))
+    assert rows["ap"]["cv_fold_mean"] == pytest.approx(cvm["oof_ap_mean"]) and rows["sens"]["cv_fold_mean"] is None
     card = json.loads((runs["final"] / "model_card.json").read_text())
     pred = pd.read_csv(runs["final"] / "test_predictions.csv")
     # prob is the calibration map of the model card applied to prob_raw
@@ -319,6 +342,7 @@ def test_final_run_stores_and_prints_promise_vs_delivery(trainer_store, tmp_path
     assert page.index('id="promise"') < page.index('id="summary"')
     n_flags = page.count("outside the CV interval</span>") + page.count(">within</span>")
     assert n_flags == 6  # one verdict per metric of the table
+    assert "CV fold mean ± sd" in page and f"{rows['auc']['cv_fold_mean']:.3f} ± " in page
 
 
 # ------------------------------------------------------------------------------------------------

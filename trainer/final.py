@@ -18,7 +18,7 @@ from trainer.data import SliceSource
 from trainer.evaluation.calibrators import fit_calibrator
 from trainer.evaluation.fold_health import chance_warning
 from trainer.evaluation.metrics import binary_metrics
-from trainer.evaluation.promise import promise_vs_delivery
+from trainer.evaluation.promise import fold_stats_of, promise_vs_delivery
 from trainer.loops import make_transform, predict, ranking_scores, train_model
 from trainer.model import save_weights
 from trainer.report.plots import plot_confusion, plot_pr, plot_roc
@@ -132,7 +132,7 @@ def _test_result(
     ev = public(full)
     promised = None
     if cv.metrics is not None and cv.metrics.oof:
-        promised = promise_vs_delivery(cv.metrics.oof, m, ev.get("intervals"), threshold)
+        promised = promise_vs_delivery(cv.metrics.oof, m, ev.get("intervals"), threshold, fold_stats_of(cv.metrics))
     return TestResult(
         metrics=m, confusion={k: int(m[k]) for k in ("tp", "fp", "tn", "fn")}, holdout_best_auprc=best,
         holdout_auc=holdout_auc, calibration=ev.get("calibration", cal.to_dict()), n_train=n_train,

@@ -108,20 +108,27 @@ def run_warnings(ctx: Context) -> list[str]:
 # sections
 # --------------------------------------------------------------------------------------------
 def promise(ctx: Context) -> dict[str, Any]:
-    from trainer.evaluation.promise import NAMES, promise_vs_delivery
+    from trainer.evaluation.promise import NAMES, fold_stats_of, promise_vs_delivery
 
     table = ctx.test.promised if ctx.test else None
     untested = table is None
     if table is None:
         if not (ctx.cv and ctx.cv.oof):
             raise Missing("cv_metrics.json has no pooled OOF evaluation")
-        table = promise_vs_delivery(ctx.cv.oof, {}, None, float(ctx.threshold or ctx.cv.threshold))
+        table = promise_vs_delivery(ctx.cv.oof, {}, None, float(ctx.threshold or ctx.cv.threshold), fold_stats_of(ctx.cv))
     held = {None: "", True: Markup('<span class="fail">outside the CV interval</span>'),
             False: Markup('<span class="pass">within</span>')}
     rows = [{"metric": NAMES[r["metric"]], "CV (pooled OOF)": fmt(r["cv"]), "CV interval": ci([r["cv_lo"], r["cv_hi"]]),
-             "test": fmt(r["test"]), "test interval": ci([r["test_lo"], r["test_hi"]]), "test − CV": fmt(r["diff"]),
+             "CV fold mean ± sd": _fold_mean(r), "test": fmt(r["test"]), "test interval": ci([r["test_lo"], r["test_hi"]]),
+             "test − CV": fmt(r["diff"]),
              "held?": held[None if r["test"] is None else bool(r["outside"])]} for r in table["rows"]]
     return {"table": table, "rows": rows, "warnings": run_warnings(ctx), "untested": untested}
+
+
+def _fold_mean(row: dict[str, Any]) -> str:
+    """'mean ± sd' of a ranking row's fold validation scores ('' on threshold rows and old tables)."""
+    mean = row.get("cv_fold_mean")
+    return "" if mean is None else f"{fmt(mean)} ± {fmt(row.get('cv_fold_sd'))}"
 
 
 def summary(ctx: Context) -> dict[str, Any]:
