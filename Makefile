@@ -11,7 +11,8 @@ PYTHON ?= python3
 
 # modules mypy checks in make lint (the typed contracts; the rest is checked by ruff only)
 TYPED  := neurocache/config.py neurocache/geometry.py neurocache/execution.py neurocache/build/plan.py \
-          trainer/config.py trainer/results.py trainer/context.py trainer/split.py trainer/evaluation
+          trainer/config.py trainer/results.py trainer/context.py trainer/split.py trainer/evaluation \
+          trainer/precision.py trainer/ema.py
 
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -79,6 +80,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(BENCH_STAMP)  ## benchmarks (3-6 min on 2 cores): writes bench/results.json and docs/benchmarks.md, prints the tables
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.context  # 2.5D streaming cost -> bench/context_results.json (docs/benchmarks.md, Neighbour context)
+	$(BIN)/python -m bench.training  # training step by precision / memory format / compile -> bench/training_results.json
 
 SCALE_WORK ?= bench/work/scale
 SCALE_ARGS ?=

@@ -25,7 +25,7 @@ def test_ema_is_the_exponential_moving_average_of_the_steps():
                 p.add_(torch.randn_like(p))
         net.train()(torch.randn(8, 3))  # moves the BatchNorm running statistics
         seen.append({k: v.detach().clone().float() for k, v in net.state_dict().items() if v.is_floating_point()})
-        ema.update_parameters(net)
+        ema.update(net)
     ref = seen[0]
     for step in seen[1:]:
         ref = {k: 0.9 * ref[k] + 0.1 * step[k] for k in ref}

@@ -197,3 +197,11 @@ def test_pool_config_key_is_checked():
     assert load_config(sets=["pool=max"]).pool == "max"
     with pytest.raises(ConfigError, match="pool='gem' is invalid; allowed values: avg, max"):
         load_config(sets=["pool=gem"])
+
+
+def test_adamw_is_fused_on_cpu():
+    """Fused AdamW keeps its step counts on the parameters' device: no per-parameter host read per step."""
+    from trainer.model import build_model, make_optimizer
+
+    opt = make_optimizer(list(build_model().parameters()), name="adamw", lr=1e-3, weight_decay=0.0)
+    assert opt.defaults["fused"] is True

@@ -99,6 +99,14 @@ def test_cv_writes_every_artifact_with_sane_values(cv_run, trainer_store):
     assert len(m["per_fold"]) == 2 and 0 <= m["best_val_auprc_mean"] <= 1
     hist = pd.read_csv(cv_run / "cv_histories.csv")
     assert set(hist["stage"]) == {"head", "ft"} and set(hist["fold"]) == {0, 1}
+    phases = ["data_s", "fwd_bwd_s", "optimizer_s", "ema_s"]  # where each epoch's training seconds went
+    assert (hist[[*phases, "eval_s"]] >= 0).all().all() and (hist["fwd_bwd_s"] > 0).all()
+    assert (hist[phases].sum(axis=1) <= hist["train_seconds"] + 1e-6).all()
+    assert np.allclose(hist["seconds"], hist["train_seconds"] + hist["eval_s"])
+    from trainer.precision import resolve_precision
+
+    cfg = json.loads((cv_run / "effective_config.json").read_text())
+    assert cfg["amp"] == "auto" and cfg["precision"] == resolve_precision("auto", __import__("torch").device("cpu"))
     store = json.loads((cv_run / "store.json").read_text())
     assert store["fingerprint"] == zarr_fingerprint(trainer_store)
 
@@ -120,6 +128,9 @@ def test_final_writes_every_artifact_and_metrics_match_sklearn(final_run, cv_run
     assert m["tp"] == tp and m["tp"] + m["fp"] + m["tn"] + m["fn"] == len(pred)
     card = json.loads((final_run / "model_card.json").read_text())
     assert card["threshold"] == pytest.approx(sel["threshold"]) and card["store"]["fingerprint"]
+    trained_in = json.loads((cv_run / "effective_config.json").read_text())["precision"]
+    assert card["precision"] == card["config"]["precision"] == trained_in  # the final model trains as the folds did
+    assert json.loads((final_run / "effective_config.json").read_text())["precision"] == trained_in
 
     import torch
 

@@ -186,9 +186,11 @@ def _cv_run(args: argparse.Namespace, cfg: TrainConfig, grid, client, resources:
     from trainer.loops import make_transform
     from trainer.report.examples import plot_examples
     from trainer.runs import environment, new_run_dir, write_json
+    from trainer.precision import resolve_precision
     from trainer.tracking import track
 
     device = _setup(cfg)
+    cfg = cfg.with_overrides({"precision": resolve_precision(cfg.amp, device)})  # fold and final models train alike
     run = new_run_dir(args.out, "cv")
     write_json(run / "run_args.json", {"argv": sys.argv, **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
     write_json(run / "effective_config.json", cfg)
@@ -208,7 +210,8 @@ def _cv_run(args: argparse.Namespace, cfg: TrainConfig, grid, client, resources:
     bar = lambda desc: _EpochBar(desc, epochs, args.quiet)
     where = f"{device}" if runner is None else f"the Dask cluster {args.scheduler} (resources {resources or 'none'} per fold)"
     print(f"cv: {len(data.table)} slices ({int(data.labels.sum())} positive), {len(set(data.groups))} groups by "
-          f"{cfg.group_by}; train pool {len(pool)}, test {int(split['test'].sum())}; {cfg.k_folds} folds on {where}; run {run}",
+          f"{cfg.group_by}; train pool {len(pool)}, test {int(split['test'].sum())}; {cfg.k_folds} folds on {where} "
+          f"in {cfg.precision} (amp: {cfg.amp}); run {run}",
           file=sys.stderr)
     if grid:
         table, cfg, res = run_grid(data, split, cfg, grid, progress=bar, runner=runner)
@@ -251,6 +254,10 @@ def _final(args: argparse.Namespace) -> int:
     check_weights(cfg.weights)
     check_tracking(cfg)
     device = _setup(cfg)
+    from trainer.precision import recorded_precision
+
+    cfg = cfg.with_overrides({"precision": recorded_precision(cfg.precision, cfg.amp, device)})  # as the fold models
+    cv = dataclasses.replace(cv, config=cfg)
     store = args.store or cv.store["path"]
     data = load_dataset(str(store), cfg, device)
     if data.store.fingerprint != cv.store["fingerprint"]:

@@ -21,6 +21,7 @@ import yaml
 
 from neurocache.config import ConfigError, PrepConfig, load_yaml
 from trainer.config_parts import AugConfig, StageConfig
+from trainer.precision import AMP_VALUES, PRECISIONS
 
 __all__ = ["ALLOWED", "DEFAULTS", "AugConfig", "ConfigError", "StageConfig", "TrainConfig", "load_config", "parse_set", "prep_config"]
 
@@ -38,6 +39,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "lr_schedule": ("constant", "cosine"),
     "pool": ("avg", "max"),
     "tracking": ("none", "mlflow"),
+    "amp": AMP_VALUES,
+    "precision": PRECISIONS,
 }
 
 # The seed's command-line flags and the keys they set.
@@ -103,9 +106,12 @@ class TrainConfig:
     threshold_step: float = 0.01       # grid step (threshold_candidates: grid)
     prep_plot_n: int = 4               # slices per class in preprocessing_examples_label{0,1}.png
     device: str = "auto"               # auto | cpu | cuda | cuda:N
-    amp: bool = True                   # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True         # CUDA memory format
-    compile: bool = False              # torch.compile the model (CUDA)
+    amp: str = "auto"                  # auto: bf16 autocast on CUDA and on CPUs with bf16 units (AMX, AVX512-BF16), fp32
+                                       # elsewhere | true: bf16 | false: fp32 (trainer/precision.py)
+    precision: str = ""                # bf16 | fp32: what amp resolved to, recorded by `trainer cv` and used by final
+                                       # and predict (fold and final models train alike); "" = resolve on use
+    channels_last: bool = True         # NHWC memory format for the model and its input (faster on GPUs and oneDNN CPUs)
+    compile: bool = False              # torch.compile the model (docs/benchmarks.md: slower end to end on the demo's CPU)
     memory_budget_gb: float = 8.0      # ok images (int16) up to this size live on the training device [GB]
     stream_shards: int = 4             # streaming: store shards shuffled together and held on the device at a time
     stream_readers: int = 1            # streaming: threads reading/decoding shards ahead
@@ -127,6 +133,8 @@ class TrainConfig:
                 object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.default))
         if isinstance(self.aug, Mapping):
             object.__setattr__(self, "aug", _aug(self.aug))
+        if isinstance(self.amp, bool) or str(self.amp).lower() in ("true", "false"):  # YAML reads `amp: true` as a bool
+            object.__setattr__(self, "amp", str(self.amp).lower())
         PrepConfig.from_dict(self.preprocess, source="config")  # validates the keys
         object.__setattr__(self, "preprocess", dict(self.preprocess or {}))
         for k, allowed in ALLOWED.items():

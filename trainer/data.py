@@ -135,12 +135,18 @@ class SliceSource:
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available else cpu; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"config key device={name!r} but CUDA is not available; use device: auto or cpu")
+    """``auto`` -> cuda when available else cpu; anything else is passed to torch.device.
+
+    A CUDA device is made the current one (``torch.cuda.set_device``), so that streams, events and the
+    caching allocator of every later call are that card's, not GPU 0's.
+    """
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"config key device={name!r} but CUDA is not available; use device: auto or cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
     return dev
 
 

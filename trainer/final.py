@@ -154,6 +154,8 @@ def _model_card(cv: CVRun, data: SliceSource, pool: np.ndarray, y: np.ndarray, c
         "threshold_selection": cv.selection,
         # applied to the sigmoid output before the threshold (trainer/evaluation/calibrators.py); fitted on the holdout
         "calibration": cal.to_dict(),
+        # trained, calibrated and (by `trainer predict`) scored in this arithmetic: bf16 autocast or fp32 (trainer/precision.py)
+        "precision": cfg.precision,
         "train_prevalence": float(data.labels[pool].mean()),
         "test_prevalence": float(y.mean()) if len(y) else None,
         "input": {"windows": [list(w) for w in cfg.windows], "out_size": cfg.out_size, "normalisation": "ImageNet mean/std"},

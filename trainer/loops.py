@@ -10,7 +10,6 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,24 +17,25 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainer.config import TrainConfig
 from trainer.data import SliceSource
-from trainer.model import build_model, make_optimizer, set_trainable
+from trainer.ema import WeightEMA
+from trainer.model import build_model, make_optimizer, set_trainable, unwrap
+from trainer.precision import autocast, resolve_precision
 from trainer.transforms import BatchTransform
 
 
 def make_transform(cfg: TrainConfig) -> BatchTransform:
     """The config's window/resize/augmentation pipeline."""
-    return BatchTransform(windows=cfg.windows, out_size=cfg.out_size, aug=cfg.aug, context=cfg.context_slices)
+    return BatchTransform(windows=cfg.windows, out_size=cfg.out_size, aug=cfg.aug, context=cfg.context_slices,
+                          channels_last=cfg.channels_last)
 
 
-def autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
-    """bf16 autocast on CUDA when ``amp``; nothing on CPU (there it is slower and changes results)."""
-    if device.type == "cuda" and amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def precision_of(cfg: TrainConfig, device: torch.device) -> str:
+    """The precision a model of ``cfg`` trains and scores in on ``device``: the run's recorded ``precision``, else
+    what ``amp`` resolves to there (:func:`trainer.precision.resolve_precision`)."""
+    return cfg.precision or resolve_precision(cfg.amp, device)
 
 
 @torch.inference_mode()
@@ -46,13 +46,14 @@ def predict(model: nn.Module, data: SliceSource, idx: np.ndarray, tf: BatchTrans
     ``inference_mode``); the probabilities stay on the device until one copy at the end.
     """
     model.eval()
+    precision = precision_of(cfg, data.device)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     if len(idx) == 0:
         return np.zeros(0)
     rows, probs = [], []
     for b, hu in data.batches(idx, int(cfg.eval_batch_size), shuffle=False):
         x = tf(hu, train=False)
-        with autocast(data.device, cfg.amp):
+        with autocast(data.device, precision):
             logits = model(x).float().squeeze(1)
         probs.append(torch.sigmoid(logits.double()))  # float64: no saturation at 1.0 before |logit| ~ 37
         rows.append(b)
@@ -66,48 +67,61 @@ def predict(model: nn.Module, data: SliceSource, idx: np.ndarray, tf: BatchTrans
     return out
 
 
-class _StepClock:
-    """Time a training step spends obtaining its batch vs the whole step.
+#: the parts of a training step :class:`_StepClock` times, in step order (``cv_histories.csv`` columns ``<phase>_s``)
+STEP_PHASES: tuple[str, ...] = ("data", "fwd_bwd", "optimizer", "ema")
 
-    CPU: wall clock. CUDA: events recorded on the stream before the batch is requested and once it
-    is transformed; the GPU time between them is the time the device waited for data (the host
-    blocked on a shard, or launching and running the batch's ops), read after one sync per epoch.
+
+class _StepClock:
+    """Where a training epoch's time goes: each step's batch (``data``), forward and backward
+    (``fwd_bwd``), optimiser step (``optimizer``) and weight average (``ema``).
+
+    CPU: wall clock. CUDA: events recorded on the training device's current stream between the
+    phases, read after one sync at the end of the epoch; the device time between the first two marks
+    of a step is the time it waited for data (the host blocked on a shard, or launching and running the
+    batch's ops). Nothing here reads a device value during the epoch.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.marks: list[tuple[Any, Any]] = []
+        self.device = device
+        self.steps: list[list[Any]] = []
         self.first: Any = None
         self.end: Any = None
-        self._start: Any = None
 
     def _now(self) -> Any:
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
+            ev.record(torch.cuda.current_stream(self.device))
             return ev
         return time.perf_counter()
 
-    def batch_requested(self) -> None:
-        self._start = self._now()
+    def start_step(self) -> None:
+        """Mark the start of a step (before its batch is requested)."""
+        self.steps.append([self._now()])
         if self.first is None:
-            self.first = self._start
+            self.first = self.steps[-1][0]
 
-    def batch_ready(self) -> None:
-        self.marks.append((self._start, self._now()))
+    def mark(self) -> None:
+        """Mark the end of the current step's next phase (:data:`STEP_PHASES` order)."""
+        self.steps[-1].append(self._now())
 
     def stop(self) -> None:
         self.end = self._now()
 
-    def totals(self) -> tuple[float, float]:
-        """(seconds waiting for data, seconds of all steps)."""
-        if self.first is None or not self.marks:
-            return 0.0, 0.0
+    def _elapsed(self, a: Any, b: Any) -> float:
+        return a.elapsed_time(b) / 1e3 if self.cuda else b - a
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per phase (``<phase>_s``) summed over the epoch's complete steps, and ``step_s``: first mark to the end."""
+        out = {f"{ph}_s": 0.0 for ph in STEP_PHASES}
+        if self.first is None:
+            return {**out, "step_s": 0.0}
         if self.cuda:
             self.end.synchronize()
-            wait = sum(a.elapsed_time(b) for a, b in self.marks) / 1e3
-            return wait, self.first.elapsed_time(self.end) / 1e3
-        return sum(b - a for a, b in self.marks), self.end - self.first
+        for marks in self.steps:
+            for ph, a, b in zip(STEP_PHASES, marks, marks[1:]):
+                out[f"{ph}_s"] += self._elapsed(a, b)
+        return {**out, "step_s": self._elapsed(self.first, self.end)}
 
 
 def ranking_scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
@@ -152,46 +166,54 @@ class StageResult:
 
 def _train_epoch(
     model: nn.Module, data: SliceSource, train_idx: np.ndarray, tf: BatchTransform, cfg: TrainConfig,
-    opt: torch.optim.Optimizer, loss_fn: nn.Module, generator: torch.Generator, ema: AveragedModel | None = None,
-) -> tuple[float, int, float, float]:
-    """One pass over ``train_idx``: (mean train loss, images seen, seconds waiting for data, seconds of all steps).
+    opt: torch.optim.Optimizer, loss_fn: nn.Module, generator: torch.Generator, ema: WeightEMA | None = None,
+) -> tuple[float, int, dict[str, float]]:
+    """One pass over ``train_idx``: (mean train loss, images seen, seconds per step phase (:meth:`_StepClock.totals`)).
 
-    ``ema``: updated after every optimiser step (weights and BatchNorm buffers)."""
+    Nothing in the step reads a device value (no ``.item()``, no boolean-mask indexing): the losses
+    stay on the device until one read at the end of the epoch. ``ema``: updated after every
+    optimiser step (weights and BatchNorm buffers)."""
     model.train()
+    precision = precision_of(cfg, data.device)
     y_all = torch.as_tensor(data.labels, dtype=torch.float32, device=data.device)
     losses, seen = [], 0
     clock = _StepClock(data.device)
     batches = data.batches(train_idx, int(cfg.batch_size), generator=generator, sampler=cfg.sampler)
     while True:
-        clock.batch_requested()
+        clock.start_step()
         nxt = next(batches, None)
         if nxt is None:
+            clock.steps.pop()
             break
         b, hu = nxt
         if len(b) < 2:  # BatchNorm cannot train on a batch of one
+            clock.steps.pop()
             continue
         x = tf(hu, train=True, generator=generator)
-        clock.batch_ready()
-        with autocast(data.device, cfg.amp):
+        clock.mark()
+        with autocast(data.device, precision):
             loss = loss_fn(model(x).float().squeeze(1), y_all[b])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        clock.mark()
         opt.step()
+        clock.mark()
         if ema is not None:
-            ema.update_parameters(model)
+            ema.update(model)
+        clock.mark()
         losses.append(loss.detach())
         seen += len(b)
     clock.stop()
     train_loss = float(torch.stack(losses).mean()) if losses else float("nan")  # one sync per epoch
-    return (train_loss, seen, *clock.totals())
+    return train_loss, seen, clock.totals()
 
 
-def _ema(model: nn.Module, decay: float) -> tuple[AveragedModel | None, nn.Module]:
+def _ema(model: nn.Module, decay: float) -> tuple[WeightEMA | None, nn.Module]:
     """(an exponential moving average of ``model``'s weights and buffers with per-step ``decay``, the
     module to validate: the average's copy of the model); (None, ``model``) when ``decay`` is 0."""
     if decay <= 0:
         return None, model
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema = WeightEMA(model, decay)
     return ema, ema.module
 
 
@@ -215,19 +237,15 @@ def fit_stage(
 ) -> StageResult:
     """Train one stage (``head`` or ``ft``, settings :meth:`TrainConfig.stage`) with early stopping on validation AUPRC.
 
-    An epoch is better when its AUPRC beats the best so far by more than ``min_delta``. Patience
-    counts only the epochs after the stage's ``min_epochs``, so a model still on its initial plateau
-    is not stopped before it starts. With ``ema_decay`` > 0 an exponential moving average of the
-    weights (and BatchNorm buffers), updated every step, is what is validated, kept and restored:
-    from scratch on a few hundred slices the raw weights' validation AUPRC swings from epoch to
-    epoch, the average's does not. Stage ``ft`` follows :func:`lr_factor` (``warmup_epochs``,
-    ``lr_schedule``); stage ``head`` keeps its rate. The best epoch's weights are restored at the
-    end; the first trained epoch is the first candidate (never the untrained weights: a randomly
-    initialised model can score its holdout by chance above every early epoch, and restoring it
-    would hand CV a model that never learned). With ``restore_best: false`` every epoch runs and the
-    last one's weights (the average's, with EMA) are kept: the holdout then only reports and calibrates,
-    and fold and final models get the same budget. Returns the
-    per-epoch history (one row per epoch: losses, AUPRC/AUC, seconds, images/s, data wait).
+    An epoch is better when its AUPRC beats the best so far by more than ``min_delta``; patience counts
+    only the epochs after the stage's ``min_epochs`` (a model on its initial plateau is not stopped).
+    With ``ema_decay`` > 0 the moving average of the weights and BatchNorm buffers (:class:`WeightEMA`)
+    is what is validated, kept and restored: from scratch the raw weights' holdout AUPRC swings from
+    epoch to epoch, the average's does not. Stage ``ft`` follows :func:`lr_factor`; ``head`` keeps its
+    rate. The best epoch's weights are restored; the first trained epoch is the first candidate (never
+    the untrained weights, which can score a holdout by chance). With ``restore_best: false`` every
+    epoch runs and the last weights are kept: the holdout only reports and calibrates, and fold and
+    final models get the same budget. Returns the per-epoch history (rows of :func:`_epoch_record`).
     """
     st = cfg.stage(stage)
     params = set_trainable(model, stage, st.trainable_attrs)
@@ -235,27 +253,24 @@ def fit_stage(
                          momentum=cfg.momentum, nesterov=cfg.nesterov)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(cfg, data.labels[train_idx], data.device))
     y_val = data.labels[val_idx]
-    best_ap, best_state, best_epoch, bad, history = -1.0, copy.deepcopy(model.state_dict()), 0, 0, []
     ema, scored = _ema(model, cfg.ema_decay)  # scored: the weights validated, kept and restored
+    scored = unwrap(scored)
+    best_ap, best_state, best_epoch, bad, history = -1.0, copy.deepcopy(scored.state_dict()), 0, 0, []
     for epoch in range(1, st.epochs + 1):
         lr = float(st.lr) * lr_factor(epoch, st.epochs, warmup=st.warmup_epochs, schedule=st.lr_schedule)
         for group in opt.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
-        train_loss, seen, wait_s, step_s = _train_epoch(model, data, train_idx, tf, cfg, opt, loss_fn, generator, ema)
-        train_secs = time.perf_counter() - t0
+        train_loss, seen, phases = _train_epoch(model, data, train_idx, tf, cfg, opt, loss_fn, generator, ema)
+        t1 = time.perf_counter()
         p_val = predict(scored, data, val_idx, tf, cfg)
-        ap, auc = ranking_scores(y_val, p_val)
-        secs = time.perf_counter() - t0
-        rec = {"stage": stage, "epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": _val_loss(p_val, y_val),
-               "val_auprc": ap, "val_auc": auc, "seconds": secs, "images_per_s": seen / secs if secs else float("nan"),
-               "train_seconds": train_secs, "train_images_per_s": seen / train_secs if train_secs else float("nan"),
-               "data_wait_s": wait_s, "data_wait_frac": wait_s / step_s if step_s else float("nan")}
+        rec = _epoch_record(stage, epoch, lr, train_loss, y_val, p_val, seen, phases, t1 - t0, time.perf_counter() - t1)
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
         if not cfg.restore_best:
             continue  # a fixed budget: no selection on the (small, noisy) holdout
+        ap = rec["val_auprc"]
         if not np.isnan(ap) and (best_epoch == 0 or ap > best_ap + cfg.min_delta):
             best_ap, best_epoch, bad = ap, epoch, 0
             best_state = copy.deepcopy(scored.state_dict())
@@ -265,8 +280,23 @@ def fit_stage(
                 break
     if not cfg.restore_best and history:
         best_ap, best_epoch, best_state = history[-1]["val_auprc"], len(history), copy.deepcopy(scored.state_dict())
-    model.load_state_dict(best_state)
+    unwrap(model).load_state_dict(best_state)
     return StageResult(best_auprc=best_ap, best_epoch=best_epoch, history=history)
+
+
+def _epoch_record(stage: str, epoch: int, lr: float, train_loss: float, y_val: np.ndarray, p_val: np.ndarray, seen: int,
+                  phases: dict[str, float], train_secs: float, eval_secs: float) -> dict[str, Any]:
+    """One ``cv_histories.csv`` row: losses, holdout AUPRC/ROC-AUC, and where the epoch's seconds went
+    (``data_s``, ``fwd_bwd_s``, ``optimizer_s``, ``ema_s`` of the training steps, ``eval_s`` of the holdout)."""
+    ap, auc = ranking_scores(y_val, p_val)
+    secs = train_secs + eval_secs
+    rate = lambda t: seen / t if t else float("nan")
+    step_s = phases["step_s"]
+    return {"stage": stage, "epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": _val_loss(p_val, y_val),
+            "val_auprc": ap, "val_auc": auc, "seconds": secs, "images_per_s": rate(secs),
+            "train_seconds": train_secs, "train_images_per_s": rate(train_secs),
+            "data_wait_s": phases["data_s"], "data_wait_frac": phases["data_s"] / step_s if step_s else float("nan"),
+            **{k: phases[k] for k in ("data_s", "fwd_bwd_s", "optimizer_s", "ema_s")}, "eval_s": eval_secs}
 
 
 def train_model(
@@ -289,8 +319,8 @@ def train_model(
     model = build_model(weights=cfg.weights, dropout=cfg.dropout, in_channels=tf.channels, pool=cfg.pool).to(data.device)
     if data.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+    if cfg.channels_last:  # NHWC: faster convolutions on GPUs and on CPUs (oneDNN), docs/benchmarks.md
+        model = model.to(memory_format=torch.channels_last)
     run_model = torch.compile(model) if cfg.compile else model
     a = fit_stage(run_model, data, train_idx, val_idx, tf, cfg, stage="head", generator=gen, on_epoch=on_epoch)
     b = fit_stage(run_model, data, train_idx, val_idx, tf, cfg, stage="ft", generator=gen, on_epoch=on_epoch)

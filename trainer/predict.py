@@ -26,6 +26,7 @@ A name that is not valid UTF-8 is shown (``ID``, ``path``) with those bytes esca
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -144,7 +145,7 @@ def build_predictor(run: FinalRun, device: torch.device) -> tuple[torch.nn.Modul
     model = build_model(weights="none", dropout=cfg.dropout, in_channels=tf.channels, pool=cfg.pool)
     load_weights(model, run.weights)
     model.to(device).eval()
-    if device.type == "cuda" and cfg.channels_last:
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, tf
 
@@ -154,9 +155,9 @@ def _score(model: torch.nn.Module, tf: Any, hu: np.ndarray | torch.Tensor, cfg: 
     """Probabilities for a batch of int16 HU images (B, S, S), or context stacks (B, 2k + 1, S, S):
     the training pipeline's evaluation path."""
     x = tf(torch.as_tensor(hu).to(device), train=False)
-    from trainer.loops import autocast
+    from trainer.precision import autocast
 
-    with autocast(device, cfg.amp):
+    with autocast(device, cfg.precision):
         logits = model(x).float().squeeze(1)
     return torch.sigmoid(logits.double()).cpu().numpy()  # float64, as trainer.loops.predict
 
@@ -183,9 +184,14 @@ def predict_files(
     """
     from trainer.data import pick_device
 
+    from trainer.precision import recorded_precision, scoring_precision
+
     run = load_final_run(run_dir)
+    dev = pick_device(device or run.config.device)
+    # the precision the model was trained and calibrated in (scoring_precision warns where this device cannot)
+    prec = scoring_precision(recorded_precision(run.config.precision, run.config.amp, dev), dev)
+    run = dataclasses.replace(run, config=run.config.with_overrides({"precision": prec}))
     cfg = run.config
-    dev = pick_device(device or cfg.device)
     model, tf = build_predictor(run, dev)
     bs = int(batch_size or cfg.eval_batch_size)
     if bs < 1:

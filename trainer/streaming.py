@@ -139,16 +139,19 @@ def _gather(
     groups = np.unique(grp)
     if len(groups) == 1 and int(groups[0]) in loaded:  # the usual case without context: one group, one gather
         return loaded[int(groups[0])][torch.from_numpy(slot[shard] * sr + rows % sr).to(dev, non_blocking=True)]
+    # Positions are computed on the host and sent as indices: a boolean device mask (out[mask] = ...) would
+    # make the host wait for the device to count the mask, once per straddling batch.
     out = torch.empty((len(rows),) + images.shape[1:], dtype=torch.int16, device=dev)
     here = np.zeros(len(rows), dtype=bool)
+    put = lambda at, src: out.index_copy_(0, torch.from_numpy(at).to(dev, non_blocking=True), src)
     for g in groups:
         if int(g) in loaded:
             m = grp == g
             here |= m
             local = torch.from_numpy(slot[shard[m]] * sr + rows[m] % sr).to(dev, non_blocking=True)
-            out[torch.from_numpy(m).to(dev)] = loaded[int(g)][local]
+            put(np.flatnonzero(m), loaded[int(g)][local])
     if not here.all():
-        out[torch.from_numpy(~here).to(dev)] = images[rows[~here]]
+        put(np.flatnonzero(~here), images[rows[~here]])
     return out
 
 
