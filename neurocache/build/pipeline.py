@@ -35,8 +35,9 @@ from neurocache.build.state import (
 )
 from neurocache.build.tasks import Batch, suspects
 from neurocache.config import PrepConfig
+from neurocache.errors import InputError
 from neurocache.execution import cluster_threads
-from neurocache.inputs import InputError, Inputs, scan_inputs
+from neurocache.inputs import Inputs, scan_inputs
 from neurocache.preprocess import CONTENT_HASH
 from neurocache.quality import quality_report
 from neurocache.reasons import MISSING, OK, QUARANTINED
