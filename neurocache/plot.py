@@ -27,8 +27,12 @@ def plot_preprocessing(store: Store, label: int, n: int, out: str | Path, seed: 
 
     Returns:
         The IDs drawn. Raises InputError (a ValueError) when the class has no ok slice or the CT folder
-        the store was built from is gone.
+        the store was built from is gone, or for an ``n`` below 1 or an ``out`` in no folder.
     """
+    if n < 1:
+        raise InputError(f"n={n}: the number of slices to draw must be at least 1 (--n)")
+    if not Path(out).parent.is_dir():
+        raise InputError(f"the folder of {out} does not exist: create it or choose another --out")
     import matplotlib
 
     matplotlib.use("Agg")

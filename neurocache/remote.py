@@ -84,7 +84,11 @@ class StoreLocation:
 
             self.url = s.rstrip("/")
             # No listing cache: other processes (Dask workers, Zarr's own async instance) write here too.
-            self.fs, self.root = url_to_fs(self.url, use_listings_cache=False)
+            try:
+                self.fs, self.root = url_to_fs(self.url, use_listings_cache=False)
+            except (ImportError, ValueError) as e:  # a protocol fsspec does not know, or its backend not installed
+                raise InputError(f"store {self.url} cannot be opened: {e}; check the URL's protocol or install its fsspec "
+                                 "backend (s3fs for s3://, gcsfs for gs://), or use a local --store path") from None
             self.root = self.root.rstrip("/")
             self.path: Path | None = None
             self.display: Path | StoreURL = StoreURL(self.url)

@@ -55,6 +55,18 @@ def test_invalid_yaml_config_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and f"config file {cfg} is not valid YAML" in err and "line 2" in err
 
 
+def test_bad_store_url_and_plot_arguments_are_user_errors(tmp_path, capsys):
+    assert main(["info", "foo://bucket/x.zarr"]) == 2  # fsspec's ValueError, named as the --store's
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "store foo://bucket/x.zarr cannot be opened: Protocol not known: foo" in err
+    from neurocache.plot import plot_preprocessing
+
+    with pytest.raises(InputError, match=r"n=0: .* at least 1 \(--n\)"):
+        plot_preprocessing(None, 1, 0, tmp_path / "p.png")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="does not exist: create it or choose another --out"):
+        plot_preprocessing(None, 1, 2, tmp_path / "no" / "p.png")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("error", [ValueError("internal: a bug"), RuntimeError("internal: a bug"),
                                    FileNotFoundError("internal: a bug"), KeyError("internal: a bug")])
 def test_an_internal_error_keeps_its_traceback(monkeypatch, tmp_path, capsys, error):
