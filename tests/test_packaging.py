@@ -1,9 +1,11 @@
-"""Packaging: every third-party import is declared in pyproject.toml."""
+"""Packaging: every third-party import is declared in pyproject.toml, and the source package
+neurocache/build/ survives a ``build/`` line in an ignore file."""
 
 from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from functools import cache
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("neurocache", "trainer")
@@ -128,3 +131,43 @@ def test_unconditional_imports_are_core_dependencies():
                       if on_import and not _candidates(mod) & core})
     assert missing == [], f"move these to pyproject.toml's dependencies (or import them where they are used): {missing}"
 
+
+# -- neurocache/build/ and a `build/` ignore rule ---------------------------------------------------
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+needs_git = pytest.mark.skipif(_git("rev-parse", "--is-inside-work-tree").stdout.strip() != "true",
+                               reason="not a git checkout (e.g. an sdist)")
+
+
+@needs_git
+def test_build_package_is_tracked():
+    on_disk = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "neurocache" / "build").glob("*.py"))
+    tracked = _git("ls-files", "neurocache/build").stdout.split()
+    assert "neurocache/build/pipeline.py" in on_disk
+    assert [p for p in on_disk if p not in tracked] == [], "git add these (a `build/` ignore rule may hide them)"
+
+
+def test_build_package_is_found_by_setuptools():
+    from setuptools import find_packages
+
+    found = find_packages(where=str(ROOT), include=["neurocache*", "trainer*"])
+    assert "neurocache.build" in found and "neurocache" in found and "trainer" in found
+
+
+@needs_git
+@pytest.mark.parametrize("rule", ["build/", "build", "/build/"])
+def test_a_build_ignore_rule_does_not_hide_the_build_package(tmp_path, rule):
+    """Common Python .gitignore templates hold an unanchored ``build/``: in a contributor's global
+    excludes file it would hide every new file of neurocache/build/; the repository's .gitignore
+    re-includes the package (a higher-precedence file than core.excludesFile)."""
+    excludes = tmp_path / "ignore"
+    excludes.write_text(f"{rule}\n")
+    for path in ("neurocache/build/pipeline.py", "neurocache/build/new_module.py"):
+        r = _git("-c", f"core.excludesFile={excludes}", "check-ignore", "--no-index", "-v", path)
+        assert r.returncode == 1, f"{rule!r} in core.excludesFile ignores {path}: {r.stdout.strip()}"
+    # the rule itself works (so the assertions above test the guard, not a rule that never matched)
+    r = _git("-c", f"core.excludesFile={excludes}", "check-ignore", "--no-index", "build/lib/neurocache/x.py")
+    assert r.returncode == 0
