@@ -8,10 +8,15 @@ Python API (what ``neurocache info``, the trainer and the notebook use)::
     store = neurocache.open_store("store.zarr")   # refuses an incomplete store or another schema
     store.features, store.quality, store.images   # DataFrame, dict, lazy int16 HU (N, S, S)
     store.image("ID_0a1b2c"), store.info()        # one HU slice by ID; the `neurocache info --json` summary
+
+``neurocache.UserError`` is the base of every error that means bad input, config, store or run
+(:mod:`neurocache.errors`); anything else is a bug.
 """
 from __future__ import annotations
 
 from typing import Any
+
+from neurocache.errors import UserError
 
 __version__ = "0.1.0"
 SCHEMA_VERSION = 4  # 2: fixes/n_frames columns, new reason codes, incremental-build attrs; 3: series geometry columns
@@ -22,7 +27,7 @@ SCHEMA_CHANGE = "schema 4 hashes file contents with BLAKE3 (column content_hash)
 #: schema 4 changed the content-hash column alone, so stores and trained models keep their fingerprints.
 PREPROCESS_VERSION = 3
 
-__all__ = ["PREPROCESS_VERSION", "SCHEMA_CHANGE", "SCHEMA_VERSION", "__version__", "open_store"]
+__all__ = ["PREPROCESS_VERSION", "SCHEMA_CHANGE", "SCHEMA_VERSION", "UserError", "__version__", "open_store"]
 
 
 def __getattr__(name: str) -> Any:

@@ -78,20 +78,21 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status.
+
+    A :class:`neurocache.errors.UserError` (bad input, config, store or run) is printed as one
+    ``neurocache COMMAND: error: MESSAGE`` line on stderr and returns its ``exit_code`` (2, or 1 for a
+    failed run); anything else is a bug and propagates with its traceback.
+    """
     args = _parser().parse_args(argv)
-    from neurocache.config import ConfigError
-    from neurocache.inputs import InputError
+    from neurocache.errors import UserError
     from neurocache.names import shown_name
-    from neurocache.store import StoreError
 
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, InputError, StoreError, ValueError) as e:
+    except UserError as e:
         print(f"neurocache {args.command}: error: {shown_name(str(e))}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # BuildError and friends
-        print(f"neurocache {args.command}: error: {shown_name(str(e))}", file=sys.stderr)
-        return 1
+        return e.exit_code
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -16,11 +16,13 @@ from typing import Any
 
 import yaml
 
+from neurocache.errors import UserError
+
 #: blosc filters accepted by ``preprocess.shuffle``.
 SHUFFLES = ("shuffle", "bitshuffle", "noshuffle")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or key is wrong; the message names the key, the value and the fix."""
 
 
@@ -142,12 +144,15 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping is a ConfigError naming the file."""
+    """Read a YAML mapping; a missing file, invalid YAML or a non-mapping is a ConfigError naming the file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     with open(p) as fh:
-        data = yaml.safe_load(fh) or {}
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {' '.join(str(e).split())}; fix the line it names") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of keys, got {type(data).__name__}")
     return data

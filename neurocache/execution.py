@@ -25,9 +25,13 @@ from concurrent.futures import (
 from pathlib import Path
 from typing import Any
 
+from neurocache.errors import UserError
 
-class ClusterError(RuntimeError):
+
+class ClusterError(UserError, RuntimeError):
     """A Dask cluster cannot be reached, or cannot run the tasks (no worker offers what they need)."""
+
+    exit_code = 1
 
 
 def connect(scheduler: str, *, timeout: float = 30.0) -> Any:

@@ -15,9 +15,10 @@ Position along the normal (mm), by the first source a series has for all its sli
 
 Neighbour rule: consecutive slices of one series (in position order) are linked when their distance
 is > 0 and at most ``gap_factor`` (1.5) times the series' typical spacing (median of the positive
-steps). No link is made across a larger gap, to or from a slice whose position another slice of the
+steps). No link is made across a larger gap, to or from a slice whose position another ok slice of the
 series shares (a duplicate position: which one is "the" neighbour is unknown), or to a slice that is
-not ok (quarantined slices keep their place so nothing links across them). -1 marks "no neighbour".
+not ok (quarantined slices keep their place so nothing links across them; a quarantined copy at an ok
+slice's position is no image and leaves that slice's links alone). -1 marks "no neighbour".
 """
 
 from __future__ import annotations
@@ -149,6 +150,33 @@ def _ordered_steps(codes: np.ndarray, positions: np.ndarray, rows: np.ndarray) -
     return i, step, spacing
 
 
+def _links(s: np.ndarray, p: np.ndarray, r: np.ndarray, spacing: np.ndarray, gap_factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """(prev_row, next_row) of the slices in :func:`_ordered_steps` order (-1: no neighbour).
+
+    Args:
+        s, p, r: the ordered slices' series codes, positions (mm or index units) and ``images`` rows
+            (-1: quarantined).
+        spacing: their series' typical spacing (same units as ``p``).
+
+    Slices at one position of one series form a place; consecutive places of a series are linked
+    when each holds exactly one ok slice and they lie at most ``gap_factor`` spacings apart. Only ok
+    slices make a place ambiguous: a quarantined copy at an ok slice's position is no image. A place
+    holding only quarantined slices sits between its neighbours, so nothing links across it.
+    """
+    m = len(s)
+    prev, nxt = np.full(m, -1, dtype=np.int64), np.full(m, -1, dtype=np.int64)
+    if m == 0:
+        return prev, nxt
+    place = np.cumsum(np.r_[True, (s[1:] != s[:-1]) | (p[1:] != p[:-1])]) - 1
+    ok = r >= 0
+    ok_per_place = np.bincount(place[ok], minlength=int(place[-1]) + 1)
+    k = np.flatnonzero(ok & (ok_per_place[place] == 1))  # the one ok slice of each unambiguous place
+    a, b = k[:-1], k[1:]
+    linked = (s[a] == s[b]) & (place[b] == place[a] + 1) & (p[b] - p[a] <= gap_factor * spacing[a])
+    nxt[a[linked]], prev[b[linked]] = r[b[linked]], r[a[linked]]
+    return prev, nxt
+
+
 def series_geometry(
     table: pd.DataFrame, *, positions: np.ndarray, sources: np.ndarray, gap_factor: float = DEFAULT_GAP_FACTOR,
     series: np.ndarray | None = None,
@@ -172,15 +200,10 @@ def series_geometry(
     rows = table["row"].to_numpy(dtype=np.int64)
     codes, _ = _codes(table["series_key"] if series is None else series)
     positions = np.asarray(positions, dtype=np.float64)
-    i, step, spacing = _ordered_steps(codes, positions, rows)
+    i, _, spacing = _ordered_steps(codes, positions, rows)
     s, r = codes[i], rows[i]
-    dup_next = step == 0  # this slice and the next share a position
-    dup = dup_next | np.r_[False, dup_next[:-1]]
     ok = r >= 0
-    linked = ((step > 0) & (step <= gap_factor * spacing) & ~dup & np.r_[~dup[1:], False]
-              & ok & np.r_[ok[1:], False])
-    nxt = np.where(linked, np.r_[r[1:], -1], -1)
-    prev = np.where(np.r_[False, linked[:-1]], np.r_[-1, r[:-1]], -1)
+    prev, nxt = _links(s, positions[i], r, spacing, gap_factor)
     rank = pd.Series(ok.astype(np.int64)).groupby(s).cumsum().to_numpy() - 1
     out = pd.DataFrame({
         "position_mm": positions.astype(np.float64),

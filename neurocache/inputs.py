@@ -14,14 +14,11 @@ from typing import BinaryIO
 
 import pandas as pd
 
+from neurocache.errors import InputError
 from neurocache.names import bad_name, shown_name
 
 ID_COL = "ID"
 LABEL_COL = "Label"
-
-
-class InputError(ValueError):
-    """The data folder or the labels CSV cannot be used; the message names the file and the fix."""
 
 
 @dataclass

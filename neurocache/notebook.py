@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neurocache.errors import UserError
+
 _ASSIGN = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>.*?)(?P<comment>\s+#.*)?$")
 
 
-class NotebookError(RuntimeError):
+class NotebookError(UserError, RuntimeError):
     """No parameters cell, an unknown parameter, or a cell that raised while executing."""
 
 

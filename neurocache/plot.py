@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from neurocache.dicomio import read_slice
+from neurocache.errors import InputError
 from neurocache.hu import stored_to_hu
 from neurocache.preprocess import preprocess_slice
 from neurocache.store import Store
@@ -25,8 +26,13 @@ def plot_preprocessing(store: Store, label: int, n: int, out: str | Path, seed: 
     (read back from ``images``), and the brain window (40/80 HU) of the cached image.
 
     Returns:
-        The IDs drawn. Raises ValueError when the class has no ok slice.
+        The IDs drawn. Raises InputError (a ValueError) when the class has no ok slice or the CT folder
+        the store was built from is gone, or for an ``n`` below 1 or an ``out`` in no folder.
     """
+    if n < 1:
+        raise InputError(f"n={n}: the number of slices to draw must be at least 1 (--n)")
+    if not Path(out).parent.is_dir():
+        raise InputError(f"the folder of {out} does not exist: create it or choose another --out")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,10 +42,13 @@ def plot_preprocessing(store: Store, label: int, n: int, out: str | Path, seed: 
     ok = store.ok_rows()
     rows = ok[ok["label"] == label]
     if rows.empty:
-        raise ValueError(f"store {store.path} has no ok slice with label={label}")
+        raise InputError(f"store {store.path} has no ok slice with label={label}")
     pick = rows.sample(n=min(n, len(rows)), random_state=seed).sort_values("ID")
     src = store.attrs["source"]
     cts_dir = Path(src["data_root"]) / src["cts"]
+    if not cts_dir.is_dir():
+        raise InputError(f"the CT folder {cts_dir} that store {store.path} was built from does not exist any more; "
+                         "plot reads the source DICOM files: restore the folder or plot a store built from an existing one")
     cfg = store.prep
     key = bytes.fromhex(store.attrs["hash_key"])
     fig, axes = plt.subplots(len(pick), 5, figsize=(15, 3.1 * len(pick)), squeeze=False)

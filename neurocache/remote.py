@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from neurocache.errors import InputError
 from neurocache.names import bad_name, shown_name
 
 #: ``scheme://user:password@...``: credentials in a URL (refused).
@@ -67,12 +68,12 @@ class StoreLocation:
             return
         s = str(store)
         if bad_name(s):
-            raise ValueError(
+            raise InputError(
                 f"store path {shown_name(s)} is not valid UTF-8 (the bytes shown as \\xNN): Zarr and Parquet need a "
                 "UTF-8 path; choose another --store path (a name in UTF-8)"
             )
         if _USERINFO.match(s):
-            raise ValueError(
+            raise InputError(
                 "credentials in a store URL are refused (they would end up in logs and run folders): "
                 "use the environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE) or an fsspec config"
             )
@@ -83,7 +84,11 @@ class StoreLocation:
 
             self.url = s.rstrip("/")
             # No listing cache: other processes (Dask workers, Zarr's own async instance) write here too.
-            self.fs, self.root = url_to_fs(self.url, use_listings_cache=False)
+            try:
+                self.fs, self.root = url_to_fs(self.url, use_listings_cache=False)
+            except (ImportError, ValueError) as e:  # a protocol fsspec does not know, or its backend not installed
+                raise InputError(f"store {self.url} cannot be opened: {e}; check the URL's protocol or install its fsspec "
+                                 "backend (s3fs for s3://, gcsfs for gs://), or use a local --store path") from None
             self.root = self.root.rstrip("/")
             self.path: Path | None = None
             self.display: Path | StoreURL = StoreURL(self.url)

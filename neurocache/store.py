@@ -24,6 +24,7 @@ from zarr.codecs import BloscCodec
 
 from neurocache import SCHEMA_CHANGE, SCHEMA_VERSION
 from neurocache.config import PrepConfig
+from neurocache.errors import UserError
 from neurocache.remote import StoreLocation, StoreURL
 
 ATTRS_KEY = "neurocache"
@@ -31,7 +32,7 @@ FEATURES_FILE = "features.parquet"
 QUALITY_FILE = "quality.json"
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A store is missing, incomplete, of another schema, or built with other parameters."""
 
 

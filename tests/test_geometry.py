@@ -84,6 +84,26 @@ def test_quarantined_neighbour_keeps_its_place():
     assert g["series_rank"].tolist() == [0, -1, 1, 2]
 
 
+def test_quarantined_copy_at_a_position_leaves_the_ok_slice_linked():
+    """A corrupt copy of the 0 mm slice (quarantined, row -1) is no image: the ok slice at 0 mm keeps its link
+    to 5 mm, whichever comes first in the listing; a copy at 5 mm leaves the chain whole too."""
+    for z, rows in (([0.0, 0.0, 5.0], [0, -1, 1]), ([0.0, 0.0, 5.0], [-1, 0, 1])):
+        g = _geometry(_axial(z, rows=rows))
+        ok0, copy = ("s1_0", "s1_1") if rows[0] == 0 else ("s1_1", "s1_0")
+        links = _links(g)
+        assert links[ok0] == (-1, 1) and links["s1_2"] == (0, -1)
+        assert links[copy] == (-1, -1)
+        assert g.set_index("ID").loc[copy, ["row", "series_rank"]].tolist() == [-1, -1]
+        assert g.set_index("ID").loc[[ok0, "s1_2"], "series_rank"].tolist() == [0, 1]
+    g = _geometry(_axial([0.0, 5.0, 5.0, 10.0], rows=[0, 1, -1, 2]))  # the copy at 5 mm, listed after the ok slice
+    assert _links(g) == {"s1_0": (-1, 1), "s1_1": (0, 2), "s1_2": (-1, -1), "s1_3": (1, -1)}
+
+
+def test_two_ok_copies_stay_ambiguous_beside_a_quarantined_third():
+    g = _links(_geometry(_axial([0.0, 5.0, 5.0, 5.0, 10.0], rows=[0, 1, -1, 2, 3])))
+    assert g["s1_0"] == (-1, -1) and g["s1_1"] == (-1, -1) and g["s1_3"] == (-1, -1) and g["s1_4"] == (-1, -1)
+
+
 def test_series_of_one_and_series_kept_apart():
     t = pd.concat([_axial([0.0], "lone"), _axial([0.0, 5.0], "pair")], ignore_index=True)
     t["row"] = [0, 1, 2]

@@ -18,7 +18,7 @@ from neurocache import SCHEMA_VERSION, __version__
 from neurocache.build.compact import compact
 from neurocache.build.hooks import NO_HOOKS, BuildHooks
 from neurocache.build.labels import assemble
-from neurocache.build.plan import BuildPlan, manifest_digest, plan, regular_bytes
+from neurocache.build.plan import BuildPlan, StoreFacts, manifest_digest, plan, regular_bytes
 from neurocache.build.run import run_batches
 from neurocache.build.state import (
     PROGRESS,
@@ -35,8 +35,9 @@ from neurocache.build.state import (
 )
 from neurocache.build.tasks import Batch, suspects
 from neurocache.config import PrepConfig
+from neurocache.errors import InputError
 from neurocache.execution import cluster_threads
-from neurocache.inputs import InputError, Inputs, scan_inputs
+from neurocache.inputs import Inputs, scan_inputs
 from neurocache.preprocess import CONTENT_HASH
 from neurocache.quality import quality_report
 from neurocache.reasons import MISSING, OK, QUARANTINED
@@ -84,11 +85,7 @@ def build_store(
         raise InputError("the labels CSV cannot be used:\n  " + "\n  ".join(inputs.problems))
     manifest = manifest_digest(inputs)
     workers = int(workers or (cluster_threads(scheduler) if scheduler else 0) or os.cpu_count() or 1)
-    facts = store_facts(loc)
-    decision = plan(facts, store=str(loc.display), manifest=manifest, fingerprint=cfg.fingerprint(),
-                    params=cfg.value_params(), n_files=len(inputs.files), workers=workers,
-                    shard_size=cfg.shard_size, new_key_hex=os.urandom(16).hex(),
-                    hash_key_hex=hash_key.hex() if hash_key else None, force=force, incremental=incremental)
+    facts, decision = _decide(loc, inputs, cfg, manifest, workers, hash_key=hash_key, force=force, incremental=incremental)
     if decision.replace:
         remove_store(loc)
     if decision.action == "noop":
@@ -115,6 +112,19 @@ def build_store(
     hooks.reached("complete")
     remove_staging(loc)
     return BuildResult(store=loc.display, attrs=attrs, features=table, skipped=False)
+
+
+def _decide(
+    loc: StoreLocation, inputs: Inputs, cfg: PrepConfig, manifest: str, workers: int, *, hash_key: bytes | None,
+    force: bool, incremental: bool,
+) -> tuple[StoreFacts, BuildPlan]:
+    """Read the store at ``loc`` and :func:`plan` the build: (what the store holds, what to do)."""
+    facts = store_facts(loc)
+    decision = plan(facts, store=str(loc.display), manifest=manifest, fingerprint=cfg.fingerprint(),
+                    params=cfg.value_params(), n_files=len(inputs.files), workers=workers,
+                    shard_size=cfg.shard_size, new_key_hex=os.urandom(16).hex(),
+                    hash_key_hex=hash_key.hex() if hash_key else None, force=force, incremental=incremental)
+    return facts, decision
 
 
 def _up_to_date(loc: StoreLocation) -> BuildResult:

@@ -90,7 +90,34 @@ def plan(
         incremental: reuse unchanged files of a previous complete build.
 
     Raises:
-        StoreError: the path is not a neurocache store, or holds other preprocessing and not ``force``.
+        StoreError: the path is not a neurocache store, or holds another schema or other preprocessing
+            and not ``force``.
+    """
+    old, replace, kept_key = _kept_attrs(facts, store=store, fingerprint=fingerprint, params=params, force=force)
+    if old is not None and old.get("complete") is True and old.get("source", {}).get("manifest") == manifest:
+        return BuildPlan("noop")
+    key_hex = hash_key_hex or (old or {}).get("hash_key") or kept_key or new_key_hex
+    reuse = incremental and facts.reuse_files and _reusable(old, fingerprint, key_hex)
+    if old is not None and _resumable(old, facts, manifest, key_hex):
+        return BuildPlan("resume", key_hex, int(old["build"]["batch_files"]),
+                         reuse=reuse and old.get("reuse_source_valid") is True)
+    return BuildPlan("incremental" if reuse else "fresh", key_hex, batch_size(n_files, workers, shard_size),
+                     reuse=reuse, replace=replace)
+
+
+def _kept_attrs(
+    facts: StoreFacts, *, store: str, fingerprint: str, params: dict[str, Any], force: bool,
+) -> tuple[dict[str, Any] | None, bool, str | None]:
+    """The store's attrs that the build may go on from, or a refusal.
+
+    Returns:
+        (the attrs, None when there are none or the store is replaced; whether the store is replaced
+        (``force`` over another schema or other parameters); the hash key kept from a store of
+        another schema, else None).
+
+    Raises:
+        StoreError: the path is not a neurocache store, or holds another schema or other
+            preprocessing and not ``force``.
     """
     old = facts.attrs
     if old is None and facts.foreign:
@@ -114,15 +141,7 @@ def plan(
                 f"Use --force to replace it, or build into a new --store path."
             )
         old, replace = None, True
-    if old is not None and old.get("complete") is True and old.get("source", {}).get("manifest") == manifest:
-        return BuildPlan("noop")
-    key_hex = hash_key_hex or (old or {}).get("hash_key") or kept_key or new_key_hex
-    reuse = incremental and facts.reuse_files and _reusable(old, fingerprint, key_hex)
-    if old is not None and _resumable(old, facts, manifest, key_hex):
-        return BuildPlan("resume", key_hex, int(old["build"]["batch_files"]),
-                         reuse=reuse and old.get("reuse_source_valid") is True)
-    return BuildPlan("incremental" if reuse else "fresh", key_hex, batch_size(n_files, workers, shard_size),
-                     reuse=reuse, replace=replace)
+    return old, replace, kept_key
 
 
 def _resumable(old: dict[str, Any], facts: StoreFacts, manifest: str, key_hex: str) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from neurocache.build.plan import StoreFacts
+from neurocache.errors import UserError
 from neurocache.names import shown_name
 from neurocache.preprocess import ROW_COLUMNS
 from neurocache.reasons import OK, QUARANTINED, TABLE_REASONS
@@ -30,8 +31,10 @@ STORE_MEMBERS = {"zarr.json", "images", STAGING, PROGRESS, FEATURES_FILE, QUALIT
 STAGED_COLUMNS = [*ROW_COLUMNS, "file", "input_index", "_reused"]
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError, RuntimeError):
     """The build cannot go on (``--strict`` with quarantined files, an unusable store path)."""
+
+    exit_code = 1
 
 
 @dataclass

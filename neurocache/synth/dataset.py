@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from neurocache.errors import InputError
 from neurocache.synth.dicom import make_ct_dataset, write_ct
 from neurocache.synth.lesion import LESION_PROFILES
 from neurocache.synth.phantom import _PatientRenderer
@@ -53,13 +54,13 @@ def generate_dataset(
         ``z_index`` (int, 0-based slice index within the patient), sorted by ID.
     """
     if patients < 1 or slices_per_patient < 1:
-        raise ValueError("patients and slices_per_patient must be >= 1")
+        raise InputError("patients and slices_per_patient must be >= 1")
     if size < 32:
-        raise ValueError("size must be >= 32 pixels")
+        raise InputError("size must be >= 32 pixels")
     if not 0.0 <= positive_frac <= 1.0:
-        raise ValueError("positive_frac must be in [0, 1]")
+        raise InputError("positive_frac must be in [0, 1]")
     if lesions not in LESION_PROFILES:
-        raise ValueError(f"lesions={lesions!r}: choose one of {', '.join(LESION_PROFILES)}")
+        raise InputError(f"lesions={lesions!r}: choose one of {', '.join(LESION_PROFILES)}")
     out = Path(out_dir)
     ct_dir = out / "CTs"
     ct_dir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from neurocache.errors import InputError
 from neurocache.synth.fields import _bbox, _lerp_, _soft
 from neurocache.synth.seeds import _F32
 
@@ -30,7 +31,7 @@ def lesion_scale(j: int, run_len: int, profile: str) -> tuple[float, float]:
     if profile == "taper":
         return (0.6 + 0.4 * float(np.sin(np.pi * (j + 0.5) / run_len)) if run_len > 1 else 1.0), 1.0
     if profile != "3d":
-        raise ValueError(f"lesions={profile!r}: choose one of {', '.join(LESION_PROFILES)}")
+        raise InputError(f"lesions={profile!r}: choose one of {', '.join(LESION_PROFILES)}")
     t = (j + 0.5 - run_len / 2.0) / (run_len / 2.0) if run_len > 1 else 0.0
     s = float(np.sqrt(max(0.0, 1.0 - t * t)))
     return max(0.45, s), max(0.3, s * s)
