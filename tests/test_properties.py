@@ -196,7 +196,7 @@ entry_name = st.one_of(
 
 
 def _answers(name: bytes) -> str:
-    """The label ID an entry answers to, computed from the bytes (README "Entry types and names")."""
+    """The label ID an entry answers to, computed from the bytes (docs/bad-data.md, "Entry types and names")."""
     try:
         text = name.decode("utf-8")
     except UnicodeDecodeError:
@@ -237,7 +237,7 @@ def _make_entry(cts: bytes, name: bytes, kind: str, data: bytes) -> None:
 
 
 def _expected_rows(entries: dict[bytes, str], labels: dict[str, int]) -> list[tuple[str, str, str]]:
-    """(file as shown, status, reason) of every non-hidden entry, by the README's rules."""
+    """(file as shown, status, reason) of every non-hidden entry, by the rules of docs/bad-data.md."""
     visible = {n: k for n, k in entries.items() if not n.startswith(b".")}
     out, seen_ids = [], set()
     for name in sorted(visible, key=lambda n: (Inputs.file_id(Path(os.fsdecode(n))), os.fsdecode(n))):
@@ -266,7 +266,7 @@ def _expected_rows(entries: dict[bytes, str], labels: dict[str, int]) -> list[tu
        data=st.data())
 def test_any_entry_names_and_types_get_one_row_each(tiny, entries, label_some, extra_labels, data):
     """``neurocache build`` (in-process CLI, no --strict) over entries of any name and type exits 0;
-    every non-hidden entry gets exactly its one row with the reason the README's rules give, and every
+    every non-hidden entry gets exactly its one row with the reason the rules of docs/bad-data.md give, and every
     label no entry answers to one ``missing_file`` row."""
     dicom, config = tiny
     with tempfile.TemporaryDirectory() as d:

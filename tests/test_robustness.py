@@ -580,14 +580,14 @@ def test_nothing_outside_the_data_root_is_read(data_copy, tmp_path):
 
 
 def test_bad_data_doc_lists_every_reason_and_fix():
-    text = (REPO / "README.md").read_text().split("## What happens to bad data", 1)[1]
+    text = (REPO / "docs" / "bad-data.md").read_text().split("## What happens to bad data", 1)[1]
     missing = [c for c in [*REASONS, *FIXES] if f"`{c}`" not in text]
     assert not missing, missing
 
 
 def test_bad_data_reason_table_is_reasons_py_in_order():
-    """The README's reason table lists exactly :data:`REASONS`, in the order the checks run."""
-    text = (REPO / "README.md").read_text().split("## What happens to bad data", 1)[1]
+    """docs/bad-data.md's reason table lists exactly :data:`REASONS`, in the order the checks run."""
+    text = (REPO / "docs" / "bad-data.md").read_text().split("## What happens to bad data", 1)[1]
     table = text.split("| reason | what it means |", 1)[1].split("\n\n", 1)[0]
     codes = re.findall(r"^\| `([a-z_0-9]+)` \|", table, flags=re.M)
     assert codes == list(REASONS)

@@ -1,5 +1,5 @@
 """Stores on object storage, for real: a local S3-compatible server (moto's server mode on 127.0.0.1)
-and a Dask cluster started with the `dask scheduler` / `dask worker` commands of the README section "Running on a cluster".
+and a Dask cluster started with the `dask scheduler` / `dask worker` commands of docs/cluster.md ("Running on a cluster").
 
 Credentials reach every process the usual way only (AWS_* environment variables); the tests check
 that the secret never lands in the store, a run folder, or any output or log.
@@ -90,7 +90,7 @@ def _dask_cmd() -> list[str]:
 @pytest.fixture(scope="module")
 def dask_cluster(s3, tmp_path_factory):
     """`dask scheduler` + `dask worker --nworkers 2 --nthreads 1 --resources "GPU=1"` on 127.0.0.1,
-    started as commands (as in the README section "Running on a cluster") with the AWS_* environment, stopped afterwards."""
+    started as commands (as in docs/cluster.md, "Running on a cluster") with the AWS_* environment, stopped afterwards."""
     from dask.distributed import Client
 
     d = tmp_path_factory.mktemp("dask")
@@ -176,7 +176,7 @@ def test_build_to_s3_equals_local_and_info(synth_data, synth_store, s3, capsys):
 
 
 def test_cluster_build_and_train_from_s3(synth_data, synth_store, s3, dask_cluster, tmp_path, capfd):
-    """the README section "Running on a cluster", run as written: a distributed build into s3://, `neurocache info`, a fold-parallel
+    """docs/cluster.md ("Running on a cluster"), run as written: a distributed build into s3://, `neurocache info`, a fold-parallel
     `trainer cv` (== the sequential one on the same store) and `trainer final`, all reading s3://."""
     from neurocache.cli import main as nc_main
     from neurocache.store import open_store
