@@ -1,4 +1,4 @@
-"""The ``neurocache`` command line: synth, validate, build, info, plot."""
+"""The ``neurocache`` command line: synth, validate, build, info, plot, relabel."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ EPILOG = """examples:
   neurocache info store.zarr --json
   neurocache build --data-root /shared/data --store s3://bucket/store.zarr --scheduler tcp://scheduler:8786
   neurocache plot store.zarr --label 1 --n 4 --out prep_label1.png
+  neurocache relabel --store store.zarr --labels corrected.csv
 """
 
 
@@ -68,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--n", type=int, default=4, help="number of slices (default 4)")
     pl.add_argument("--out", type=Path, required=True, help="PNG file to write")
     pl.add_argument("--seed", type=int, default=0, help="which slices are picked (default 0)")
+
+    r = sub.add_parser("relabel", help="correct labels in a built store (features.parquet, quality.json, attrs); decodes nothing")
+    r.add_argument("--store", required=True, help="complete store folder or fsspec URL")
+    r.add_argument("--labels", type=Path, required=True, help="CSV with columns ID,Label: the labels to set (IDs not listed keep "
+                   "theirs; every ID must be in the store). The data root's labels CSV is not changed: put the corrections there "
+                   "too, or a build after that CSV changes joins its labels again")
+    r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     return p
 
 
@@ -166,4 +174,19 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"synth": _synth, "validate": _validate, "build": _build, "info": _info, "plot": _plot}
+def _relabel(args: argparse.Namespace) -> int:
+    from neurocache.relabel import relabel_store
+
+    r = relabel_store(args.store, args.labels)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    elif r["n_changed"] == 0:
+        print(f"{r['store']}: the {r['n_listed']} label(s) in {r['file']} are already the store's: nothing to do")
+    else:
+        print(f"relabelled {r['store']}: {r['n_changed']} of {r['n_listed']} listed label(s) changed ({r['to_1']} 0 -> 1, "
+              f"{r['to_0']} 1 -> 0) from {r['file']} (sha256 {r['sha256'][:12]}…); labels_hash {r['labels_hash'][:12]}…, "
+              f"fingerprint unchanged")
+    return 0
+
+
+_COMMANDS = {"synth": _synth, "validate": _validate, "build": _build, "info": _info, "plot": _plot, "relabel": _relabel}
