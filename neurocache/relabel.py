@@ -64,8 +64,10 @@ def labels_hash(table: pd.DataFrame) -> str:
         raise ValueError(f"labels_hash needs columns ID and label (or Label); got {list(table.columns)}")
     pairs = pd.DataFrame({"ID": table[ID_COL].astype(str).to_numpy(), "label": table[col].to_numpy()}).dropna()
     pairs = pairs.astype({"label": np.int64}).drop_duplicates().sort_values(["ID", "label"], kind="stable")
-    text = "".join(i + "," + str(v) + "\n" for i, v in zip(pairs["ID"].tolist(), pairs["label"].tolist()))
-    return hashlib.sha256(text.encode()).hexdigest()
+    if not pairs["label"].isin([0, 1]).all():
+        raise ValueError(f"labels_hash: labels must be 0/1; got {sorted(set(pairs['label'].tolist()) - {0, 1})[:5]}")
+    lines: pd.Series = pairs["ID"].astype(str) + np.where(pairs["label"].to_numpy() == 1, ",1\n", ",0\n")
+    return hashlib.sha256("".join(lines.tolist()).encode()).hexdigest()
 
 
 def read_corrections(path: str | Path) -> pd.DataFrame:
@@ -106,14 +108,14 @@ def apply_corrections(
             as ``no_label``: it has no image, so only a build can give it one).
     """
     corr = corrections.set_index(ID_COL)[LABEL_COL]
-    known = pd.Index(ids)
-    unknown = corr.index[~corr.index.isin(known)].tolist()
+    known = set(ids.tolist())  # set look-ups: pandas' isin on Arrow strings walks the values in Python
+    unknown = [i for i in corr.index.tolist() if i not in known]
     if unknown:
         raise InputError(f"{source}: {len(unknown)} ID(s) are not in store {store}: {unknown[:10]}"
                          f"{' …' if len(unknown) > 10 else ''}. A relabel changes labels of IDs already in the store: "
                          f"remove these rows from {source}, or add their files to the data folder and run `neurocache build`")
-    labelled = pd.Index(ids[has_label])
-    unlabelled = corr.index[~corr.index.isin(labelled)].tolist()
+    labelled = set(ids[has_label].tolist())
+    unlabelled = [i for i in corr.index.tolist() if i not in labelled]
     if unlabelled:
         raise InputError(f"{source}: {len(unlabelled)} ID(s) have no label in store {store} (quarantined, e.g. no_label: no image "
                          f"was cached): {unlabelled[:10]}. Add them to the data root's labels CSV and run `neurocache build`, "
