@@ -101,8 +101,11 @@ def test_percentile_bound_equals_a_naive_loop_over_resamples():
 def test_bca_bound_agrees_with_scipy_bootstrap_over_patients():
     y, p, g = _dataset(np.random.default_rng(4), 1.0, 0.7)
     t = _true_threshold(2.0, 1.0, 0.7)
-    _, tp, pos = positive_counts(y, p, g, [t])
-    ref = bootstrap((tp[:, 0], pos), lambda a, b, axis=-1: a.sum(axis) / b.sum(axis), paired=True, vectorized=True,
+    counts = positive_counts(y, p, g, [t])
+    tp, pos = np.zeros(counts.n_groups), np.zeros(counts.n_groups)  # patients without positives are resampled too
+    tp[counts.members], pos[counts.members] = counts.tp[:, 0], counts.pos
+    assert counts.n_groups == 60 and counts.members.size < 60
+    ref = bootstrap((tp, pos), lambda a, b, axis=-1: a.sum(axis) / b.sum(axis), paired=True, vectorized=True,
                     n_resamples=5000, method="BCa", confidence_level=0.95, alternative="greater", random_state=1)
     ours = sens_lower_bounds(y, p, g, [t], n_boot=5000, seed=1)[0]
     assert abs(ours - ref.confidence_interval.low) < 0.02, (ours, ref.confidence_interval.low)
@@ -113,7 +116,8 @@ def test_a_patient_drawn_twice_counts_twice():
     p = np.array([0.9, 0.2, 0.1, 0.8, 0.3, 0.4, 0.7, 0.95])
     g = np.array(["a", "a", "a", "b", "b", "c", "c", "d"])
     t = [0.25, 0.5]
-    _, tp, pos = positive_counts(y, p, g, t)
+    _, members, tp, pos = positive_counts(y, p, g, t)
+    assert members.tolist() == [0, 1, 2, 3]
     w = np.array([[1, 2, 1, 0]])  # a once, b twice, c once, d not drawn
     rows = np.r_[0:3, 3:5, 3:5, 5:7]
     want = [recall_score(y[rows], (p[rows] >= tj).astype(int)) for tj in t]

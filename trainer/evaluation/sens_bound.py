@@ -26,7 +26,7 @@ thresholds) values: 5,000 rows x 2,000 thresholds x 1,000 resamples take about a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.stats import norm
@@ -35,6 +35,7 @@ from trainer.evaluation.inputs import check_labels_scores
 
 __all__ = [
     "METHODS",
+    "PositiveCounts",
     "SensBoundUnreachableError",
     "bca_levels",
     "draw_counts",
@@ -68,18 +69,31 @@ def _check_level(level: float) -> float:
     return float(level)
 
 
-def positive_counts(
-    y: Any, prob: Any, groups: Any, thresholds: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per patient and threshold, the positive slices called positive.
+class PositiveCounts(NamedTuple):
+    """What the bootstrap needs of the data: the positive slices, counted per patient and threshold.
+
+    Attributes:
+        n_groups: G, the number of patients (the resampling units), with or without positive slices.
+        members: (P,) int, the patients with a positive slice, as indices into ``np.unique(groups as str)``.
+        tp: (P, T) float64, patient ``members[i]``'s positive slices with ``prob >= thresholds[j]``.
+        pos: (P,) float64, its positive slices (> 0).
+    """
+
+    n_groups: int
+    members: np.ndarray
+    tp: np.ndarray
+    pos: np.ndarray
+
+
+def positive_counts(y: Any, prob: Any, groups: Any, thresholds: Any) -> PositiveCounts:
+    """Per patient with positive slices and per threshold, the positive slices called positive.
 
     Args:
         y: (n,) labels 0/1. prob: (n,) scores (positive when ``prob >= t``). groups: (n,) patient keys.
         thresholds: (T,) thresholds, any order.
 
-    Returns:
-        ``(codes (n,) int: each row's patient index into np.unique(groups as str), tp (G, T) float64:
-        patient g's positive slices with prob >= thresholds[j], pos (G,) float64: its positive slices)``.
+    Only patients with a positive slice get a row (P x T cells, not G x T: most patients of a
+    brain-CT set have none). One bincount and one cumulative sum, no loop over thresholds.
 
     Raises:
         ValueError: bad labels/scores/thresholds, groups of another length, or no positive slice.
@@ -92,17 +106,17 @@ def positive_counts(
     if not y01.any():
         raise ValueError("A sensitivity bound needs positive slices (label 1); 'y' has none.")
     _, codes = np.unique(g.astype(str), return_inverse=True)
-    n_groups = int(codes.max()) + 1
+    members, pos_g = np.unique(codes[y01 == 1], return_inverse=True)
+    n_p = members.size
     order = np.argsort(t, kind="stable")
-    pos_p, pos_g = p[y01 == 1], codes[y01 == 1]
     # k_i = how many sorted thresholds are <= p_i: slice i is a true positive at ts[0 .. k_i - 1]
-    k = np.searchsorted(t[order], pos_p, side="right")
-    hist = np.bincount(pos_g * (t.size + 1) + k, minlength=n_groups * (t.size + 1)).reshape(n_groups, t.size + 1)
+    k = np.searchsorted(t[order], p[y01 == 1], side="right")
+    hist = np.bincount(pos_g * (t.size + 1) + k, minlength=n_p * (t.size + 1)).reshape(n_p, t.size + 1)
     tail = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # tail[g, j] = sum_{k >= j} hist[g, k]
-    tp = np.empty((n_groups, t.size), dtype=np.float64)
+    tp = np.empty((n_p, t.size), dtype=np.float64)
     tp[:, order] = tail[:, 1:]
-    pos = np.bincount(pos_g, minlength=n_groups).astype(np.float64)
-    return codes, tp, pos
+    pos = np.bincount(pos_g, minlength=n_p).astype(np.float64)
+    return PositiveCounts(int(codes.max()) + 1, members, tp, pos)
 
 
 def draw_counts(n_groups: int, n_boot: int, seed: int = 0, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -122,15 +136,14 @@ def draw_counts(n_groups: int, n_boot: int, seed: int = 0, start: int = 0, stop:
 
 
 def resampled_sensitivity(tp: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(B, T) pooled sensitivity of B resamples given as patient multiplicities ``weights`` (B, G).
+    """(B, T) pooled sensitivity of B resamples given as multiplicities ``weights`` (B, P) of the
+    patients with positives (the rows of ``tp`` (P, T) and ``pos`` (P,), :class:`PositiveCounts`).
 
-    ``sum_g w_bg tp_gj / sum_g w_bg pos_g``; NaN for a resample without a positive slice. Patients
-    without positives add nothing and are left out of the product.
+    ``sum_g w_bg tp_gj / sum_g w_bg pos_g``; NaN for a resample without a positive slice.
     """
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    has = pos > 0
-    num = w[:, has] @ tp[has]
-    den = w[:, has] @ pos[has]
+    num = w @ tp
+    den = w @ pos
     out = np.full(num.shape, np.nan)
     np.divide(num, den[:, None], out=out, where=den[:, None] > 0)
     return out
@@ -164,24 +177,25 @@ def sens_lower_bounds(
     if int(n_boot) < 1:
         raise ValueError(f"n_boot must be >= 1; got {n_boot!r}.")
     t = _check_thresholds(thresholds)
-    codes, tp, pos = positive_counts(y, prob, groups, t)
-    n_groups, n_t = tp.shape
+    n_groups, members, tp, pos = positive_counts(y, prob, groups, t)
+    n_t = tp.shape[1]
     chunk = max(1, int(max_cells) // max(n_groups, n_t))
     sens = np.empty((int(n_boot), n_t))
     for start in range(0, int(n_boot), chunk):
         stop = min(int(n_boot), start + chunk)
-        sens[start:stop] = resampled_sensitivity(tp, pos, draw_counts(n_groups, int(n_boot), seed, start, stop))
+        draws = draw_counts(n_groups, int(n_boot), seed, start, stop)[:, members]
+        sens[start:stop] = resampled_sensitivity(tp, pos, draws)
     sens = sens[np.isfinite(sens[:, 0])]  # a resample's NaN is all-or-nothing (no positive slice)
     if not sens.shape[0]:
         return np.full(n_t, np.nan)
-    q = bca_levels(sens, tp, pos, level) if method == "bca" else np.full(n_t, 1.0 - level)
+    q = bca_levels(sens, tp, pos, level, n_groups) if method == "bca" else np.full(n_t, 1.0 - level)
     bounds = _column_quantiles(np.sort(sens, axis=0), q)
     order = np.argsort(t, kind="stable")
     bounds[order] = np.minimum.accumulate(bounds[order])
     return bounds
 
 
-def bca_levels(sens: np.ndarray, tp: np.ndarray, pos: np.ndarray, level: float) -> np.ndarray:
+def bca_levels(sens: np.ndarray, tp: np.ndarray, pos: np.ndarray, level: float, n_groups: int) -> np.ndarray:
     """(T,) the quantile levels of the BCa lower bound (Efron 1987; Efron & Tibshirani 1993, ch. 14).
 
     ``Phi(z0 + (z0 + z) / (1 - a (z0 + z)))`` with ``z = Phi^-1(1 - level)``; the bias correction
@@ -191,7 +205,8 @@ def bca_levels(sens: np.ndarray, tp: np.ndarray, pos: np.ndarray, level: float) 
     ``z0 = a = 0`` gives the percentile bound's ``1 - level``.
 
     Args:
-        sens: (B, T) resampled sensitivities (finite). tp, pos: (G, T) and (G,) of :func:`positive_counts`.
+        sens: (B, T) resampled sensitivities (finite). tp, pos: (P, T) and (P,) of :func:`positive_counts`.
+        level: one-sided confidence level. n_groups: G, all patients (with or without positives).
     """
     total_tp, total_pos = tp.sum(axis=0), pos.sum()
     est = total_tp / total_pos
@@ -199,8 +214,7 @@ def bca_levels(sens: np.ndarray, tp: np.ndarray, pos: np.ndarray, level: float) 
     below = (sens < est - tol).sum(axis=0) + 0.5 * (np.abs(sens - est) <= tol).sum(axis=0)
     share = np.clip(below / sens.shape[0], 0.5 / sens.shape[0], 1.0 - 0.5 / sens.shape[0])
     z0 = norm.ppf(share)
-    has = (pos > 0) & (pos < total_pos)  # leaving out the only positive patient leaves nothing to estimate
-    n_groups = pos.size
+    has = pos < total_pos  # leaving out the only positive patient leaves nothing to estimate
     jk = (total_tp - tp[has]) / (total_pos - pos[has])[:, None]  # (G_has, T); the other patients give est
     mean = (jk.sum(axis=0) + (n_groups - has.sum()) * est) / n_groups
     d, d_rest = mean - jk, mean - est
@@ -244,7 +258,7 @@ def select_with_confidence(
         raise ValueError(f"sens_target must be in (0, 1], e.g. 0.9; got {sens_target!r}.")
     cand = _check_thresholds(candidates, "candidates")
     bounds = sens_lower_bounds(y, prob, groups, cand, level=level, n_boot=n_boot, seed=seed, method=method)
-    codes, tp, pos = positive_counts(y, prob, groups, cand)
+    n_groups, _, tp, pos = positive_counts(y, prob, groups, cand)
     point = tp.sum(axis=0) / pos.sum()
     ok = np.isfinite(bounds) & (bounds >= target - SENS_TOL)
     if not ok.any():
@@ -252,12 +266,12 @@ def select_with_confidence(
         raise SensBoundUnreachableError(
             f"no candidate threshold has a {level:g} lower confidence bound on sensitivity >= sens_target {target:g}: "
             f"the best bound reached is {bounds[best]:.4f} (threshold {cand[best]:.6g}, point estimate {point[best]:.4f}; "
-            f"patient bootstrap ({method}), {int(n_boot)} resamples of {tp.shape[0]} patients, {int((pos > 0).sum())} with positives). "
+            f"patient bootstrap ({method}), {int(n_boot)} resamples of {n_groups} patients, {pos.size} with positives). "
             f"Lower sens_target or the confidence level, add lower candidate thresholds, or add positive patients "
             f"(the bound tightens as they grow)."
         )
     j = int(np.flatnonzero(ok)[np.argmax(cand[ok])])
     return {"threshold": float(cand[j]), "sens": float(point[j]), "sens_lower_bound": float(bounds[j]),
             "sens_target": target, "level": float(level), "n_boot": int(n_boot), "seed": int(seed),
-            "n_groups": int(codes.max()) + 1, "n_pos_groups": int((pos > 0).sum()),
+            "n_groups": n_groups, "n_pos_groups": int(pos.size),
             "method": method, "unit": "patient"}
