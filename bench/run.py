@@ -776,9 +776,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_doc:
         DOC.parent.mkdir(parents=True, exist_ok=True)
         from bench.scale import current_block  # the Scale section (make bench-scale) is kept as it is
+        from bench.training import BEGIN as TRAIN_BEGIN
+        from bench.training import END as TRAIN_END
 
         scale = current_block()
-        DOC.write_text(DOC_HEAD + "## CPU\n\n" + table + "\n" + (BUILD_PROPOSALS + "\n" if "build" in r else "") + gpu_section()
+        precision = current_block(TRAIN_BEGIN, TRAIN_END)  # python -m bench.training (make bench) rewrites it
+        DOC.write_text(DOC_HEAD + "## CPU\n\n" + table + "\n" + (precision + "\n" if precision else "")
+                       + (BUILD_PROPOSALS + "\n" if "build" in r else "") + gpu_section()
                        + ("\n" + scale if scale else ""))
         _log(f"wrote {RESULTS.relative_to(ROOT)} and {DOC.relative_to(ROOT)}")
     return 0

@@ -591,19 +591,19 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def current_block() -> str:
-    """The Scale section of docs/benchmarks.md with its markers ('' when none): ``make bench`` keeps it."""
+def current_block(begin: str = BEGIN, end: str = END) -> str:
+    """A marked section of docs/benchmarks.md with its markers ('' when none; default: Scale): ``make bench`` keeps it."""
     text = DOC.read_text() if DOC.is_file() else ""
-    m = re.search(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", text, flags=re.S)
+    m = re.search(re.escape(begin) + ".*?" + re.escape(end) + "\n?", text, flags=re.S)
     return m.group(0) if m else ""
 
 
-def write_doc_section(section: str) -> None:
-    """Replace (or append) the Scale section of docs/benchmarks.md."""
+def write_doc_section(section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace (or append) a marked section of docs/benchmarks.md (default: Scale)."""
     text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}{END}\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", lambda _: block, text, flags=re.S)
+    block = f"{begin}\n{section}{end}\n"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end) + "\n?", lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + block
     DOC.write_text(text)

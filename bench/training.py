@@ -27,6 +27,7 @@ from trainer.precision import autocast, cpu_flags, native_bf16
 from trainer.transforms import BatchTransform
 
 RESULTS = Path(__file__).with_name("training_results.json")
+BEGIN, END = "<!-- bench-training:begin -->", "<!-- bench-training:end -->"
 
 #: (name, precision, channels_last, compile)
 SETTINGS: tuple[tuple[str, str, bool, bool], ...] = (
@@ -105,6 +106,8 @@ def markdown(r: dict[str, Any]) -> str:
              "| setting | " + " | ".join(f"train img/s {s} px | vs fp32 | eval img/s {s} px" for s in r["sizes"]) + " |",
              "| --- |" + " ---: | ---: | ---: |" * len(r["sizes"])]
     for name, *_ in SETTINGS:
+        if name not in r["results"][str(r["sizes"][0])]:
+            continue
         cells = []
         for s in r["sizes"]:
             v, base = r["results"][str(s)][name], r["results"][str(s)]["fp32"]
@@ -114,11 +117,27 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def notes(r: dict[str, Any]) -> str:
+    """What this run's table says for the trainer's defaults (amp, channels_last, compile)."""
+    out = []
+    for size in r["sizes"]:
+        res = r["results"][str(size)]
+        eager, comp = res.get("bf16 + channels_last"), res.get("bf16 + channels_last + compile")
+        best = max(res, key=lambda k: res[k]["train_img_s"])
+        line = f"- {size} px: fastest training step: {best} ({res[best]['train_img_s'] / res['fp32']['train_img_s']:.2f}x fp32)"
+        if eager and comp:
+            line += (f"; compile vs eager bf16 + channels_last: {comp['train_img_s'] / eager['train_img_s']:.2f}x per step after "
+                     f"a {comp['warmup_s']:.0f} s warm-up, paid again for every new model and stage (each fold, then final)")
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 224], help="input sides, pixels (default: 128 224)")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per setting (default 8)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile setting (its warm-up takes minutes)")
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md's training-step section")
     args = ap.parse_args(argv)
     res: dict[str, Any] = {"machine": machine(), "sizes": args.sizes, "results": {}}
     for s in args.sizes:
@@ -129,9 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             res["results"][str(s)][name] = time_setting(prec, cl, comp, s, steps=args.steps)
             print(f"{s} px {name}: {res['results'][str(s)][name]}", flush=True)
     RESULTS.write_text(json.dumps(res, indent=2))
-    if args.no_compile:
-        return 0
-    print(markdown(res))
+    text = markdown(res)
+    print(text + "\n" + notes(res))
+    if not args.no_doc:
+        from bench.scale import write_doc_section
+
+        write_doc_section(text + "\n" + notes(res), BEGIN, END)
     return 0
 
 
