@@ -341,7 +341,7 @@ def bench_pipeline(store: Path, data: Path, out_size: int, repeats: int, cores: 
     from bench.baselines import monai_available, monai_loader, original_loader
     from trainer.config import load_config
     from trainer.data import load_dataset
-    from trainer.loops import make_transform
+    from trainer.transforms import make_transform
 
     # Our epochs take ~1 s each: run more of them so the steady-state median resists a busy machine.
     our_epochs = max(6, repeats + 1)
@@ -436,7 +436,8 @@ def bench_training(store: Path, out_size: int, train_rows: int, epochs: int, bat
 
     from trainer.config import load_config
     from trainer.data import load_dataset
-    from trainer.loops import fit_stage, make_transform
+    from trainer.loops import fit_stage
+    from trainer.transforms import make_transform
     from trainer.model import build_model
 
     cfg = load_config(None, config_json=json.dumps({

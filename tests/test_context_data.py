@@ -12,7 +12,8 @@ from neurocache.config import ConfigError
 from trainer.config import load_config
 from trainer.context import context_rows
 from trainer.data import load_dataset
-from trainer.loops import make_transform, predict
+from trainer.loops import predict
+from trainer.transforms import make_transform
 from trainer.model import build_model
 from trainer.transforms import BatchTransform
 

@@ -11,7 +11,8 @@ import torch
 from trainer.config import TrainConfig, load_config
 from trainer.data import SliceSource, load_dataset
 from trainer.streaming import StoreImages
-from trainer.loops import fit_stage, make_transform, predict
+from trainer.loops import fit_stage, predict
+from trainer.transforms import make_transform
 from trainer.model import build_model
 
 

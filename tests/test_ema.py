@@ -9,7 +9,9 @@ import torch
 
 from trainer.config import ConfigError, load_config
 from trainer.data import load_dataset
-from trainer.loops import _ema, fit_stage, make_transform, predict, ranking_scores
+from trainer.evaluation.metrics import ranking_scores
+from trainer.loops import _ema, fit_stage, predict
+from trainer.transforms import make_transform
 from trainer.model import build_model
 
 

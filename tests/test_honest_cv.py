@@ -18,11 +18,13 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import roc_auc_score
 
 import trainer.cv as cv_mod
+import trainer.folds as folds_mod
 from trainer.evaluation.calibrators import Calibrator, fit_calibrator, to_logit
 from trainer.cli import main as trainer_main
 from trainer.config import load_config
 from trainer.evaluation.fold_health import CHANCE_AUC, stuck_folds
-from trainer.loops import lr_factor, ranking_scores
+from trainer.evaluation.metrics import ranking_scores
+from trainer.loops import lr_factor
 from trainer.evaluation.promise import format_promise, promise_vs_delivery
 from trainer.split import make_split
 from trainer.evaluation.thresholds import candidate_thresholds, cv_threshold_tables, select_threshold, threshold_spread
@@ -55,8 +57,8 @@ def test_inner_holdout_is_carved_from_the_training_folds_only():
     split = _split(data)
     cfg = load_config(sets=["holdout_frac=0.25"])
     for k in range(3):
-        tr, va = cv_mod.fold_rows(split, k)
-        fit, hold = cv_mod.inner_holdout(data, tr, cfg, seed=cfg.seed + k)
+        tr, va = folds_mod.fold_rows(split, k)
+        fit, hold = folds_mod.inner_holdout(data, tr, cfg, seed=cfg.seed + k)
         assert set(fit) | set(hold) == set(tr) and not set(fit) & set(hold)
         assert not set(hold) & set(va) and not set(fit) & set(va)  # never the validation fold
         assert not set(hold) & set(np.flatnonzero(split["test"]))  # never the test set
@@ -82,10 +84,10 @@ def test_run_fold_scores_its_validation_fold_once_with_a_model_that_never_saw_it
         seen["predict"].append(idx.tolist())
         return np.linspace(0.01, 0.99, len(idx))
 
-    monkeypatch.setattr(cv_mod, "train_model", fake_train)
-    monkeypatch.setattr(cv_mod, "predict", fake_predict)
-    monkeypatch.setattr(cv_mod, "make_transform", lambda c: None)
-    res = cv_mod.collect_folds([cv_mod.run_fold(data, split, cfg, k) for k in cv_mod.fold_ids(split)])
+    monkeypatch.setattr(folds_mod, "train_model", fake_train)
+    monkeypatch.setattr(folds_mod, "predict", fake_predict)
+    monkeypatch.setattr(folds_mod, "make_transform", lambda c: None)
+    res = folds_mod.collect_folds([folds_mod.run_fold(data, split, cfg, k) for k in folds_mod.fold_ids(split)])
     oof = res.oof
     pool_ids = split.loc[~split["test"], "ID"]
     assert sorted(oof["ID"]) == sorted(pool_ids) and oof["ID"].is_unique  # every pool row exactly once, no test row
@@ -97,8 +99,8 @@ def test_run_fold_scores_its_validation_fold_once_with_a_model_that_never_saw_it
     # the seed's way stays available: the validation fold is the early-stopping set
     seen["stop"].clear()
     cfg_seed = load_config(sets=["cv_early_stopping=val_fold"])
-    cv_mod.run_fold(data, split, cfg_seed, 0)
-    assert seen["stop"][0] == set(cv_mod.fold_rows(split, 0)[1].tolist())
+    folds_mod.run_fold(data, split, cfg_seed, 0)
+    assert seen["stop"][0] == set(folds_mod.fold_rows(split, 0)[1].tolist())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,7 +255,7 @@ def test_a_stuck_fold_is_reported_in_cv_metrics_and_the_report(tmp_path):
                       "history": [{"stage": "ft", "epoch": 1, "train_loss": 0.7, "val_loss": 0.7, "val_auprc": 0.5}],
                       "fold": {"fold": k, "best_val_auprc": 0.5, "val_auc": ranking_scores(y, p)[1], "train_auc": 0.9,
                                "n_train": 100, "n_val": 60}})
-    res = cv_mod.collect_folds(parts)
+    res = folds_mod.collect_folds(parts)
     split = pd.DataFrame({"ID": res.oof["ID"], "group": res.oof["ID"], "label": res.oof["label"],
                           "test": False, "fold": res.oof["fold"]})
     cfg = load_config(sets=["k_folds=3", "n_boot=50"])
@@ -364,8 +366,9 @@ def test_imagenet_offline_fails_before_any_split(trainer_store, tmp_path, monkey
 
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
     out = tmp_path / "out"
+    # the default config (imagenet) on the test store's preprocessing: the store passes its (cheaper) check first
     rc = trainer_main(["cv", "--store", str(trainer_store), "--config", str(ROOT / "configs" / "default.yaml"),
-                       "--out", str(out), "--quiet"])
+                       "--set", "preprocess.size=64", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in err
@@ -380,9 +383,9 @@ def test_split_and_holdouts_do_not_depend_on_the_stores_hash_key():
     relabel = {g: f"{rng.integers(1 << 60):016x}" for g in np.unique(a.groups)}  # another key's hashes
     b = SimpleNamespace(**{**vars(a), "groups": np.array([relabel[g] for g in a.groups])})
     cfg = load_config(sets=["k_folds=3", "holdout_frac=0.25"])
-    sa, sb = cv_mod.split_table(a, cfg), cv_mod.split_table(b, cfg)
+    sa, sb = folds_mod.split_table(a, cfg), folds_mod.split_table(b, cfg)
     pd.testing.assert_frame_equal(sa[["ID", "label", "test", "fold"]], sb[["ID", "label", "test", "fold"]])
     for k in range(3):
-        tr, _ = cv_mod.fold_rows(sa, k)
-        ha, hb = cv_mod.inner_holdout(a, tr, cfg, 7)[1], cv_mod.inner_holdout(b, tr, cfg, 7)[1]
+        tr, _ = folds_mod.fold_rows(sa, k)
+        ha, hb = folds_mod.inner_holdout(a, tr, cfg, 7)[1], folds_mod.inner_holdout(b, tr, cfg, 7)[1]
         np.testing.assert_array_equal(ha, hb)

@@ -14,7 +14,8 @@ import trainer.precision as precision
 from trainer.config import ConfigError, load_config
 from trainer.config_parts import AugConfig
 from trainer.data import load_dataset
-from trainer.loops import _StepClock, _train_epoch, make_transform
+from trainer.loops import _StepClock, _train_epoch
+from trainer.transforms import make_transform
 from trainer.model import build_model, make_optimizer
 from trainer.precision import cpu_flags, native_bf16, recorded_precision, resolve_precision, scoring_precision
 from trainer.streaming import _gather

@@ -43,8 +43,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "precision": PRECISIONS,
 }
 
-# The seed's command-line flags and the keys they set.
-SEED_FLAGS: dict[str, str] = {
+#: The command-line flags of the original pipeline this project re-implements (``trainer cv --seed ...``)
+#: and the config keys they set.
+ORIGINAL_FLAGS: dict[str, str] = {
     "seed": "seed", "test_size": "test_size", "k_folds": "k_folds", "batch_size": "batch_size",
     "out_size": "out_size", "holdout_frac": "holdout_frac", "prep_plot_n": "prep_plot_n",
     "threshold_strategy": "threshold_strategy", "sens_target": "sens_target",
@@ -124,7 +125,7 @@ class TrainConfig:
     calibration_bins: int = 10         # reliability-diagram bins
     calibration_strategy: str = "uniform"  # uniform | quantile bin edges
     gallery_n: int = 6                 # report.html: most confident false positives / false negatives shown
-    tracking: str = "none"             # none | mlflow (trainer/tracking.py; needs the `tracking` extra)
+    tracking: str = "none"             # none | mlflow (trainer/runs/tracking.py; needs the `tracking` extra)
     tracking_uri: str = ""             # MLflow tracking URI; "" = sqlite file OUT/mlruns/mlflow.db
 
     def __post_init__(self) -> None:
@@ -328,7 +329,7 @@ def load_config(
         except json.JSONDecodeError as e:
             raise ConfigError(f"--config-json {config_json!r} is neither a JSON file nor a JSON object: {e}") from None
         d = _merge(d, data)
-    d = _merge(d, {SEED_FLAGS[k]: v for k, v in (flags or {}).items() if v is not None})
+    d = _merge(d, {ORIGINAL_FLAGS[k]: v for k, v in (flags or {}).items() if v is not None})
     return TrainConfig.from_dict(_merge(d, parse_set(sets)))
 
 

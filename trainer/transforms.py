@@ -24,7 +24,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ from torch import Tensor
 
 from trainer.affine import _affine_grid, _affine_thetas, random_affine
 from trainer.config import AugConfig
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -46,6 +49,7 @@ __all__ = [
     "AugConfig",
     "BatchTransform",
     "expand_windows",
+    "make_transform",
     "normalize",
     "random_affine",
     "resize",
@@ -184,7 +188,7 @@ def normalize(
 class BatchTransform:
     """window -> resize -> (random affine when training) -> ImageNet normalize, on whole batches.
 
-    The trainer builds it with :func:`trainer.loops.make_transform` from its
+    The trainer builds it with :func:`make_transform` from its
     :class:`~trainer.config.TrainConfig`; :meth:`from_config` builds one from a plain mapping, e.g.::
 
         BatchTransform.from_config({"windows": [[40, 80]], "out_size": 224,
@@ -312,6 +316,13 @@ class BatchTransform:
         # (B, U or C, H, W) -> (B, C, H, W): windowed-and-normalised = v * scale[c] + shift[c].
         x = torch.addcmul(coef["shift"], x, coef["scale"])
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+
+def make_transform(cfg: TrainConfig) -> BatchTransform:
+    """The config's window/resize/augmentation pipeline (``windows``, ``out_size``, ``aug``,
+    ``context_slices``, ``channels_last``): what every model of a run is trained and scored through."""
+    return BatchTransform(windows=cfg.windows, out_size=cfg.out_size, aug=cfg.aug, context=cfg.context_slices,
+                          channels_last=cfg.channels_last)
 
 
 @functools.lru_cache(maxsize=64)
