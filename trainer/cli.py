@@ -82,15 +82,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a user error is printed as one line, ``trainer COMMAND: error: MESSAGE``, exit status 2."""
+    """Run one command. A :class:`~neurocache.errors.UserError` (bad config, store, run, device, weights,
+    cluster, split...) is printed as one line, ``trainer COMMAND: error: MESSAGE``, exit status 2;
+    anything else is a bug (or the environment failing) and keeps its traceback."""
     args = _parser().parse_args(argv)
     from neurocache.errors import UserError
-    from trainer.evaluation.thresholds import ThresholdUnreachableError
-    from trainer.model import WeightsUnavailableError
 
     try:
         return _run(args)
-    except (UserError, WeightsUnavailableError, ThresholdUnreachableError, FileNotFoundError, ValueError) as e:
+    except UserError as e:
         print(f"trainer {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -24,9 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import yaml
-
-from neurocache.config import ConfigError
+from neurocache.config import ConfigError, load_yaml
 from trainer.config import TrainConfig
 from trainer.data import SliceSource, group_keys, load_dataset, next_slice_ids, open_store_for, setup_device
 from trainer.evaluation.curves import mean_pr, mean_roc
@@ -192,12 +190,15 @@ def summarise(result: CVFolds, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def load_grid(path: str | Path) -> list[dict[str, Any]]:
-    """Candidates of ``configs/grid.yaml``: ``candidates: [ {key: value, ...}, ... ]``."""
+    """Candidates of ``configs/grid.yaml``: ``candidates: [ {key: value, ...}, ... ]``.
+
+    Raises:
+        ConfigError: a missing file, invalid YAML, or no list of candidate mappings (the message names the file).
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"grid file {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
-    cands = data.get("candidates") if isinstance(data, dict) else None
+    cands = load_yaml(p).get("candidates")
     if not isinstance(cands, list) or not cands or not all(isinstance(c, dict) for c in cands):
         raise ConfigError(f"{path}: expected `candidates:` with a list of mappings of config overrides")
     return cands

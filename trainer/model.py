@@ -20,6 +20,9 @@ import torch
 import torchvision
 from torch import nn
 
+from neurocache.config import ConfigError
+from neurocache.errors import UserError
+
 #: File name torchvision uses for the ImageNet ResNet18 weights in the hub cache.
 IMAGENET_FILE = "resnet18-f37072fd.pth"
 
@@ -29,6 +32,8 @@ TRAINABLE_ATTRS: tuple[str, ...] = ("conv1", "bn1", "layer1", "layer2", "layer3"
 __all__ = [
     "IMAGENET_FILE",
     "TRAINABLE_ATTRS",
+    "WeightsFileError",
+    "WeightsNotFoundError",
     "WeightsUnavailableError",
     "build_model",
     "head_parameters",
@@ -40,8 +45,16 @@ __all__ = [
 ]
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """The ImageNet weights could not be downloaded and are not in the torch hub cache."""
+
+
+class WeightsFileError(UserError, ValueError):
+    """A weights file (config key ``weights``) cannot be loaded or does not fit the model."""
+
+
+class WeightsNotFoundError(WeightsFileError, FileNotFoundError):
+    """A weights file (config key ``weights``, or a run's ``final_model.pt``) does not exist."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,7 +105,7 @@ def check_weights(weights: str) -> None:
     the ``none`` / state_dict alternatives at start-up; a path must be a file.
 
     Raises:
-        WeightsUnavailableError, FileNotFoundError.
+        WeightsUnavailableError, WeightsNotFoundError (a FileNotFoundError).
     """
     spec = str(weights).strip()
     if spec.lower() == "none":
@@ -101,7 +114,7 @@ def check_weights(weights: str) -> None:
         _fetch_imagenet_state_dict()
         return
     if not Path(spec).expanduser().is_file():
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"weights file {spec!r} (config key `weights`) does not exist; "
             f"use `weights: none`, `weights: imagenet` or the path of a state_dict file"
         )
@@ -117,14 +130,14 @@ def _load_backbone(model: nn.Module, sd: Mapping[str, torch.Tensor], *, in_chann
     missing = sorted(k for k in expected - set(sd) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(sd) - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise WeightsFileError(
             f"{source} is not a ResNet18 state_dict: missing keys {missing or 'none'}; "
             f"unexpected keys {unexpected or 'none'}"
         )
     try:
         model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:
-        raise ValueError(f"{source} does not fit ResNet18 with in_channels={in_channels}: {exc}") from exc
+        raise WeightsFileError(f"{source} does not fit ResNet18 with in_channels={in_channels}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,8 +165,9 @@ def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int
 
     Raises:
         WeightsUnavailableError: ``"imagenet"`` when the weights cannot be fetched.
-        FileNotFoundError: a weights path that does not exist.
-        ValueError: bad arguments, or a state_dict whose keys or shapes do not fit.
+        WeightsNotFoundError: a weights path that does not exist (a FileNotFoundError).
+        WeightsFileError: a state_dict whose keys or shapes do not fit (a ValueError).
+        ValueError: bad arguments.
     """
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -187,22 +201,22 @@ def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int
 def _load_weights_file(model: nn.Module, path: Path, in_channels: int) -> None:
     """Load a state_dict file into ``model``: a whole model (:func:`save_weights`, strict) or a ResNet18 backbone."""
     if not path.is_file():
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"weights file {str(path)!r} (config key `weights`) does not exist; "
             f"use `weights: none`, `weights: imagenet` or the path of a state_dict file"
         )
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"weights file {str(path)!r} (config key `weights`) is not a loadable state_dict: {exc}") from exc
+        raise WeightsFileError(f"weights file {str(path)!r} (config key `weights`) is not a loadable state_dict: {exc}") from exc
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"weights file {str(path)!r} (config key `weights`) does not hold a state_dict of tensors")
+        raise WeightsFileError(f"weights file {str(path)!r} (config key `weights`) does not hold a state_dict of tensors")
     sd = _strip_prefixes(sd)
     if "fc.1.weight" in sd:  # whole model written by save_weights
         try:
             model.load_state_dict(sd, strict=True)
         except RuntimeError as exc:
-            raise ValueError(
+            raise WeightsFileError(
                 f"weights file {str(path)!r} is a whole-model state_dict that does not fit this model "
                 f"(in_channels={in_channels}): {exc}"
             ) from exc
@@ -246,7 +260,8 @@ def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: Sequence[str
         The parameters with ``requires_grad=True``, in ``model.parameters()`` order.
 
     Raises:
-        ValueError: unknown stage or module name (the message lists the valid ones).
+        ConfigError: unknown module name in ``ft_trainable_attrs`` (the message lists the valid ones).
+        ValueError: unknown stage.
     """
     m = unwrap(model)
     if stage == "head":
@@ -257,7 +272,7 @@ def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: Sequence[str
         else:
             unknown = [a for a in ft_trainable_attrs if a not in TRAINABLE_ATTRS]
             if unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown module name(s) {unknown} in ft_trainable_attrs; valid names are: {', '.join(TRAINABLE_ATTRS)}"
                 )
             names = tuple(ft_trainable_attrs)
@@ -304,22 +319,22 @@ def make_optimizer(
         momentum, nesterov: SGD only; Nesterov needs momentum > 0.
 
     Raises:
-        ValueError: unknown name (the message lists the allowed ones) or invalid numbers.
+        ConfigError: unknown name (the message lists the allowed ones) or invalid numbers (a ValueError).
     """
     key = str(name).strip().lower()
     if key not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; allowed values are: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {name!r}; allowed values are: {', '.join(OPTIMIZERS)}")
     if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+        raise ConfigError(f"lr must be > 0, got {lr}")
     if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
     if key == "adamw":
         # fused: one kernel over every parameter, its step counts on the parameters' device (no per-parameter
         # .item() on the host), 2.5x faster than the default on CPU and the fastest on CUDA
         params = list(params)
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=_fusable(params))
     if nesterov and momentum <= 0:
-        raise ValueError(f"SGD with nesterov=True needs momentum > 0, got momentum={momentum}")
+        raise ConfigError(f"SGD with nesterov=True needs momentum > 0, got momentum={momentum}")
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
@@ -344,11 +359,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     the model's existing device.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        WeightsNotFoundError: ``path`` does not exist (a FileNotFoundError).
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"weights file {str(p)!r} does not exist")
+        raise WeightsNotFoundError(f"weights file {str(p)!r} does not exist")
     sd = torch.load(p, map_location="cpu", weights_only=True)
     unwrap(model).load_state_dict(_strip_prefixes(sd), strict=True)
     return model

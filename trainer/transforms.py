@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from neurocache.config import ConfigError
 from trainer.affine import _affine_grid, _affine_thetas, random_affine
 from trainer.config import AugConfig
 
@@ -67,18 +68,19 @@ def expand_windows(windows: Sequence[Sequence[float]]) -> list[tuple[float, floa
     three or more are used as given (C = len(windows)).
 
     Raises:
-        ValueError: empty list, an entry that is not a (center, width) pair, or width <= 0.
+        ConfigError: empty list, an entry that is not a (center, width) pair, or width <= 0 (config key
+            ``windows``; a ValueError).
     """
     wins: list[tuple[float, float]] = []
     for i, w in enumerate(windows):
         if len(w) != 2:
-            raise ValueError(f"windows[{i}]={list(w)!r} must be a [center, width] pair in HU")
+            raise ConfigError(f"windows[{i}]={list(w)!r} must be a [center, width] pair in HU")
         c, wd = float(w[0]), float(w[1])
         if not (math.isfinite(c) and math.isfinite(wd)) or wd <= 0:
-            raise ValueError(f"windows[{i}]=[{c}, {wd}] is invalid; the width must be a finite number > 0 HU")
+            raise ConfigError(f"windows[{i}]=[{c}, {wd}] is invalid; the width must be a finite number > 0 HU")
         wins.append((c, wd))
     if not wins:
-        raise ValueError("windows must hold at least one [center, width] pair, e.g. [[40, 80]]")
+        raise ConfigError("windows must hold at least one [center, width] pair, e.g. [[40, 80]]")
     while len(wins) < 3:
         wins.append(wins[-1])
     return wins

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from neurocache.errors import UserError
 from trainer.evaluation.inputs import check_frame
 from trainer.evaluation.metrics import (
     _ratios,
@@ -55,8 +56,9 @@ SENS_TOL: float = 1e-9
 _OOF_COLUMNS = ("ID", "label", "prob", "fold")
 
 
-class ThresholdUnreachableError(ValueError):
-    """No threshold reaches the requested mean sensitivity."""
+class ThresholdUnreachableError(UserError, ValueError):
+    """No threshold reaches the requested mean sensitivity (a user error: lower ``sens_target`` or
+    change the strategy; the command line prints the message in one line)."""
 
 
 def _check_oof(oof: pd.DataFrame) -> pd.DataFrame:
