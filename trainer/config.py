@@ -21,23 +21,33 @@ import yaml
 
 from neurocache.config import ConfigError, PrepConfig, load_yaml
 from trainer.config_parts import AugConfig, StageConfig
+from trainer.evaluation.calibration import STRATEGIES as BIN_STRATEGIES
+from trainer.evaluation.calibrators import METHODS as CALIBRATION_METHODS
+from trainer.evaluation.patient import AGGREGATIONS
+from trainer.evaluation.thresholds import CANDIDATE_SOURCES, POOLINGS
+from trainer.evaluation.thresholds import STRATEGIES as THRESHOLD_STRATEGIES
+from trainer.model import OPTIMIZERS, POOLS
 from trainer.precision import AMP_VALUES, PRECISIONS
 
 __all__ = ["ALLOWED", "DEFAULTS", "AugConfig", "ConfigError", "StageConfig", "TrainConfig", "load_config", "parse_set", "prep_config"]
 
+#: The allowed values of each key with a fixed set of values. A set is defined once, in the module that
+#: implements it, and read from there; the sets written here belong to modules that import this one
+#: (data.py: group_by, sampler; folds.py: cv_early_stopping; loops.py: lr_schedule; runs/tracking.py:
+#: tracking), so they are defined here and nowhere else.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "group_by": ("patient", "study", "series", "none"),
-    "optimizer": ("adamw", "sgd"),
+    "optimizer": OPTIMIZERS,
     "sampler": ("weighted", "uniform"),
-    "threshold_strategy": ("max_f1", "sens_target"),
-    "patient_aggregation": ("max", "mean", "pair"),
-    "calibration_strategy": ("uniform", "quantile"),
+    "threshold_strategy": THRESHOLD_STRATEGIES,
+    "patient_aggregation": AGGREGATIONS,
+    "calibration_strategy": BIN_STRATEGIES,
     "cv_early_stopping": ("inner_holdout", "val_fold"),
-    "calibration": ("platt", "temperature", "isotonic", "none"),
-    "threshold_pooling": ("pooled", "folds"),
-    "threshold_candidates": ("oof", "grid"),
+    "calibration": CALIBRATION_METHODS,
+    "threshold_pooling": POOLINGS,
+    "threshold_candidates": CANDIDATE_SOURCES,
     "lr_schedule": ("constant", "cosine"),
-    "pool": ("avg", "max"),
+    "pool": POOLS,
     "tracking": ("none", "mlflow"),
     "amp": AMP_VALUES,
     "precision": PRECISIONS,

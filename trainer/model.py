@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from neurocache.config import ConfigError
@@ -26,11 +25,18 @@ from neurocache.errors import UserError
 #: File name torchvision uses for the ImageNet ResNet18 weights in the hub cache.
 IMAGENET_FILE = "resnet18-f37072fd.pth"
 
+#: The values of config key ``pool``: global pooling of the last feature map (:func:`build_model`).
+POOLS: tuple[str, ...] = ("avg", "max")
+#: The values of config key ``optimizer`` (:func:`make_optimizer`).
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+
 #: Top-level ResNet18 children that ``set_trainable(..., "ft", [...])`` accepts.
 TRAINABLE_ATTRS: tuple[str, ...] = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
 
 __all__ = [
     "IMAGENET_FILE",
+    "OPTIMIZERS",
+    "POOLS",
     "TRAINABLE_ATTRS",
     "WeightsFileError",
     "WeightsNotFoundError",
@@ -84,6 +90,8 @@ def _adapt_conv1(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 def _fetch_imagenet_state_dict() -> dict[str, torch.Tensor]:
     """torchvision's ImageNet ResNet18 weights (download or hub cache), or WeightsUnavailableError."""
+    import torchvision  # here, not at import: trainer.config reads POOLS and OPTIMIZERS without loading torchvision
+
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
@@ -173,10 +181,12 @@ def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if int(in_channels) < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-    if pool not in ("avg", "max"):
-        raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be {' or '.join(repr(v) for v in POOLS)}, got {pool!r}")
     in_channels = int(in_channels)
     spec = str(weights).strip()
+
+    import torchvision
 
     model = torchvision.models.resnet18(weights=None)
     if in_channels != 3:
@@ -290,9 +300,6 @@ def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: Sequence[str
 # --------------------------------------------------------------------------------------------
 # optimizers
 # --------------------------------------------------------------------------------------------
-OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
-
-
 def _fusable(params: list[Any]) -> bool:
     """True when every parameter is a floating-point CPU or CUDA tensor (what fused AdamW supports)."""
     tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]

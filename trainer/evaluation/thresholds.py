@@ -25,6 +25,7 @@ from trainer.evaluation.metrics import (
 )
 
 __all__ = [
+    "CANDIDATE_SOURCES",
     "MAX_CANDIDATES",
     "POOLINGS",
     "RATIO_METRICS",
@@ -43,6 +44,8 @@ RATIO_METRICS: tuple[str, ...] = ("sens", "spec", "ppv", "npv", "f1", "acc")
 STRATEGIES: tuple[str, ...] = ("max_f1", "sens_target")
 #: Allowed values of ``select_threshold(pooling=...)``: the summary's ``_pooled`` or ``_mean`` columns.
 POOLINGS: tuple[str, ...] = ("pooled", "folds")
+#: Allowed values of ``candidate_thresholds(source=...)`` (config key ``threshold_candidates``).
+CANDIDATE_SOURCES: tuple[str, ...] = ("oof", "grid")
 #: At most this many data-driven candidates (quantiles of the midpoints beyond it): 750k OOF rows
 #: must not mean 750k thresholds per fold.
 MAX_CANDIDATES: int = 2000
@@ -203,7 +206,7 @@ def candidate_thresholds(prob: Any, *, source: str = "oof", step: float = 0.01) 
         if cand.size > MAX_CANDIDATES:
             cand = np.unique(np.quantile(cand, np.linspace(0.0, 1.0, MAX_CANDIDATES)))
     else:
-        raise ValueError(f"threshold candidates source={source!r} is invalid; allowed: oof, grid")
+        raise ValueError(f"threshold candidates source={source!r} is invalid; allowed: {', '.join(CANDIDATE_SOURCES)}")
     keep = (cand > p[0]) & (cand <= p[-1])
     return np.unique(cand[keep]) if keep.any() else np.unique(cand)
 
