@@ -21,9 +21,9 @@ import yaml
 
 from neurocache.config import ConfigError, PrepConfig, load_yaml
 from trainer.config_parts import AugConfig, StageConfig
-from trainer.evaluation.calibration import STRATEGIES as BIN_STRATEGIES
 from trainer.evaluation.calibrators import METHODS as CALIBRATION_METHODS
 from trainer.evaluation.patient import AGGREGATIONS
+from trainer.evaluation.reliability import BIN_STRATEGIES
 from trainer.evaluation.thresholds import CANDIDATE_SOURCES, POOLINGS
 from trainer.evaluation.thresholds import STRATEGIES as THRESHOLD_STRATEGIES
 from trainer.model import OPTIMIZERS, POOLS

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from trainer.evaluation.calibration import calibration_summary
+from trainer.evaluation.reliability import calibration_summary
 from trainer.evaluation.intervals import interval_report
 from trainer.evaluation.metrics import binary_metrics
 from trainer.evaluation.patient import aggregate_patients, describe, patient_frame
