@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from _tiny_runs import TINY_PREP
 import torch
 
 from neurocache.config import ConfigError
@@ -19,7 +20,7 @@ from trainer.transforms import BatchTransform
 
 
 def _cfg(**over):
-    base = {"preprocess": {"size": 64, "shard_size": 16}, "out_size": 32, "batch_size": 5, "eval_batch_size": 7,
+    base = {"preprocess": TINY_PREP, "out_size": 32, "batch_size": 5, "eval_batch_size": 7,
             "sampler": "uniform", "context_slices": 1}
     return load_config(None, config_json=json.dumps({**base, **over}))
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _tiny_runs import TINY_BASE
 from scipy.special import expit
 from sklearn.calibration import _sigmoid_calibration
 from sklearn.isotonic import IsotonicRegression
@@ -274,10 +275,9 @@ def test_a_stuck_fold_is_reported_in_cv_metrics_and_the_report(tmp_path):
 def test_min_epochs_keeps_training_past_patience(trainer_store, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({
-        "preprocess": {"size": 64, "shard_size": 16}, "k_folds": 2, "test_size": 0.3, "out_size": 32, "batch_size": 8,
-        "eval_batch_size": 32, "epochs_head": 0, "epochs_ft": 5, "patience_ft": 0, "min_epochs_ft": 3,
+        **TINY_BASE, "epochs_head": 0, "epochs_ft": 5, "patience_ft": 0, "min_epochs_ft": 3,
         "min_delta": 1.0,  # no epoch can count as better: only min_epochs_ft + patience keep it going
-        "holdout_frac": 0.4, "prep_plot_n": 1, "threads": 2, "n_boot": 0}))
+        "threads": 2, "n_boot": 0}))
     assert trainer_main(["cv", "--store", str(trainer_store), "--config", str(cfg), "--out", str(tmp_path), "--quiet"]) == 0
     run = sorted(tmp_path.glob("run_*_cv*"))[-1]
     hist = pd.read_csv(run / "cv_histories.csv")
