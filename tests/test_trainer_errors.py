@@ -8,6 +8,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from _tiny_runs import TINY
 import trainer
 from neurocache.errors import UserError
 from trainer.cli import main
+from trainer.cli import main as trainer_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,3 +156,24 @@ def test_cuda_without_cuda_is_one_line_before_any_run_folder(trainer_store, tmp_
 def test_missing_paths_are_one_line(tmp_path, capsys, argv, message):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     assert capsys.readouterr().err.splitlines() == [message.format(tmp=tmp_path)]
+
+
+def test_imagenet_offline_fails_before_any_split(trainer_store, tmp_path, monkeypatch, capsys):
+    import torch
+    import torchvision.models._api as tv_api
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    out = tmp_path / "out"
+    # the default config (imagenet) on the test store's preprocessing: the store passes its (cheaper) check first
+    rc = trainer_main(["cv", "--store", str(trainer_store), "--config", str(ROOT / "configs" / "default.yaml"),
+                       "--set", "preprocess.size=64", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in err
+    assert "weights: none" in err and "state_dict" in err
+    assert not out.exists() or not list(out.glob("run_*"))  # nothing written: no split, no run folder
