@@ -55,7 +55,7 @@ def test_run_fold_scores_its_validation_fold_once_with_a_model_that_never_saw_it
         va = {id_row[i] for i in oof.loc[oof["fold"] == k, "ID"]}
         assert not va & trained and not va & stopped  # neither trained nor early-stopped/calibrated on it
         assert sum(sorted(p) == sorted(va) for p in seen["predict"]) == 1  # scored once
-    # the seed's way stays available: the validation fold is the early-stopping set
+    # the original pipeline's way stays available: the validation fold is the early-stopping set
     seen["stop"].clear()
     cfg_seed = load_config(sets=["cv_early_stopping=val_fold"])
     folds_mod.run_fold(data, split, cfg_seed, 0)

@@ -26,7 +26,7 @@ def test_scores_below_the_old_grid_get_a_threshold_that_predicts_both_classes(st
     oof = _tiny_oof()
     old_by_fold, old = cv_threshold_tables(oof, np.round(np.arange(101) * 0.01, 10))
     old_sel = select_threshold(old, "max_f1")
-    assert old_sel["threshold"] == 0.0  # the seed's fixed grid: every slice positive
+    assert old_sel["threshold"] == 0.0  # the original pipeline's fixed grid: every slice positive
 
     cand = candidate_thresholds(oof["prob"])
     assert cand.min() > oof["prob"].min() and cand.max() <= oof["prob"].max()

@@ -1,6 +1,6 @@
-"""The trainer's one config object, :class:`TrainConfig`: YAML -> ``--config-json`` -> seed flags -> ``--set key=value``.
+"""The trainer's one config object, :class:`TrainConfig`: YAML -> ``--config-json`` -> the original pipeline's flags -> ``--set key=value``.
 
-Every key has a default (the seed's values) on :class:`TrainConfig`. An unknown key is an error that
+Every key has a default (the original pipeline's values) on :class:`TrainConfig`. An unknown key is an error that
 names it and lists the valid ones; values are coerced to the default's type, so ``--set lr_ft=1e-4``
 works (YAML alone would read ``1e-4`` as a string). The resolved config is saved as
 ``effective_config.json`` (:meth:`TrainConfig.to_dict`) in every run folder, and read back with
@@ -108,11 +108,11 @@ class TrainConfig:
     pos_weight: str | float = "none"   # none | auto (n_neg / n_pos) | a number: BCE positive-class weight
     holdout_frac: float = 0.15         # grouped stratified holdout of training rows: early stopping + calibration only
     cv_early_stopping: str = "inner_holdout"  # inner_holdout: each fold stops/calibrates on a holdout of its own
-                                       # training folds, as final does | val_fold: the seed's way (optimistic)
+                                       # training folds, as final does | val_fold: the original pipeline's way (optimistic)
     calibration: str = "platt"         # platt | temperature | isotonic | none (trainer/evaluation/calibrators.py)
     threshold_strategy: str = "max_f1" # max_f1 | sens_target
     sens_target: float = 0.9           # for sens_target: minimum CV sensitivity
-    threshold_pooling: str = "pooled"  # pooled: metrics of all OOF rows at once | folds: mean over folds (the seed's)
+    threshold_pooling: str = "pooled"  # pooled: metrics of all OOF rows at once | folds: mean over folds (the original pipeline's)
     threshold_candidates: str = "oof"  # oof: midpoints between the pooled OOF scores | grid: 0, step, ..., 1
     threshold_step: float = 0.01       # grid step (threshold_candidates: grid)
     prep_plot_n: int = 4               # slices per class in preprocessing_examples_label{0,1}.png
@@ -323,7 +323,7 @@ def load_config(
     """Resolve the trainer config.
 
     Order (later wins): the defaults < YAML ``path`` < ``config_json`` (a JSON file or an inline
-    JSON object) < seed ``flags`` (values that are not None) < ``--set`` items. Each layer's keys
+    JSON object) < ``flags``, the original pipeline's command-line flags (values that are not None) < ``--set`` items. Each layer's keys
     and types are checked as it is applied; the whole is validated once at the end.
 
     Raises:

@@ -83,7 +83,7 @@ def run_fold(
     With ``cv_early_stopping: inner_holdout`` (default) the fold's model is what ``trainer final``
     would make from the other folds: it trains on them minus an inner holdout
     (:func:`inner_holdout`), early-stops and is calibrated (``calibration``) on that holdout, and
-    its validation fold is scored once, never seen before. With ``val_fold`` (the seed's way,
+    its validation fold is scored once, never seen before. With ``val_fold`` (the original pipeline's way,
     optimistic) it early-stops and is calibrated on the validation fold itself.
 
     Used in turn by :func:`run_folds` and, inside a dask.distributed worker, by

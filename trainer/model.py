@@ -260,7 +260,7 @@ def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: Sequence[str
         model: a model from :func:`build_model`.
         stage: ``"head"``: only ``fc`` trains, the backbone is frozen. Only parameters are frozen:
             BatchNorm layers stay in whatever mode ``model.train()``/``eval()`` sets, so their
-            running statistics still adapt to CT during the head stage (the seed behaviour).
+            running statistics still adapt to CT during the head stage (as the original pipeline did).
             ``"ft"``: every parameter trains when ``ft_trainable_attrs`` is None or empty,
             otherwise only the named top-level modules (from :data:`TRAINABLE_ATTRS`).
         ft_trainable_attrs: module names for the ``"ft"`` stage, e.g. ``["layer3", "layer4", "fc"]``;

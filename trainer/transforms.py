@@ -201,7 +201,7 @@ class BatchTransform:
         windows: (center, width) HU windows as given (expanded per :func:`expand_windows`).
         out_size: side of the network input, pixels.
         aug: augmentation ranges used when ``train=True``.
-        context: neighbour slices on each side (0: one slice per sample, the seed's input). With
+        context: neighbour slices on each side (0: one slice per sample, the original pipeline's input). With
             k > 0 the input is (B, 2k + 1, S, S) and the channels are, slice by slice (previous
             ones first), one per distinct window: C = (2k + 1) x U. One window and k = 1 give the
             three channels an ImageNet first convolution expects (neighbours as "RGB").

@@ -257,7 +257,7 @@ def select_threshold(
 ) -> dict[str, Any]:
     """Pick an operating threshold from a :func:`cv_threshold_tables` summary.
 
-    ``pooling="folds"`` (the seed's) reads the fold means (``f1_mean``, ``sens_mean``,
+    ``pooling="folds"`` (the original pipeline's) reads the fold means (``f1_mean``, ``sens_mean``,
     ``ppv_mean``); ``pooling="pooled"`` the ratios of the pooled OOF counts (``f1_pooled``...).
     Below, ``_x`` is that suffix.
 
