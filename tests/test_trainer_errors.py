@@ -177,3 +177,22 @@ def test_imagenet_offline_fails_before_any_split(trainer_store, tmp_path, monkey
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in err
     assert "weights: none" in err and "state_dict" in err
     assert not out.exists() or not list(out.glob("run_*"))  # nothing written: no split, no run folder
+
+
+def test_predict_arguments_are_checked_before_the_model_is_loaded(tmp_path, capsys):
+    """A final run whose weights file is not a model: a bad --batch-size is said before the file is read."""
+    import json
+
+    from neurocache.config import PrepConfig
+    from trainer.config import TrainConfig
+    from trainer.runs import files as F
+
+    run = tmp_path / "run_20260101_000000_final"
+    run.mkdir()
+    (run / F.FINAL_MODEL).write_bytes(b"not a state_dict")
+    card = {"config": TrainConfig().to_dict(), "threshold": 0.5, "preprocess": PrepConfig(**TINY["preprocess"]).to_dict(),
+            "store": {"fingerprint": PrepConfig(**TINY["preprocess"]).fingerprint()}}
+    (run / F.MODEL_CARD).write_text(json.dumps(card))
+    argv = ["predict", "--run", str(run), str(tmp_path), "--out", str(tmp_path / "p.csv"), "--quiet", "--device", "cpu"]
+    assert main([*argv, "--batch-size", "-1"]) == 2  # (reading the weights would fail with a traceback)
+    assert capsys.readouterr().err.splitlines() == ["trainer predict: error: batch size must be >= 1, got -1"]

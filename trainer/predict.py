@@ -189,15 +189,15 @@ def predict_files(
     from trainer.precision import recorded_precision, scoring_precision
 
     run = load_final_run(run_dir)
+    bs = int(batch_size or run.config.eval_batch_size)
+    if bs < 1:  # the arguments and the device before the model is loaded
+        raise InputError(f"batch size must be >= 1, got {bs}")
     dev = pick_device(device or run.config.device)
     # the precision the model was trained and calibrated in (scoring_precision warns where this device cannot)
     prec = scoring_precision(recorded_precision(run.config.precision, run.config.amp, dev), dev)
     run = dataclasses.replace(run, config=run.config.with_overrides({"precision": prec}))
     cfg = run.config
     model, tf = build_predictor(run, dev)
-    bs = int(batch_size or cfg.eval_batch_size)
-    if bs < 1:
-        raise InputError(f"batch size must be >= 1, got {bs}")
     files = collect_inputs(inputs)
     bar = None
     if progress:
