@@ -1,6 +1,6 @@
 """The input pipelines neurocache is measured against, with the original pipeline's preprocessing.
 
-(a) :func:`original_loader`: the seed's per-item path — a map-style ``Dataset`` that decodes one
+(a) :func:`original_loader`: the original pipeline's per-item path — a map-style ``Dataset`` that decodes one
     DICOM per item (pydicom -> modality LUT -> floor at the 1st percentile -> skull box at the 98th
     percentile with ``np.percentile`` -> crop -> brain window -> PIL), then torchvision v2
     transforms (RandomAffine, RandomHorizontalFlip, Resize, ToImage/ToDtype, ImageNet Normalize),
@@ -29,7 +29,7 @@ BRAIN_WINDOW = (40.0, 80.0)  # center, width (HU)
 
 
 def original_preprocess(path: str | Path) -> np.ndarray:
-    """The seed's deterministic preprocessing of one file: uint8 (h, w) brain-window image of the skull crop.
+    """The original pipeline's deterministic preprocessing of one file: uint8 (h, w) brain-window image of the skull crop.
 
     pydicom decode -> HU via ``apply_modality_lut`` -> values <= the 1st percentile set to -1024 ->
     box of HU >= the 98th percentile (two ``np.percentile`` calls, which sort the slice) -> crop ->
@@ -94,7 +94,7 @@ def monai_available() -> tuple[bool, str]:
 
 
 def _prep_for_monai(out_size: int) -> Any:
-    """Deterministic part cached by baseline (b): the seed preprocessing, resized, float32 (1, out, out) in [0, 1].
+    """Deterministic part cached by baseline (b): the original pipeline's preprocessing, resized, float32 (1, out, out) in [0, 1].
 
     A ``monai.transforms.Transform`` subclass: ``CacheDataset`` caches the leading transforms up to
     the first random one *or the first callable that is not a MONAI Transform*.

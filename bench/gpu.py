@@ -67,7 +67,7 @@ def device_pipeline(store: Path, out_size: int, batch: int, seconds: float) -> d
 
     from trainer.config import load_config
     from trainer.data import load_dataset, pick_device
-    from trainer.loops import make_transform
+    from trainer.transforms import make_transform
 
     cfg = load_config(ROOT / "configs" / "default.yaml", sets=[f"out_size={out_size}", "weights=none"])
     dev = pick_device("auto")
@@ -105,15 +105,17 @@ def summary(times: Path, cv: Path, final: Path, pipeline: Path, out: list[Path])
     """One JSON object: wall times, training images/s, data-wait fraction, augmented batches/s."""
     import pandas as pd
 
+    from trainer.runs import files as F
+
     t = json.loads(times.read_text())
     p = json.loads(pipeline.read_text())
-    hist = pd.read_csv(cv / "cv_histories.csv")
-    fin = pd.read_csv(final / "final_history.csv") if (final / "final_history.csv").is_file() else pd.DataFrame()
+    hist = pd.read_csv(cv / F.CV_HISTORIES)
+    fin = pd.read_csv(final / F.FINAL_HISTORY) if (final / F.FINAL_HISTORY).is_file() else pd.DataFrame()
     both = pd.concat([hist, fin], ignore_index=True)
     col = lambda c: float(np.median(both[c])) if c in both else float("nan")  # noqa: E731
     wait_total = float(both["data_wait_s"].sum()) if "data_wait_s" in both else float("nan")
     train_total = float(both["train_seconds"].sum()) if "train_seconds" in both else float("nan")
-    cvm = json.loads((cv / "cv_metrics.json").read_text())
+    cvm = json.loads((cv / F.CV_METRICS).read_text())
     res = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "gpu": p.get("gpu") or p.get("device"),

@@ -12,7 +12,7 @@ Sections (see docs/benchmarks.md for what each row means):
    the same size); store bytes vs source bytes; ``images`` compression ratio; a cProfile breakdown
    of one 1-worker build.
 2. input pipeline: augmented (train) and plain (eval) batches ready on the device, samples/s, from
-   the store (resident and streamed) vs (a) the seed's per-item DICOM loader with torchvision
+   the store (resident and streamed) vs (a) the original pipeline's per-item DICOM loader with torchvision
    transforms and ``DataLoader(num_workers=cores)`` and (b) MONAI ``CacheDataset`` +
    ``ThreadDataLoader`` (first epoch and steady state).
 3. training: ResNet18 fine-tuning images/s and the fraction of step time spent waiting for data.
@@ -341,7 +341,7 @@ def bench_pipeline(store: Path, data: Path, out_size: int, repeats: int, cores: 
     from bench.baselines import monai_available, monai_loader, original_loader
     from trainer.config import load_config
     from trainer.data import load_dataset
-    from trainer.loops import make_transform
+    from trainer.transforms import make_transform
 
     # Our epochs take ~1 s each: run more of them so the steady-state median resists a busy machine.
     our_epochs = max(6, repeats + 1)
@@ -436,7 +436,8 @@ def bench_training(store: Path, out_size: int, train_rows: int, epochs: int, bat
 
     from trainer.config import load_config
     from trainer.data import load_dataset
-    from trainer.loops import fit_stage, make_transform
+    from trainer.loops import fit_stage
+    from trainer.transforms import make_transform
     from trainer.model import build_model
 
     cfg = load_config(None, config_json=json.dumps({
@@ -660,7 +661,7 @@ What is compared:
   cores the bare loop runs in an already started process pool, so it pays no start-up).
 * **input pipeline** — samples/s of batches ready for the model on the training device: ours is
   `Dataset.batches` (int16 rows of the store) + `BatchTransform` (window, resize, affine via
-  `grid_sample`, flip, normalise, as batched tensor ops). (a) is the seed's path: one DICOM decoded
+  `grid_sample`, flip, normalise, as batched tensor ops). (a) is the original pipeline's path: one DICOM decoded
   per item (`np.percentile` floor and skull box), PIL + torchvision v2 transforms, `DataLoader`
   with one worker per core. (b) is MONAI `CacheDataset` (same deterministic preprocessing, cached)
   + `RandAffined`/`RandFlipd` + `ThreadDataLoader`, meta tracking off and `copy_cache=False`

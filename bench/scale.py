@@ -109,21 +109,21 @@ def cv_first_batch(store: str, out: str) -> dict[str, float]:
     t0 = time.perf_counter()
     import torch
 
-    from trainer.cli import _setup
     from trainer.config import load_config
-    from trainer.cv import fold_rows, split_table
-    from trainer.data import load_dataset
+    from trainer.data import load_dataset, setup_device
+    from trainer.folds import fold_rows, split_table
     from trainer.report.examples import plot_examples
-    from trainer.loops import make_transform
+    from trainer.runs.files import SPLIT
+    from trainer.transforms import make_transform
 
     cfg = load_config(sets=["memory_budget_gb=0", "device=cpu"])
-    device = _setup(cfg)
+    device = setup_device(cfg)
     t = {"import": time.perf_counter() - t0}
     data = load_dataset(store, cfg, device)
     t["load_dataset"] = time.perf_counter() - t0 - sum(t.values())
     split = split_table(data, cfg)
     Path(out).mkdir(parents=True, exist_ok=True)
-    split.to_csv(Path(out) / "split.csv", index=False)
+    split.to_csv(Path(out) / SPLIT, index=False)
     t["split"] = time.perf_counter() - t0 - sum(t.values())
     tf = make_transform(cfg)
     pool = np.flatnonzero(~split["test"].to_numpy())
@@ -147,17 +147,18 @@ def make_fake_final(store: Path, run: Path, out_size: int = 64) -> Path:
 
     from neurocache.store import read_attrs
     from trainer.config import load_config
-    from trainer.loops import make_transform
     from trainer.model import build_model
+    from trainer.runs.files import FINAL_MODEL, MODEL_CARD
+    from trainer.transforms import make_transform
 
     attrs = read_attrs(store) or {}
     cfg = load_config(sets=[f"out_size={out_size}", "device=cpu"])
     run.mkdir(parents=True, exist_ok=True)
     model = build_model(weights="none", dropout=cfg.dropout, in_channels=make_transform(cfg).channels)
-    torch.save(model.state_dict(), run / "final_model.pt")
-    card = {"weights_file": "final_model.pt", "store": {"path": str(store), "fingerprint": attrs["fingerprint"]},
+    torch.save(model.state_dict(), run / FINAL_MODEL)
+    card = {"weights_file": FINAL_MODEL, "store": {"path": str(store), "fingerprint": attrs["fingerprint"]},
             "config": cfg.to_dict(), "threshold": 0.5, "preprocess": attrs["preprocess"]}
-    (run / "model_card.json").write_text(json.dumps(card, default=str))
+    (run / MODEL_CARD).write_text(json.dumps(card, default=str))
     return run
 
 

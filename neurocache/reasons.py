@@ -3,7 +3,7 @@
 Every input file and every label row ends up in ``features.parquet`` exactly once; a row that is
 not used carries one of these codes in ``reason`` and a human-readable ``detail`` (tag, value,
 exception text). A row that *is* used but needed a documented correction lists it in ``fixes``
-(comma-separated :data:`FIXES` codes). The README section "What happens to bad data" is the user-facing version of this file.
+(comma-separated :data:`FIXES` codes). docs/bad-data.md ("What happens to bad data") is the user-facing version of this file.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Zarr v3 store: creating it, stamping it, and opening it safely for reading.
 
-Layout (see README): group attrs ``neurocache`` (schema, parameters, fingerprint, source summary,
+Layout (see docs/store.md): group attrs ``neurocache`` (schema, parameters, fingerprint, source summary,
 ``complete``), array ``images`` int16 (N, S, S), ``features.parquet`` and ``quality.json`` beside it.
 
 A store is a local folder or an fsspec URL (``s3://bucket/store.zarr``, ``gs://...``, ``file://...``):

@@ -1,6 +1,6 @@
 """``neurocache validate``: the dataset-structure report (no writes).
 
-Checks the folder and the labels CSV the way the seed's ``validate_dataset_structure`` did: the CT
+Checks the folder and the labels CSV the way the original pipeline's ``validate_dataset_structure`` did: the CT
 folder exists and holds DICOM files, the CSV exists with a ``Label`` column, duplicate IDs and
 files, class counts and imbalance, IDs without a file and files without an ID, and an optional
 expected file count.

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from _tiny_runs import TINY_PREP
+
 from neurocache.build import build_store
 from neurocache.config import PrepConfig
 from neurocache.synth import generate_dataset
 
 # Small enough for 2 CPU cores: 8 patients x 6 slices at 128 px, cached at 64 px.
-SMALL_PREP = PrepConfig(size=64, shard_size=16)
+SMALL_PREP = PrepConfig(**TINY_PREP)
 HASH_KEY = bytes(range(16))
 
 

@@ -12,20 +12,17 @@ import pandas as pd
 import pytest
 import yaml
 
+from _tiny_runs import TINY_PREP, TINY_VAL_FOLD
+
 from trainer.cli import main as trainer_main
 
 distributed = pytest.importorskip("distributed")
 
 # k_folds 2, out_size 32, 1 + 1 epochs, one torch thread everywhere: the client's sequential run and
 # the workers' fold tasks then compute the very same floats.
-TINY = {
-    "preprocess": {"size": 64, "shard_size": 16},
-    "k_folds": 2, "test_size": 0.3, "out_size": 32, "batch_size": 8, "eval_batch_size": 32,
-    "epochs_head": 1, "epochs_ft": 1, "holdout_frac": 0.4, "prep_plot_n": 1, "threads": 1, "device": "cpu",
-    # the 8-patient store is too small for inner holdouts; the distributed path runs the same run_fold
-    # either way (tests/test_trainer_e2e.py covers inner_holdout)
-    "cv_early_stopping": "val_fold",
-}
+# the 8-patient store is too small for inner holdouts; the distributed path runs the same run_fold
+# either way (tests/test_trainer_e2e.py covers inner_holdout)
+TINY = TINY_VAL_FOLD
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +164,7 @@ def test_distributed_build_cli_scheduler_file(synth_data, synth_store, cluster, 
 
     sched = _scheduler_file(cluster, tmp_path)
     cfg = tmp_path / "prep.yaml"
-    cfg.write_text(yaml.safe_dump({"preprocess": {"size": 64, "shard_size": 16}}))
+    cfg.write_text(yaml.safe_dump({"preprocess": TINY_PREP}))
     store = tmp_path / "cli.zarr"
     assert nc_main(["build", "--data-root", str(synth_data), "--store", str(store), "--config", str(cfg),
                     "--scheduler", str(sched), "--no-progress"]) == 0

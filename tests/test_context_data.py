@@ -6,19 +6,21 @@ import json
 
 import numpy as np
 import pytest
+from _tiny_runs import TINY_PREP
 import torch
 
 from neurocache.config import ConfigError
 from trainer.config import load_config
 from trainer.context import context_rows
 from trainer.data import load_dataset
-from trainer.loops import make_transform, predict
+from trainer.loops import predict
+from trainer.transforms import make_transform
 from trainer.model import build_model
 from trainer.transforms import BatchTransform
 
 
 def _cfg(**over):
-    base = {"preprocess": {"size": 64, "shard_size": 16}, "out_size": 32, "batch_size": 5, "eval_batch_size": 7,
+    base = {"preprocess": TINY_PREP, "out_size": 32, "batch_size": 5, "eval_batch_size": 7,
             "sampler": "uniform", "context_slices": 1}
     return load_config(None, config_json=json.dumps({**base, **over}))
 

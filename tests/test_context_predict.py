@@ -68,7 +68,7 @@ def test_a_lone_file_is_its_own_context_and_says_so(runs, tmp_path):
 def test_context_0_reproduces_the_single_slice_oof_predictions(trainer_store, tmp_path_factory):
     from _tiny_runs import tiny_runs
 
-    base = tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")  # the seed's input (no key)
+    base = tiny_runs(trainer_store, tmp_path_factory.getbasetemp() / "eval_runs")  # the original pipeline's input (no key)
     root = tmp_path_factory.mktemp("context0")
     cfg = root / "c0.yaml"
     cfg.write_text(yaml.safe_dump({**TINY, "context_slices": 0}))

@@ -6,17 +6,19 @@ import threading
 
 import numpy as np
 import pytest
+from _tiny_runs import TINY_PREP
 import torch
 
 from trainer.config import TrainConfig, load_config
 from trainer.data import SliceSource, load_dataset
 from trainer.streaming import StoreImages
-from trainer.loops import fit_stage, make_transform, predict
+from trainer.loops import fit_stage, predict
+from trainer.transforms import make_transform
 from trainer.model import build_model
 
 
 def _cfg(**over) -> TrainConfig:
-    base = {"preprocess": {"size": 64, "shard_size": 16}, "out_size": 32, "batch_size": 5, "eval_batch_size": 7,
+    base = {"preprocess": TINY_PREP, "out_size": 32, "batch_size": 5, "eval_batch_size": 7,
             "epochs_head": 1, "patience_head": 0, "sampler": "uniform"}
     return load_config(None, config_json=__import__("json").dumps({**base, **over}))
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _tiny_runs import TINY_PREP_SETS
 import torch
 
 from trainer.config import ConfigError, load_config
 from trainer.data import load_dataset
-from trainer.loops import _ema, fit_stage, make_transform, predict, ranking_scores
+from trainer.evaluation.metrics import ranking_scores
+from trainer.loops import _ema, fit_stage, predict
+from trainer.transforms import make_transform
 from trainer.model import build_model
 
 
@@ -42,7 +45,7 @@ def test_ema_decay_must_be_below_one():
 
 def _fit_ema(store, *extra: str):
     """fit_stage of stage ft (3 epochs, EMA 0.5) on 40 rows; returns (result, model, data, holdout rows, transform, cfg)."""
-    cfg = load_config(sets=["preprocess.size=64", "preprocess.shard_size=16", "out_size=32", "batch_size=8",
+    cfg = load_config(sets=[*TINY_PREP_SETS, "out_size=32", "batch_size=8",
                             "eval_batch_size=32", "epochs_ft=3", "ema_decay=0.5", "device=cpu",
                             "weights=none", "lr_ft=0.01", *extra])
     data = load_dataset(str(store), cfg, torch.device("cpu"))
@@ -66,7 +69,7 @@ def test_fit_stage_restores_the_averaged_weights_it_validated(trainer_store):
 def test_fit_stage_never_restores_the_untrained_weights(trainer_store):
     # min_delta 1.0: no epoch can beat another, so the first trained epoch is kept (never the initial weights,
     # which an untrained model's lucky holdout AUPRC used to win back)
-    cfg = load_config(sets=["preprocess.size=64", "preprocess.shard_size=16", "out_size=32", "batch_size=8",
+    cfg = load_config(sets=[*TINY_PREP_SETS, "out_size=32", "batch_size=8",
                             "eval_batch_size=32", "epochs_ft=2", "patience_ft=5", "min_delta=1.0", "device=cpu",
                             "weights=none"])
     data = load_dataset(str(trainer_store), cfg, torch.device("cpu"))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+import yaml
 from torch import nn
 
 import trainer.model as tm
@@ -19,6 +21,9 @@ from trainer.model import (
     save_weights,
     set_trainable,
 )
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _x(b: int = 2, c: int = 3, s: int = 64) -> torch.Tensor:
@@ -205,3 +210,8 @@ def test_adamw_is_fused_on_cpu():
 
     opt = make_optimizer(list(build_model().parameters()), name="adamw", lr=1e-3, weight_decay=0.0)
     assert opt.defaults["fused"] is True
+
+
+def test_default_config_is_imagenet_and_demo_is_offline():
+    assert yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())["weights"] == "imagenet"
+    assert yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["weights"] == "none"

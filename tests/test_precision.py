@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _tiny_runs import TINY_PREP_SETS
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -14,7 +15,8 @@ import trainer.precision as precision
 from trainer.config import ConfigError, load_config
 from trainer.config_parts import AugConfig
 from trainer.data import load_dataset
-from trainer.loops import _StepClock, _train_epoch, make_transform
+from trainer.loops import _StepClock, _train_epoch
+from trainer.transforms import make_transform
 from trainer.model import build_model, make_optimizer
 from trainer.precision import cpu_flags, native_bf16, recorded_precision, resolve_precision, scoring_precision
 from trainer.streaming import _gather
@@ -114,7 +116,7 @@ HOST_SYNC = {"_local_scalar_dense", "nonzero", "is_nonzero", "masked_select"}
 
 def test_a_training_epoch_reads_one_device_value(synth_store):
     """With EMA and the class-balanced sampler, the only host read in an epoch is its mean loss at the end."""
-    cfg = load_config(sets=["preprocess.size=64", "preprocess.shard_size=16", "out_size=32", "batch_size=8",
+    cfg = load_config(sets=[*TINY_PREP_SETS, "out_size=32", "batch_size=8",
                             "ema_decay=0.9", "amp=true", "weights=none"])
     data = load_dataset(str(synth_store), cfg, CPU)
     tf = make_transform(cfg)
@@ -134,7 +136,7 @@ def test_a_training_epoch_reads_one_device_value(synth_store):
 
 
 def test_a_straddling_streamed_batch_is_gathered_without_a_mask(synth_store):
-    cfg = load_config(sets=["preprocess.size=64", "preprocess.shard_size=16", "memory_budget_gb=1e-9"])
+    cfg = load_config(sets=[*TINY_PREP_SETS, "memory_budget_gb=1e-9"])
     streamed = load_dataset(str(synth_store), cfg, CPU)
     images, sr = streamed.images, streamed.images.shard_rows
     resident = torch.from_numpy(np.asarray(streamed.store.images[:]))

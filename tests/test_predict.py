@@ -16,7 +16,7 @@ from _tiny_runs import tiny_runs
 
 from neurocache.store import open_store
 from trainer.cli import main as trainer_main
-from trainer.final import RunError
+from trainer.runs.folder import RunError
 from trainer.predict import PREDICT_COLUMNS, collect_inputs, load_final_run, predict_files
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 from _tiny_runs import tiny_runs
 
 from trainer.cli import main
-from trainer.run_table import FIXED_COLUMNS, METRIC_COLUMNS, run_table, sort_table, varying_keys
+from trainer.runs.table import FIXED_COLUMNS, METRIC_COLUMNS, run_table, sort_table, varying_keys
 
 
 @pytest.fixture(scope="module")

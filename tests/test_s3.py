@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from _tiny_runs import TINY_PREP, TINY_VAL_FOLD
 from conftest import HASH_KEY, SMALL_PREP
 
 pytest.importorskip("s3fs")
@@ -29,13 +30,7 @@ BUCKET = "neurocache-test"
 SECRET = "moto-secret-9f3e6c1d7a"  # the AWS secret key: must never show up anywhere
 KEY_ID = "AKIATESTNEUROCACHE01"
 KEY_COLUMNS = ["patient_key", "study_key", "series_key"]
-TINY = {
-    "preprocess": {"size": 64, "shard_size": 16},
-    "k_folds": 2, "test_size": 0.3, "out_size": 32, "batch_size": 8, "eval_batch_size": 32,
-    "epochs_head": 1, "epochs_ft": 1, "holdout_frac": 0.4, "prep_plot_n": 1, "threads": 1, "device": "cpu",
-    # the 8-patient store is too small for inner holdouts (tests/test_trainer_e2e.py covers them)
-    "cv_early_stopping": "val_fold",
-}
+TINY = TINY_VAL_FOLD  # the 8-patient store is too small for inner holdouts (tests/test_trainer_e2e.py covers them)
 
 
 def _clear_fsspec_cache() -> None:
@@ -184,7 +179,7 @@ def test_cluster_build_and_train_from_s3(synth_data, synth_store, s3, dask_clust
 
     url = f"s3://{BUCKET}/store.zarr"
     prep = tmp_path / "prep.yaml"
-    prep.write_text(yaml.safe_dump({"preprocess": {"size": 64, "shard_size": 16}}))
+    prep.write_text(yaml.safe_dump({"preprocess": TINY_PREP}))
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(yaml.safe_dump(TINY))
     out = tmp_path / "outputs"
@@ -252,7 +247,7 @@ def test_s3_build_killed_then_resumed(synth_data, s3, tmp_path):
 
     url = f"s3://{BUCKET}/resume.zarr"
     cfg = tmp_path / "prep.yaml"
-    cfg.write_text(yaml.safe_dump({"preprocess": {"size": 64, "shard_size": 16}}))
+    cfg.write_text(yaml.safe_dump({"preprocess": TINY_PREP}))
     from faults import cli_command
 
     args = ("build", "--data-root", str(synth_data), "--store", url, "--config", str(cfg), "--workers", "1", "--no-progress")

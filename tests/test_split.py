@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
+import pytest
+from _fakes import fake_data as _fake_data
+
+import trainer.folds as folds_mod
+from trainer.config import load_config
 from trainer.split import check_no_group_crosses, holdout_split, make_split
 
 
@@ -176,3 +182,18 @@ def test_stratified_group_folds_errors():
         stratified_group_folds(np.array([0, 1] * 6), np.array([1] * 6 + [2] * 6), 3, 0)
     with pytest.raises(ValueError, match="members in each class"):
         stratified_group_folds(np.array([0, 1, 0, 1]), np.array([1, 2, 3, 4]), 3, 0)
+
+
+def test_split_and_holdouts_do_not_depend_on_the_stores_hash_key():
+    """Two builds of the same folder hash patients with different random keys: same split, same holdouts."""
+    a = _fake_data()
+    rng = np.random.default_rng(5)
+    relabel = {g: f"{rng.integers(1 << 60):016x}" for g in np.unique(a.groups)}  # another key's hashes
+    b = SimpleNamespace(**{**vars(a), "groups": np.array([relabel[g] for g in a.groups])})
+    cfg = load_config(sets=["k_folds=3", "holdout_frac=0.25"])
+    sa, sb = folds_mod.split_table(a, cfg), folds_mod.split_table(b, cfg)
+    pd.testing.assert_frame_equal(sa[["ID", "label", "test", "fold"]], sb[["ID", "label", "test", "fold"]])
+    for k in range(3):
+        tr, _ = folds_mod.fold_rows(sa, k)
+        ha, hb = folds_mod.inner_holdout(a, tr, cfg, 7)[1], folds_mod.inner_holdout(b, tr, cfg, 7)[1]
+        np.testing.assert_array_equal(ha, hb)

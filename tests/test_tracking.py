@@ -13,8 +13,8 @@ from _tiny_runs import tiny_runs
 from neurocache.config import ConfigError
 from trainer.cli import main
 from trainer.config import load_config
-from trainer.run_folder import flatten
-from trainer.tracking import EXPERIMENT, TrackingError, check_tracking, log_run
+from trainer.runs.folder import flatten
+from trainer.runs.tracking import EXPERIMENT, TrackingError, check_tracking, log_run
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402

@@ -11,15 +11,13 @@ import pytest
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from _tiny_runs import TINY_BASE
+
 from neurocache.config import ConfigError
 from trainer.cli import main as trainer_main
 from trainer.config import DEFAULTS, load_config
 
-TINY = {
-    "preprocess": {"size": 64, "shard_size": 16},
-    "k_folds": 2, "test_size": 0.3, "out_size": 32, "batch_size": 8, "eval_batch_size": 32,
-    "epochs_head": 1, "epochs_ft": 2, "patience_ft": 2, "holdout_frac": 0.4, "prep_plot_n": 1, "threads": 2,
-}
+TINY = {**TINY_BASE, "epochs_ft": 2, "patience_ft": 2, "threads": 2}
 
 CV_FILES = [
     "run_args.json", "effective_config.json", "store.json", "split.csv", "preprocessing_examples_label0.png",

@@ -4,11 +4,11 @@ The pipeline, module by module: :mod:`~trainer.config` (one validated ``TrainCon
 :mod:`~trainer.data` (the store's slices on the device, ``SliceSource``) -> :mod:`~trainer.split`
 (test set, folds, holdouts) -> :mod:`~trainer.transforms` / :mod:`~trainer.affine` (batched window,
 resize, augmentation) -> :mod:`~trainer.model` and :mod:`~trainer.loops` (ResNet18, two-stage
-training) -> :mod:`~trainer.cv` / :mod:`~trainer.final` (the ``cv`` and ``final`` commands) ->
-:mod:`trainer.evaluation` (every reported number) -> :mod:`~trainer.results` (the typed JSON
-results) -> :mod:`trainer.report` (figures and report.html); :mod:`~trainer.predict` scores new
-files with a final run; :mod:`~trainer.runs`, :mod:`~trainer.run_folder`, :mod:`~trainer.run_table`
-and :mod:`~trainer.tracking` write, read, compare and log run folders.
+training) -> :mod:`~trainer.cv` / :mod:`~trainer.final` (the ``cv`` and ``final`` commands, each
+writing its run folder) -> :mod:`trainer.evaluation` (every reported number) ->
+:mod:`trainer.runs` (the run folder: its file names, typed JSON results, reading back, the runs
+table, MLflow) -> :mod:`trainer.report` (figures and report.html); :mod:`~trainer.predict` scores
+new files with a final run. :mod:`~trainer.cli` only parses the command line and calls them.
 
 Python API::
 
@@ -26,7 +26,7 @@ __all__ = ["load_run"]
 def __getattr__(name: str) -> Any:
     # ``trainer.load_run`` without importing pandas on ``import trainer``
     if name in ("load_run", "Run", "RunError"):
-        from trainer import run_folder
+        from trainer.runs import folder
 
-        return getattr(run_folder, name)
+        return getattr(folder, name)
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")

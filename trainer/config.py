@@ -1,6 +1,6 @@
-"""The trainer's one config object, :class:`TrainConfig`: YAML -> ``--config-json`` -> seed flags -> ``--set key=value``.
+"""The trainer's one config object, :class:`TrainConfig`: YAML -> ``--config-json`` -> the original pipeline's flags -> ``--set key=value``.
 
-Every key has a default (the seed's values) on :class:`TrainConfig`. An unknown key is an error that
+Every key has a default (the original pipeline's values) on :class:`TrainConfig`. An unknown key is an error that
 names it and lists the valid ones; values are coerced to the default's type, so ``--set lr_ft=1e-4``
 works (YAML alone would read ``1e-4`` as a string). The resolved config is saved as
 ``effective_config.json`` (:meth:`TrainConfig.to_dict`) in every run folder, and read back with
@@ -21,30 +21,41 @@ import yaml
 
 from neurocache.config import ConfigError, PrepConfig, load_yaml
 from trainer.config_parts import AugConfig, StageConfig
+from trainer.evaluation.calibrators import METHODS as CALIBRATION_METHODS
+from trainer.evaluation.patient import AGGREGATIONS
+from trainer.evaluation.reliability import BIN_STRATEGIES
+from trainer.evaluation.thresholds import CANDIDATE_SOURCES, POOLINGS
+from trainer.evaluation.thresholds import STRATEGIES as THRESHOLD_STRATEGIES
+from trainer.model import OPTIMIZERS, POOLS
 from trainer.precision import AMP_VALUES, PRECISIONS
 
 __all__ = ["ALLOWED", "DEFAULTS", "AugConfig", "ConfigError", "StageConfig", "TrainConfig", "load_config", "parse_set", "prep_config"]
 
+#: The allowed values of each key with a fixed set of values. A set is defined once, in the module that
+#: implements it, and read from there; the sets written here belong to modules that import this one
+#: (data.py: group_by, sampler; folds.py: cv_early_stopping; loops.py: lr_schedule; runs/tracking.py:
+#: tracking), so they are defined here and nowhere else.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "group_by": ("patient", "study", "series", "none"),
-    "optimizer": ("adamw", "sgd"),
+    "optimizer": OPTIMIZERS,
     "sampler": ("weighted", "uniform"),
-    "threshold_strategy": ("max_f1", "sens_target"),
-    "patient_aggregation": ("max", "mean", "pair"),
-    "calibration_strategy": ("uniform", "quantile"),
+    "threshold_strategy": THRESHOLD_STRATEGIES,
+    "patient_aggregation": AGGREGATIONS,
+    "calibration_strategy": BIN_STRATEGIES,
     "cv_early_stopping": ("inner_holdout", "val_fold"),
-    "calibration": ("platt", "temperature", "isotonic", "none"),
-    "threshold_pooling": ("pooled", "folds"),
-    "threshold_candidates": ("oof", "grid"),
+    "calibration": CALIBRATION_METHODS,
+    "threshold_pooling": POOLINGS,
+    "threshold_candidates": CANDIDATE_SOURCES,
     "lr_schedule": ("constant", "cosine"),
-    "pool": ("avg", "max"),
+    "pool": POOLS,
     "tracking": ("none", "mlflow"),
     "amp": AMP_VALUES,
     "precision": PRECISIONS,
 }
 
-# The seed's command-line flags and the keys they set.
-SEED_FLAGS: dict[str, str] = {
+#: The command-line flags of the original pipeline this project re-implements (``trainer cv --seed ...``)
+#: and the config keys they set.
+ORIGINAL_FLAGS: dict[str, str] = {
     "seed": "seed", "test_size": "test_size", "k_folds": "k_folds", "batch_size": "batch_size",
     "out_size": "out_size", "holdout_frac": "holdout_frac", "prep_plot_n": "prep_plot_n",
     "threshold_strategy": "threshold_strategy", "sens_target": "sens_target",
@@ -97,11 +108,11 @@ class TrainConfig:
     pos_weight: str | float = "none"   # none | auto (n_neg / n_pos) | a number: BCE positive-class weight
     holdout_frac: float = 0.15         # grouped stratified holdout of training rows: early stopping + calibration only
     cv_early_stopping: str = "inner_holdout"  # inner_holdout: each fold stops/calibrates on a holdout of its own
-                                       # training folds, as final does | val_fold: the seed's way (optimistic)
+                                       # training folds, as final does | val_fold: the original pipeline's way (optimistic)
     calibration: str = "platt"         # platt | temperature | isotonic | none (trainer/evaluation/calibrators.py)
     threshold_strategy: str = "max_f1" # max_f1 | sens_target
     sens_target: float = 0.9           # for sens_target: minimum CV sensitivity
-    threshold_pooling: str = "pooled"  # pooled: metrics of all OOF rows at once | folds: mean over folds (the seed's)
+    threshold_pooling: str = "pooled"  # pooled: metrics of all OOF rows at once | folds: mean over folds (the original pipeline's)
     threshold_candidates: str = "oof"  # oof: midpoints between the pooled OOF scores | grid: 0, step, ..., 1
     threshold_step: float = 0.01       # grid step (threshold_candidates: grid)
     prep_plot_n: int = 4               # slices per class in preprocessing_examples_label{0,1}.png
@@ -124,7 +135,7 @@ class TrainConfig:
     calibration_bins: int = 10         # reliability-diagram bins
     calibration_strategy: str = "uniform"  # uniform | quantile bin edges
     gallery_n: int = 6                 # report.html: most confident false positives / false negatives shown
-    tracking: str = "none"             # none | mlflow (trainer/tracking.py; needs the `tracking` extra)
+    tracking: str = "none"             # none | mlflow (trainer/runs/tracking.py; needs the `tracking` extra)
     tracking_uri: str = ""             # MLflow tracking URI; "" = sqlite file OUT/mlruns/mlflow.db
 
     def __post_init__(self) -> None:
@@ -312,7 +323,7 @@ def load_config(
     """Resolve the trainer config.
 
     Order (later wins): the defaults < YAML ``path`` < ``config_json`` (a JSON file or an inline
-    JSON object) < seed ``flags`` (values that are not None) < ``--set`` items. Each layer's keys
+    JSON object) < ``flags``, the original pipeline's command-line flags (values that are not None) < ``--set`` items. Each layer's keys
     and types are checked as it is applied; the whole is validated once at the end.
 
     Raises:
@@ -328,7 +339,7 @@ def load_config(
         except json.JSONDecodeError as e:
             raise ConfigError(f"--config-json {config_json!r} is neither a JSON file nor a JSON object: {e}") from None
         d = _merge(d, data)
-    d = _merge(d, {SEED_FLAGS[k]: v for k, v in (flags or {}).items() if v is not None})
+    d = _merge(d, {ORIGINAL_FLAGS[k]: v for k, v in (flags or {}).items() if v is not None})
     return TrainConfig.from_dict(_merge(d, parse_set(sets)))
 
 

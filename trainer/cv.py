@@ -1,25 +1,32 @@
-"""``trainer cv``: split, (grid), K-fold cross-validation, threshold tables and selection.
+"""``trainer cv``: the command and its run folder, end to end -- checks, split, (grid), K-fold
+cross-validation, threshold tables and selection; every file of the cv run folder is written here, once.
 
-Everything is chosen on the training pool only; test rows are flagged in ``split.csv`` and never
-touched here.
+:func:`run_cv` runs the cheap local checks first (tracking settings, the store: path, schema,
+completeness, preprocessing; the device), then the slow or networked ones (the ImageNet weights,
+the Dask cluster), and only then makes the run folder. The folds themselves are
+:mod:`trainer.folds`. Everything is chosen on the training pool only; test rows are flagged in
+``split.csv`` and never touched here.
+
+Files (names in :mod:`trainer.runs.files`), in the order written: ``run_args.json``, ``store.json``,
+``split.csv``, ``preprocessing_examples_label{0,1}.png``, ``grid_results.csv`` (``--run-grid``),
+``effective_config.json`` (with a grid: the chosen candidate), ``cv_oof_predictions.csv``,
+``cv_histories.csv``, ``cv_thresholds_by_fold.csv``, ``cv_thresholds_summary.csv``, the mean ROC/PR
+and history figures, ``threshold_selection.json``, ``cv_oof_patient_predictions.csv``,
+``cv_calibration.png``, ``cv_metrics.json`` (with the command's wall time), ``report.html``.
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import yaml
-
-from neurocache.config import ConfigError
+from neurocache.config import ConfigError, load_yaml
 from trainer.config import TrainConfig
-from trainer.data import SliceSource
-from trainer.evaluation.calibrators import fit_calibrator
+from trainer.data import SliceSource, group_keys, load_dataset, next_slice_ids, open_store_for, setup_device
 from trainer.evaluation.curves import mean_pr, mean_roc
 from trainer.evaluation.fold_health import stuck_folds
 from trainer.evaluation.thresholds import (
@@ -28,162 +35,140 @@ from trainer.evaluation.thresholds import (
     select_threshold,
     threshold_spread,
 )
-from trainer.loops import make_transform, predict, ranking_scores, train_model
+from trainer.folds import CVFolds, FoldRunnerFn, collect_folds, fold_ids, run_folds, split_table
+from trainer.progress import EpochBar
 from trainer.report.history import plot_histories
 from trainer.report.plots import plot_mean_pr, plot_mean_roc
-from trainer.results import CVResult, FoldResult
-from trainer.runs import write_json
-from trainer.split import (
-    canonical_groups,
-    check_no_group_crosses,
-    holdout_split,
-    make_split,
-)
+from trainer.runs import files as F
+from trainer.runs.results import CVResult
+from trainer.runs.tracking import check_tracking, track
+from trainer.runs.write import environment, new_run_dir, write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from neurocache.store import Store
 
 
-def split_table(data: SliceSource, cfg: TrainConfig) -> pd.DataFrame:
-    """The run's split: ID, group, label, test, fold (-1 for test rows); checked group-safe."""
-    groups = None if cfg.group_by == "none" else canonical_groups(data.groups)
-    is_test, fold = make_split(data.labels, groups, test_size=cfg.test_size, k_folds=cfg.k_folds, seed=cfg.seed)
-    check_no_group_crosses(data.groups, is_test, fold)
-    return pd.DataFrame(
-        {"ID": data.table["ID"].to_numpy(), "group": data.groups, "label": data.labels, "test": is_test, "fold": fold}
-    )
+def run_cv(
+    store: str, cfg: TrainConfig, *, out: str | Path, grid: list[dict[str, Any]] | None = None,
+    scheduler: str | None = None, fold_resources: str = "GPU=1", quiet: bool = False,
+    run_args: dict[str, Any] | None = None, started: float | None = None,
+) -> Path:
+    """``python -m trainer cv``: check, cross-validate (each candidate of ``grid``), write the run folder.
 
+    Args:
+        store: the store, a folder or an fsspec URL (``--store``).
+        cfg: the resolved config (:func:`trainer.config.load_config`).
+        out: the folder for run folders; the run is ``out/run_YYYYMMDD_HHMMSS_cv``.
+        grid: ``--run-grid`` candidates (:func:`load_grid`); the best mean CV AUPRC is kept.
+        scheduler: a Dask scheduler address or scheduler-file: one task per fold there.
+        fold_resources: worker resources per fold task (``--fold-resources``; with ``scheduler`` only).
+        quiet: no progress bars.
+        run_args: what ``run_args.json`` records (the command line).
+        started: ``time.perf_counter()`` when the command started (default: now), for the wall time.
 
-#: ``cv_oof_predictions.csv``: ``prob`` is calibrated (what thresholds are chosen on), ``prob_raw`` the model's sigmoid.
-OOF_COLUMNS: tuple[str, ...] = ("ID", "label", "prob", "prob_raw", "fold")
-
-
-def fold_rows(split: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, validation) of fold ``k``: the other folds' pool rows, and fold ``k``'s rows."""
-    tr = np.flatnonzero((~split["test"] & (split["fold"] != k)).to_numpy())
-    va = np.flatnonzero((split["fold"] == k).to_numpy())
-    return tr, va
-
-
-def inner_holdout(data: SliceSource, tr: np.ndarray, cfg: TrainConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split training rows ``tr`` into (fit rows, early-stopping/calibration holdout rows).
-
-    The same rule as the final model's: a grouped (by ``group_by``), stratified holdout of about
-    ``holdout_frac`` of the groups (:func:`trainer.split.holdout_split`), seeded by ``seed``.
+    Returns:
+        The run folder.
 
     Raises:
-        ValueError: naming the fold's training rows and the fix, when the rows have too few
-            groups per class for a holdout.
+        neurocache.errors.UserError: a bad config, store, device, weights, cluster or split (the
+            CLI prints its message); nothing is written before the checks pass.
     """
-    groups = None if cfg.group_by == "none" else canonical_groups(data.groups)[tr]
+    t0 = time.perf_counter() if started is None else started
+    check_tracking(cfg)
+    opened = open_store_for(store, cfg)  # a missing or wrong store: said before any download
+    device = setup_device(cfg)
+    resources = _parse_resources(fold_resources) if scheduler else {}
+    from trainer.model import check_weights
+
+    for weights in {cfg.weights, *(str(c["weights"]) for c in grid or [] if "weights" in c)}:
+        check_weights(weights)  # offline without the ImageNet file: fail now, not after the split
+    client = None
+    if scheduler:
+        from trainer.distributed import connect
+
+        client = connect(scheduler)
     try:
-        hold = holdout_split(data.labels[tr], groups, frac=cfg.holdout_frac, seed=seed)
-    except ValueError as e:
-        raise ValueError(
-            f"cannot carve an inner holdout (holdout_frac={cfg.holdout_frac}) from {len(tr)} training rows: {e} "
-            f"Use fewer k_folds, another holdout_frac, more data, or cv_early_stopping=val_fold (optimistic)."
-        ) from None
-    return tr[~hold], tr[hold]
+        if client is not None:
+            from trainer.distributed import check_workers
+
+            check_workers(client, resources)
+        return _cross_validate(store, opened, cfg, device, out=out, grid=grid, cluster=(client, resources, scheduler),
+                               quiet=quiet, run_args=run_args or {}, started=t0)
+    finally:
+        if client is not None:
+            client.close()
 
 
-def fold_ids(split: pd.DataFrame) -> list[int]:
-    """The folds of the split's training pool, in order."""
-    return [int(k) for k in sorted(split.loc[~split["test"], "fold"].unique())]
+def _parse_resources(spec: str) -> dict[str, float]:
+    from trainer.distributed import parse_resources
+
+    return parse_resources(spec)
 
 
-def run_fold(
-    data: SliceSource, split: pd.DataFrame, cfg: TrainConfig, k: int, *,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Train and score fold ``k`` (seed ``cfg.seed + k``); the one per-fold body of every CV path.
+def _cross_validate(
+    store: str, opened: Store, cfg: TrainConfig, device: torch.device, *, out: str | Path,
+    grid: list[dict[str, Any]] | None, cluster: tuple[Any, dict[str, float], str | None], quiet: bool,
+    run_args: dict[str, Any], started: float,
+) -> Path:
+    """The run itself, once every check has passed: the run folder, file by file (see the module docstring)."""
+    from trainer.distributed import FoldRunner, store_address
+    from trainer.precision import resolve_precision
 
-    With ``cv_early_stopping: inner_holdout`` (default) the fold's model is what ``trainer final``
-    would make from the other folds: it trains on them minus an inner holdout
-    (:func:`inner_holdout`), early-stops and is calibrated (``calibration``) on that holdout, and
-    its validation fold is scored once, never seen before. With ``val_fold`` (the seed's way,
-    optimistic) it early-stops and is calibrated on the validation fold itself.
-
-    Used in turn by :func:`run_folds` and, inside a dask.distributed worker, by
-    :func:`trainer.distributed.fold_task`, so a fold-parallel CV is the sequential one by construction.
-
-    Returns plain Python values (small enough to send back from a worker):
-    ``{"oof": {"ID", "label", "prob" (calibrated), "prob_raw", "fold"}, "history": [epoch rows],
-    "fold": FoldResult.to_dict()}`` (:class:`trainer.results.FoldResult`).
-    """
-    k = int(k)
-    tr, va = fold_rows(split, k)
-    seed = int(cfg.seed) + k
-    if cfg.cv_early_stopping == "inner_holdout":
-        fit, stop = inner_holdout(data, tr, cfg, seed)
+    client, resources, scheduler = cluster
+    cfg = cfg.with_overrides({"precision": resolve_precision(cfg.amp, device)})  # fold and final models train alike
+    run = new_run_dir(out, "cv")
+    write_json(run / F.RUN_ARGS, run_args)
+    data = load_dataset(str(store), cfg, device, store=opened)
+    write_json(run / F.STORE, {"path": store_address(store), "fingerprint": data.store.fingerprint,
+                               "n_ok": len(data.table), "environment": environment(device)})
+    split = split_table(data, cfg)
+    split.to_csv(run / F.SPLIT, index=False)
+    _plot_examples(run, data, split, cfg)
+    runner = None if client is None else FoldRunner(client, store_address(store), split, resources=resources)
+    where = f"{device}" if runner is None else f"the Dask cluster {scheduler} (resources {resources or 'none'} per fold)"
+    print(f"cv: {len(data.table)} slices ({int(data.labels.sum())} positive), {len(set(data.groups))} groups by "
+          f"{cfg.group_by}; train pool {int((~split['test']).sum())}, test {int(split['test'].sum())}; {cfg.k_folds} "
+          f"folds on {where} in {cfg.precision} (amp: {cfg.amp}); run {run}", file=sys.stderr)
+    bar = lambda desc: EpochBar(desc, cfg.total_epochs, quiet)
+    if grid:
+        table, cfg, res = run_grid(data, split, cfg, grid, progress=bar, runner=runner)
+        table.to_csv(run / F.GRID_RESULTS, index=False)
     else:
-        fit, stop = tr, va
-    t0 = time.perf_counter()
+        res = run_folds(data, split, cfg, progress=bar, runner=runner)
+    write_json(run / F.EFFECTIVE_CONFIG, cfg)  # with a grid, the chosen candidate: what final will use
+    patients = dict(zip(data.table["ID"].astype(str), group_keys(data.table, "patient")))
+    m = write_cv_outputs(run, split, res, cfg, patients=patients, next_ids=next_slice_ids(data.table), started=started)
+    _say_results(m)
+    from trainer.report.html import write_run_report
+
+    write_run_report(run, m.wall_seconds)
+    track(run)
+    print(f"run folder: {run}")
+    return run
+
+
+def _plot_examples(run: Path, data: SliceSource, split: pd.DataFrame, cfg: TrainConfig) -> None:
+    """``preprocessing_examples_label{0,1}.png``: training-pool slices of each class as the network sees them."""
+    from trainer.report.examples import plot_examples
+    from trainer.transforms import make_transform
+
+    pool = np.flatnonzero(~split["test"].to_numpy())
     tf = make_transform(cfg)
-    model, hist, best = train_model(data, fit, stop, cfg, seed=seed, on_epoch=on_epoch)
-    p_stop = predict(model, data, stop, tf, cfg)
-    cal = fit_calibrator(cfg.calibration, data.labels[stop], p_stop)
-    p_raw = predict(model, data, va, tf, cfg) if stop is not va else p_stop
-    p_val = cal(p_raw)
-    p_fit = predict(model, data, fit, tf, cfg)
-    val_ap, val_auc = ranking_scores(data.labels[va], p_val)
-    return {
-        "oof": {"ID": [str(i) for i in split["ID"].to_numpy()[va]], "label": data.labels[va].tolist(),
-                "prob": p_val.tolist(), "prob_raw": np.asarray(p_raw, dtype=np.float64).tolist(), "fold": [k] * len(va)},
-        "history": [{key: (v.item() if isinstance(v, np.generic) else v) for key, v in r.items()} for r in hist],
-        "fold": FoldResult(
-            fold=k, early_stopping=cfg.cv_early_stopping, best_val_auprc=float(best),
-            holdout_auc=ranking_scores(data.labels[stop], p_stop)[1], val_auc=val_auc, val_ap=val_ap,
-            train_auc=ranking_scores(data.labels[fit], p_fit)[1], n_train=len(fit),
-            n_holdout=len(stop) if stop is not va else 0, n_val=len(va), calibration=cal.to_dict(),
-            seconds=time.perf_counter() - t0, device=str(data.device)).to_dict(),
-    }
+    for label in (0, 1):
+        plot_examples(data, pool, label, cfg.prep_plot_n, tf, run / F.preprocessing_examples(label), cfg.seed)
 
 
-@dataclass(frozen=True)
-class CVFolds:
-    """Every fold of one cross-validation, ordered by fold.
-
-    Attributes:
-        oof: ``cv_oof_predictions.csv`` rows (:data:`OOF_COLUMNS`).
-        histories: ``cv_histories.csv``: one row per fold x epoch (``fold`` first).
-        folds: one :class:`~trainer.results.FoldResult` per fold.
-    """
-
-    oof: pd.DataFrame
-    histories: pd.DataFrame
-    folds: list[FoldResult]
-
-
-def collect_folds(parts: list[dict[str, Any]]) -> CVFolds:
-    """The :func:`run_fold` results of every fold -> :class:`CVFolds` (ordered by fold)."""
-    parts = sorted(parts, key=lambda r: r["fold"]["fold"])
-    oof = pd.concat([pd.DataFrame(r["oof"], columns=list(OOF_COLUMNS)) for r in parts], ignore_index=True)
-    hist = pd.concat([pd.DataFrame(r["history"]).assign(fold=r["fold"]["fold"]) for r in parts], ignore_index=True)
-    cols = ["fold"] + [c for c in hist.columns if c != "fold"]
-    return CVFolds(oof=oof, histories=hist[cols], folds=[FoldResult.from_dict(r["fold"]) for r in parts])
-
-
-#: ``runner(jobs)`` runs ``[(cfg, fold), ...]`` and returns their :func:`run_fold` results in the same
-#: order (e.g. :meth:`trainer.distributed.FoldRunner.__call__`, one Dask task per job); None: in turn, here.
-FoldRunnerFn = Callable[[list[tuple[TrainConfig, int]]], list[dict[str, Any]]]
-
-
-def run_folds(
-    data: SliceSource, split: pd.DataFrame, cfg: TrainConfig, *, progress: Callable[[str], Any] | None = None,
-    runner: FoldRunnerFn | None = None,
-) -> CVFolds:
-    """Train one model per fold; return OOF predictions, histories and per-fold scores.
-
-    With ``runner`` the folds run wherever it sends them (a dask.distributed cluster); without, in
-    turn on ``data``'s device. Both call :func:`run_fold` for each fold.
-    """
-    ids = fold_ids(split)
-    if runner is not None:
-        return collect_folds(runner([(cfg, k) for k in ids]))
-    parts = []
-    for k in ids:
-        bar = progress(f"fold {k + 1}/{len(ids)}") if progress else None
-        parts.append(run_fold(data, split, cfg, k, on_epoch=(lambda r, bar=bar: bar.update(r)) if bar else None))
-        if bar:
-            bar.close()
-    return collect_folds(parts)
+def _say_results(m: CVResult) -> None:
+    """The CV's headline on stdout, its warnings on stderr."""
+    o = m.oof_metrics
+    print(f"CV ({m.k_folds} folds, early stopping on {m.early_stopping}, calibration {m.calibration}): "
+          f"OOF ROC-AUC {m.oof_auc_mean:.3f}±{m.oof_auc_std:.3f}  AUPRC {m.oof_ap_mean:.3f}±{m.oof_ap_std:.3f} "
+          f"(mean±sd over folds); threshold ({m.threshold_strategy}, {m.threshold_pooling}) {m.threshold:.4g}: "
+          f"sens {o['sens']:.3f}  spec {o['spec']:.3f}  PPV {o['ppv']:.3f}  NPV {o['npv']:.3f} (pooled OOF)")
+    for w in m.warnings:
+        print(f"WARNING: {w}", file=sys.stderr)
 
 
 def summarise(result: CVFolds, cfg: TrainConfig) -> dict[str, Any]:
@@ -205,9 +190,15 @@ def summarise(result: CVFolds, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def load_grid(path: str | Path) -> list[dict[str, Any]]:
-    """Candidates of ``configs/grid.yaml``: ``candidates: [ {key: value, ...}, ... ]``."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    cands = data.get("candidates") if isinstance(data, dict) else None
+    """Candidates of ``configs/grid.yaml``: ``candidates: [ {key: value, ...}, ... ]``.
+
+    Raises:
+        ConfigError: a missing file, invalid YAML, or no list of candidate mappings (the message names the file).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"grid file {p} does not exist")
+    cands = load_yaml(p).get("candidates")
     if not isinstance(cands, list) or not cands or not all(isinstance(c, dict) for c in cands):
         raise ConfigError(f"{path}: expected `candidates:` with a list of mappings of config overrides")
     return cands
@@ -261,9 +252,12 @@ def _select(s: dict[str, Any], oof: pd.DataFrame, cfg: TrainConfig) -> dict[str,
 
 def write_cv_outputs(
     run: Path, split: pd.DataFrame, res: CVFolds, cfg: TrainConfig, *, patients: dict[str, str] | None = None,
-    next_ids: dict[str, str] | None = None,
+    next_ids: dict[str, str] | None = None, started: float | None = None,
 ) -> CVResult:
     """Write the CV tables, plots, threshold selection and ``cv_metrics.json``; return the metrics.
+
+    ``started``: the command's ``time.perf_counter()`` at its start; ``cv_metrics.json["wall_seconds"]``
+    is the time from then to this write (absent without it).
 
     ``cv_metrics.json["oof"]`` holds the pooled OOF evaluation at the selected threshold (intervals,
     calibration, patient level; :func:`trainer.evaluation.oof_evaluation`); ``patients`` maps ID ->
@@ -271,16 +265,16 @@ def write_cv_outputs(
     ``next_ids`` maps ID -> the next slice's ID (``patient_aggregation: pair``).
     """
     s = summarise(res, cfg)
-    res.oof.to_csv(run / "cv_oof_predictions.csv", index=False)
-    res.histories.to_csv(run / "cv_histories.csv", index=False)
-    s["by_fold"].to_csv(run / "cv_thresholds_by_fold.csv", index=False)
-    s["summary"].to_csv(run / "cv_thresholds_summary.csv", index=False)
+    res.oof.to_csv(run / F.CV_OOF_PREDICTIONS, index=False)
+    res.histories.to_csv(run / F.CV_HISTORIES, index=False)
+    s["by_fold"].to_csv(run / F.CV_THRESHOLDS_BY_FOLD, index=False)
+    s["summary"].to_csv(run / F.CV_THRESHOLDS_SUMMARY, index=False)
     roc, pr = mean_roc(res.oof), mean_pr(res.oof)
-    plot_mean_roc(roc, run / "cv_mean_roc.png")
-    plot_mean_pr(pr, run / "cv_mean_pr.png")
-    plot_histories(res.histories, run / "cv_history.png")
+    plot_mean_roc(roc, run / F.CV_MEAN_ROC)
+    plot_mean_pr(pr, run / F.CV_MEAN_PR)
+    plot_histories(res.histories, run / F.CV_HISTORY_PLOT)
     selection = _select(s, res.oof, cfg)
-    write_json(run / "threshold_selection.json", selection)
+    write_json(run / F.THRESHOLD_SELECTION, selection)
     stuck = stuck_folds([f.to_dict() for f in res.folds])
     from trainer.evaluation import oof_evaluation
 
@@ -294,19 +288,19 @@ def write_cv_outputs(
         threshold=selection["threshold"], threshold_strategy=selection["strategy"],
         threshold_pooling=selection["pooling"], stuck_folds=stuck,
         warnings=[f"fold {f['fold']}: {f['why']}" for f in stuck] + list(selection["warnings"]),
-        oof=oof_eval,
+        oof=oof_eval, wall_seconds=None if started is None else round(time.perf_counter() - started, 2),
     )
-    write_json(run / "cv_metrics.json", metrics)
+    write_json(run / F.CV_METRICS, metrics)
     return metrics
 
 
 def _write_oof_evaluation(run: Path, oof: pd.DataFrame, patient_table: pd.DataFrame | None, cfg: TrainConfig) -> None:
     """``cv_oof_patient_predictions.csv`` and the OOF reliability diagram ``cv_calibration.png``."""
     if patient_table is not None:
-        patient_table.to_csv(run / "cv_oof_patient_predictions.csv", index=False)
+        patient_table.to_csv(run / F.CV_OOF_PATIENT_PREDICTIONS, index=False)
     if len(oof):
         from trainer.report.plots import plot_calibration
 
         plot_calibration({"OOF": (oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float))},
-                         run / "cv_calibration.png", n_bins=cfg.calibration_bins, strategy=cfg.calibration_strategy,
+                         run / F.CV_CALIBRATION_PLOT, n_bins=cfg.calibration_bins, strategy=cfg.calibration_strategy,
                          title="Calibration (out-of-fold)")

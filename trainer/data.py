@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from neurocache.errors import UserError
 from neurocache.remote import StoreLocation
 from neurocache.store import Store, StoreError, open_store
 from trainer.config import TrainConfig, prep_config
@@ -35,6 +36,10 @@ from trainer.context import context_rows
 from trainer.streaming import StoreImages, stream_batches
 
 GROUP_COLUMNS = {"patient": "patient_key", "study": "study_key", "series": "series_key"}
+
+
+class DeviceUnavailableError(UserError, RuntimeError):
+    """The config (or ``--device``) names a device this machine does not have."""
 
 
 @dataclass
@@ -143,11 +148,22 @@ def pick_device(name: str) -> torch.device:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"config key device={name!r} but CUDA is not available; use device: auto or cpu")
+            raise DeviceUnavailableError(f"config key device={name!r} but CUDA is not available; use device: auto or cpu")
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     return dev
+
+
+def setup_device(cfg: TrainConfig) -> torch.device:
+    """The training device of ``cfg`` (:func:`pick_device`), with torch's CPU threads set to ``threads`` (0: torch's default).
+
+    Raises:
+        DeviceUnavailableError: ``device: cuda`` on a machine without CUDA.
+    """
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    return pick_device(cfg.device)
 
 
 def group_keys(table: pd.DataFrame, group_by: str) -> np.ndarray:
@@ -176,8 +192,22 @@ def next_slice_ids(table: pd.DataFrame) -> dict[str, str]:
     return dict(zip(ids[has], ids[nxt[has]]))
 
 
-def load_dataset(store_path: str, cfg: TrainConfig, device: torch.device) -> SliceSource:
+def open_store_for(store_path: str, cfg: TrainConfig) -> Store:
+    """The store at ``store_path`` opened for ``cfg``: a usable location (no credentials in a URL), a
+    neurocache store of this schema, complete, built with the config's preprocessing -- cheap, so the
+    commands do it before anything slow (:func:`neurocache.store.open_store`).
+
+    Raises:
+        StoreError: the store is missing, incomplete, or built with other preprocessing.
+    """
+    return open_store(store_path, expect=prep_config(cfg))
+
+
+def load_dataset(store_path: str, cfg: TrainConfig, device: torch.device, *, store: Store | None = None) -> SliceSource:
     """Open the store (checking schema, ``complete`` and fingerprint) and load its ok slices.
+
+    ``store``: the store at ``store_path`` already opened and checked (:func:`open_store_for`, as the
+    commands do before anything slow), so it is not opened twice.
 
     The ok images are read once into an int16 tensor on ``device`` when they fit
     ``memory_budget_gb``; otherwise they stay in the store and :meth:`SliceSource.batches` streams
@@ -186,7 +216,8 @@ def load_dataset(store_path: str, cfg: TrainConfig, device: torch.device) -> Sli
     Raises:
         StoreError: the store is missing, incomplete, or built with other preprocessing.
     """
-    store = open_store(store_path, expect=prep_config(cfg))
+    if store is None:
+        store = open_store_for(store_path, cfg)
     table = store.ok_rows()
     if table.empty:
         raise StoreError(f"store {store_path} has no ok slices (see `neurocache info {store_path}`)")

@@ -4,7 +4,7 @@ Each fold (and, with ``--run-grid``, each candidate x fold) is one task that ask
 ``--fold-resources`` (default ``GPU=1``): a worker started with ``--resources "GPU=1"`` runs one
 such task at a time. The task (:func:`fold_task`) opens the store itself (a path the workers can
 see, or an fsspec URL such as ``s3://bucket/store.zarr``), trains with
-:func:`trainer.cv.run_fold` — the very function the sequential CV calls — and sends back only
+:func:`trainer.folds.run_fold` — the very function the sequential CV calls — and sends back only
 small plain values: the fold's out-of-fold rows, its epoch history and its summary. The client
 assembles them exactly as the sequential loop does, so both produce the same run folder.
 
@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from neurocache.errors import InputError
 from neurocache.execution import ClusterError, connect, run_calls
 from neurocache.remote import store_address  # noqa: F401 - the store as the workers open it (URL, or absolute path)
 
@@ -37,7 +38,7 @@ def parse_resources(spec: str | None) -> dict[str, float]:
     """``"GPU=1"`` / ``"GPU=1,MEM=8e9"`` -> ``{"GPU": 1.0, ...}``; ``""``/``"none"`` -> ``{}`` (no constraint).
 
     Raises:
-        ValueError: a malformed item (the message names it).
+        InputError: a malformed item (the message names it; a ValueError).
     """
     out: dict[str, float] = {}
     if spec is None or spec.strip().lower() in ("", "none"):
@@ -51,7 +52,7 @@ def parse_resources(spec: str | None) -> dict[str, float]:
                 raise ValueError
             out[name] = float(value)
         except ValueError:
-            raise ValueError(f"--fold-resources: expected NAME=NUMBER[,NAME=NUMBER...], got {item!r}") from None
+            raise InputError(f"--fold-resources: expected NAME=NUMBER[,NAME=NUMBER...], got {item!r}") from None
     return out
 
 
@@ -93,7 +94,7 @@ def release_cache() -> None:
 
 
 def fold_task(store: str, config: dict[str, Any], split: dict[str, list], k: int) -> dict[str, Any]:
-    """Run fold ``k`` inside a worker; returns :func:`trainer.cv.run_fold`'s plain result.
+    """Run fold ``k`` inside a worker; returns :func:`trainer.folds.run_fold`'s plain result.
 
     Args:
         store: path or fsspec URL of the store, as the worker sees it.
@@ -106,7 +107,7 @@ def fold_task(store: str, config: dict[str, Any], split: dict[str, list], k: int
     import torch
 
     from trainer.config import TrainConfig
-    from trainer.cv import run_fold
+    from trainer.folds import run_fold
     from trainer.data import pick_device
 
     cfg = TrainConfig.from_dict(config)

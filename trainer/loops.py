@@ -15,21 +15,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 from trainer.config import TrainConfig
 from trainer.data import SliceSource
 from trainer.ema import WeightEMA
+from trainer.evaluation.metrics import ranking_scores
 from trainer.model import build_model, make_optimizer, set_trainable, unwrap
 from trainer.precision import autocast, resolve_precision
-from trainer.transforms import BatchTransform
-
-
-def make_transform(cfg: TrainConfig) -> BatchTransform:
-    """The config's window/resize/augmentation pipeline."""
-    return BatchTransform(windows=cfg.windows, out_size=cfg.out_size, aug=cfg.aug, context=cfg.context_slices,
-                          channels_last=cfg.channels_last)
+from trainer.transforms import BatchTransform, make_transform
 
 
 def precision_of(cfg: TrainConfig, device: torch.device) -> str:
@@ -122,13 +116,6 @@ class _StepClock:
             for ph, a, b in zip(STEP_PHASES, marks, marks[1:]):
                 out[f"{ph}_s"] += self._elapsed(a, b)
         return {**out, "step_s": self._elapsed(self.first, self.end)}
-
-
-def ranking_scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    """(AUPRC, ROC-AUC); NaN when the rows hold one class only."""
-    if len(np.unique(y)) < 2:
-        return float("nan"), float("nan")
-    return float(average_precision_score(y, p)), float(roc_auc_score(y, p))
 
 
 def _pos_weight(cfg: TrainConfig, y: np.ndarray, device: torch.device) -> torch.Tensor | None:

@@ -17,18 +17,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
+
+from neurocache.config import ConfigError
+from neurocache.errors import UserError
 
 #: File name torchvision uses for the ImageNet ResNet18 weights in the hub cache.
 IMAGENET_FILE = "resnet18-f37072fd.pth"
+
+#: The values of config key ``pool``: global pooling of the last feature map (:func:`build_model`).
+POOLS: tuple[str, ...] = ("avg", "max")
+#: The values of config key ``optimizer`` (:func:`make_optimizer`).
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 
 #: Top-level ResNet18 children that ``set_trainable(..., "ft", [...])`` accepts.
 TRAINABLE_ATTRS: tuple[str, ...] = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
 
 __all__ = [
     "IMAGENET_FILE",
+    "OPTIMIZERS",
+    "POOLS",
     "TRAINABLE_ATTRS",
+    "WeightsFileError",
+    "WeightsNotFoundError",
     "WeightsUnavailableError",
     "build_model",
     "head_parameters",
@@ -40,8 +51,16 @@ __all__ = [
 ]
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """The ImageNet weights could not be downloaded and are not in the torch hub cache."""
+
+
+class WeightsFileError(UserError, ValueError):
+    """A weights file (config key ``weights``) cannot be loaded or does not fit the model."""
+
+
+class WeightsNotFoundError(WeightsFileError, FileNotFoundError):
+    """A weights file (config key ``weights``, or a run's ``final_model.pt``) does not exist."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,6 +90,8 @@ def _adapt_conv1(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 def _fetch_imagenet_state_dict() -> dict[str, torch.Tensor]:
     """torchvision's ImageNet ResNet18 weights (download or hub cache), or WeightsUnavailableError."""
+    import torchvision  # here, not at import: trainer.config reads POOLS and OPTIMIZERS without loading torchvision
+
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
@@ -92,7 +113,7 @@ def check_weights(weights: str) -> None:
     the ``none`` / state_dict alternatives at start-up; a path must be a file.
 
     Raises:
-        WeightsUnavailableError, FileNotFoundError.
+        WeightsUnavailableError, WeightsNotFoundError (a FileNotFoundError).
     """
     spec = str(weights).strip()
     if spec.lower() == "none":
@@ -101,7 +122,7 @@ def check_weights(weights: str) -> None:
         _fetch_imagenet_state_dict()
         return
     if not Path(spec).expanduser().is_file():
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"weights file {spec!r} (config key `weights`) does not exist; "
             f"use `weights: none`, `weights: imagenet` or the path of a state_dict file"
         )
@@ -117,14 +138,14 @@ def _load_backbone(model: nn.Module, sd: Mapping[str, torch.Tensor], *, in_chann
     missing = sorted(k for k in expected - set(sd) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(sd) - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise WeightsFileError(
             f"{source} is not a ResNet18 state_dict: missing keys {missing or 'none'}; "
             f"unexpected keys {unexpected or 'none'}"
         )
     try:
         model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:
-        raise ValueError(f"{source} does not fit ResNet18 with in_channels={in_channels}: {exc}") from exc
+        raise WeightsFileError(f"{source} does not fit ResNet18 with in_channels={in_channels}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,17 +173,20 @@ def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int
 
     Raises:
         WeightsUnavailableError: ``"imagenet"`` when the weights cannot be fetched.
-        FileNotFoundError: a weights path that does not exist.
-        ValueError: bad arguments, or a state_dict whose keys or shapes do not fit.
+        WeightsNotFoundError: a weights path that does not exist (a FileNotFoundError).
+        WeightsFileError: a state_dict whose keys or shapes do not fit (a ValueError).
+        ValueError: bad arguments.
     """
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if int(in_channels) < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-    if pool not in ("avg", "max"):
-        raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be {' or '.join(repr(v) for v in POOLS)}, got {pool!r}")
     in_channels = int(in_channels)
     spec = str(weights).strip()
+
+    import torchvision
 
     model = torchvision.models.resnet18(weights=None)
     if in_channels != 3:
@@ -187,22 +211,22 @@ def build_model(*, weights: str = "none", dropout: float = 0.3, in_channels: int
 def _load_weights_file(model: nn.Module, path: Path, in_channels: int) -> None:
     """Load a state_dict file into ``model``: a whole model (:func:`save_weights`, strict) or a ResNet18 backbone."""
     if not path.is_file():
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"weights file {str(path)!r} (config key `weights`) does not exist; "
             f"use `weights: none`, `weights: imagenet` or the path of a state_dict file"
         )
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"weights file {str(path)!r} (config key `weights`) is not a loadable state_dict: {exc}") from exc
+        raise WeightsFileError(f"weights file {str(path)!r} (config key `weights`) is not a loadable state_dict: {exc}") from exc
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"weights file {str(path)!r} (config key `weights`) does not hold a state_dict of tensors")
+        raise WeightsFileError(f"weights file {str(path)!r} (config key `weights`) does not hold a state_dict of tensors")
     sd = _strip_prefixes(sd)
     if "fc.1.weight" in sd:  # whole model written by save_weights
         try:
             model.load_state_dict(sd, strict=True)
         except RuntimeError as exc:
-            raise ValueError(
+            raise WeightsFileError(
                 f"weights file {str(path)!r} is a whole-model state_dict that does not fit this model "
                 f"(in_channels={in_channels}): {exc}"
             ) from exc
@@ -236,7 +260,7 @@ def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: Sequence[str
         model: a model from :func:`build_model`.
         stage: ``"head"``: only ``fc`` trains, the backbone is frozen. Only parameters are frozen:
             BatchNorm layers stay in whatever mode ``model.train()``/``eval()`` sets, so their
-            running statistics still adapt to CT during the head stage (the seed behaviour).
+            running statistics still adapt to CT during the head stage (as the original pipeline did).
             ``"ft"``: every parameter trains when ``ft_trainable_attrs`` is None or empty,
             otherwise only the named top-level modules (from :data:`TRAINABLE_ATTRS`).
         ft_trainable_attrs: module names for the ``"ft"`` stage, e.g. ``["layer3", "layer4", "fc"]``;
@@ -246,7 +270,8 @@ def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: Sequence[str
         The parameters with ``requires_grad=True``, in ``model.parameters()`` order.
 
     Raises:
-        ValueError: unknown stage or module name (the message lists the valid ones).
+        ConfigError: unknown module name in ``ft_trainable_attrs`` (the message lists the valid ones).
+        ValueError: unknown stage.
     """
     m = unwrap(model)
     if stage == "head":
@@ -257,7 +282,7 @@ def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: Sequence[str
         else:
             unknown = [a for a in ft_trainable_attrs if a not in TRAINABLE_ATTRS]
             if unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown module name(s) {unknown} in ft_trainable_attrs; valid names are: {', '.join(TRAINABLE_ATTRS)}"
                 )
             names = tuple(ft_trainable_attrs)
@@ -275,9 +300,6 @@ def set_trainable(model: nn.Module, stage: str, ft_trainable_attrs: Sequence[str
 # --------------------------------------------------------------------------------------------
 # optimizers
 # --------------------------------------------------------------------------------------------
-OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
-
-
 def _fusable(params: list[Any]) -> bool:
     """True when every parameter is a floating-point CPU or CUDA tensor (what fused AdamW supports)."""
     tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
@@ -304,22 +326,22 @@ def make_optimizer(
         momentum, nesterov: SGD only; Nesterov needs momentum > 0.
 
     Raises:
-        ValueError: unknown name (the message lists the allowed ones) or invalid numbers.
+        ConfigError: unknown name (the message lists the allowed ones) or invalid numbers (a ValueError).
     """
     key = str(name).strip().lower()
     if key not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; allowed values are: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {name!r}; allowed values are: {', '.join(OPTIMIZERS)}")
     if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+        raise ConfigError(f"lr must be > 0, got {lr}")
     if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
     if key == "adamw":
         # fused: one kernel over every parameter, its step counts on the parameters' device (no per-parameter
         # .item() on the host), 2.5x faster than the default on CPU and the fastest on CUDA
         params = list(params)
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=_fusable(params))
     if nesterov and momentum <= 0:
-        raise ValueError(f"SGD with nesterov=True needs momentum > 0, got momentum={momentum}")
+        raise ConfigError(f"SGD with nesterov=True needs momentum > 0, got momentum={momentum}")
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
@@ -344,11 +366,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     the model's existing device.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        WeightsNotFoundError: ``path`` does not exist (a FileNotFoundError).
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"weights file {str(p)!r} does not exist")
+        raise WeightsNotFoundError(f"weights file {str(p)!r} does not exist")
     sd = torch.load(p, map_location="cpu", weights_only=True)
     unwrap(model).load_state_dict(_strip_prefixes(sd), strict=True)
     return model

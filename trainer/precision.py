@@ -84,7 +84,7 @@ def resolve_precision(amp: str, device: torch.device, *, cpu_bf16: bool | None =
 def recorded_precision(precision: str, amp: str, device: torch.device) -> Precision:
     """The precision a run was trained in: its recorded ``precision``; for runs made before that key
     existed (``precision`` ""), what they did: bf16 autocast on CUDA unless ``amp`` was false, fp32 on CPU."""
-    if precision in ("bf16", "fp32"):
+    if precision and precision in PRECISIONS:  # "" is the one value that is not a precision
         return precision  # type: ignore[return-value]
     return "bf16" if device.type == "cuda" and amp != "false" else "fp32"
 

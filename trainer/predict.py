@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +39,16 @@ import pandas as pd
 import torch
 
 from neurocache.config import PrepConfig
+from neurocache.errors import InputError
 from neurocache.inputs import Inputs
 from neurocache.names import shown_name
 from neurocache.reasons import OK
 from trainer.config import TrainConfig
 from trainer.evaluation.calibrators import Calibrator
-from trainer.final import RunError
+from trainer.runs import files as F
+from trainer.runs.folder import RunError, read_json
 
-__all__ = ["PREDICT_COLUMNS", "FinalRun", "collect_inputs", "load_final_run", "predict_files"]
+__all__ = ["PREDICT_COLUMNS", "FinalRun", "collect_inputs", "load_final_run", "predict_command", "predict_files"]
 
 PREDICT_COLUMNS: tuple[str, ...] = ("ID", "path", "prob", "prob_raw", "pred", "status", "reason", "detail")
 #: Hash key for the header's patient/study/series hashes; predictions do not use them.
@@ -87,13 +90,11 @@ def load_final_run(run: str | Path) -> FinalRun:
         RunError: not a final run, or preprocessing that does not reproduce the fingerprint.
     """
     run = Path(run)
-    need = ["model_card.json", "final_model.pt"]
+    need = [F.MODEL_CARD, F.FINAL_MODEL]
     missing = [f for f in need if not (run / f).is_file()]
     if missing:
         raise RunError(f"{run} is not a final run (missing {', '.join(missing)}); run `python -m trainer final` first")
-    from trainer.runs import read_json
-
-    card = read_json(run / "model_card.json")
+    card = read_json(run / F.MODEL_CARD)
     cfg = TrainConfig.from_dict(card["config"])
     params, source = card.get("preprocess"), "model_card.json preprocess"
     if params is None:  # a card written before the key existed (tests/test_predict.py keeps such cards working)
@@ -109,7 +110,7 @@ def load_final_run(run: str | Path) -> FinalRun:
             f"preprocessing than training used"
         )
     return FinalRun(path=run, card=card, config=cfg, threshold=float(card["threshold"]), prep=prep,
-                    weights=run / card.get("weights_file", "final_model.pt"),
+                    weights=run / card.get("weights_file", F.FINAL_MODEL),
                     calibrator=Calibrator.from_dict(card.get("calibration")))
 
 
@@ -137,7 +138,7 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 def build_predictor(run: FinalRun, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The final model (eval mode, on ``device``) and the evaluation transform."""
-    from trainer.loops import make_transform
+    from trainer.transforms import make_transform
     from trainer.model import build_model, load_weights
 
     cfg = run.config
@@ -181,21 +182,22 @@ def predict_files(
 
     Raises:
         RunError: see :func:`load_final_run`.
+        InputError: ``batch_size`` < 1 (a ValueError).
     """
     from trainer.data import pick_device
 
     from trainer.precision import recorded_precision, scoring_precision
 
     run = load_final_run(run_dir)
+    bs = int(batch_size or run.config.eval_batch_size)
+    if bs < 1:  # the arguments and the device before the model is loaded
+        raise InputError(f"batch size must be >= 1, got {bs}")
     dev = pick_device(device or run.config.device)
     # the precision the model was trained and calibrated in (scoring_precision warns where this device cannot)
     prec = scoring_precision(recorded_precision(run.config.precision, run.config.amp, dev), dev)
     run = dataclasses.replace(run, config=run.config.with_overrides({"precision": prec}))
     cfg = run.config
     model, tf = build_predictor(run, dev)
-    bs = int(batch_size or cfg.eval_batch_size)
-    if bs < 1:
-        raise ValueError(f"batch size must be >= 1, got {bs}")
     files = collect_inputs(inputs)
     bar = None
     if progress:
@@ -288,6 +290,30 @@ def _score_files_with_context(
         for i, pr, pc, miss in zip(ok_at[lo : lo + bs], raw, run.calibrator(raw), replaced_neighbours(stack).tolist()):
             rows[i].update(prob=float(pc), prob_raw=float(pr), pred=int(pc >= run.threshold), neighbours_missing=miss)
     return rows
+
+
+def predict_command(
+    run_dir: Path, inputs: list[Path], *, out: Path, device: str | None = None, batch_size: int | None = None,
+    threads: int | None = None, quiet: bool = False,
+) -> int:
+    """``python -m trainer predict``: score ``inputs`` with a final run, write ``out`` and say what happened.
+
+    ``threads``: torch CPU threads (default: the run config's ``threads``); the other arguments as
+    :func:`predict_files`. The run is checked before any input is read.
+    """
+    t0 = time.perf_counter()
+    run = load_final_run(run_dir)  # fail fast, before reading any input
+    threads = threads if threads is not None else run.config.threads
+    if threads:
+        torch.set_num_threads(int(threads))
+    frame = predict_files(run_dir, inputs, device=device, batch_size=batch_size, progress=not quiet)
+    write_predictions(frame, out)
+    ok = frame["status"] == "ok"
+    reasons = frame.loc[~ok, "reason"].value_counts().to_dict()
+    print(f"predict: {len(frame)} files, {int(ok.sum())} scored ({int(frame['pred'].fillna(0).sum())} positive at threshold "
+          f"{run.threshold:.2f}), {int((~ok).sum())} not scored{' ' + str(reasons) if reasons else ''}; "
+          f"{time.perf_counter() - t0:.1f} s -> {shown_name(str(out))}")
+    return 0
 
 
 def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -20,7 +20,15 @@ from sklearn.model_selection import (
     train_test_split,
 )
 
-__all__ = ["check_no_group_crosses", "crossing_groups", "holdout_split", "make_split"]
+from neurocache.errors import UserError
+
+__all__ = ["SplitError", "check_no_group_crosses", "crossing_groups", "holdout_split", "make_split"]
+
+
+class SplitError(UserError, ValueError):
+    """The data cannot be split as asked: too few samples or groups per class for ``test_size``,
+    ``k_folds`` or ``holdout_frac``, or one class only. The message names the setting and the fix.
+    (Bad arguments, e.g. ``k_folds=1`` from code, stay plain ``ValueError``: the config checks them.)"""
 
 
 # --------------------------------------------------------------------------
@@ -46,16 +54,16 @@ def stratified_group_folds(y: np.ndarray, groups: np.ndarray, n_splits: int, see
     patients) this takes about a second where sklearn's takes tens (docs/benchmarks.md).
 
     Raises:
-        ValueError: as sklearn does (fewer groups than splits; every class smaller than n_splits).
+        SplitError: as sklearn does (fewer groups than splits; every class smaller than n_splits).
     """
     _, y_inv, y_cnt = np.unique(np.asarray(y), return_inverse=True, return_counts=True)
     if np.all(n_splits > y_cnt):
-        raise ValueError(f"n_splits={n_splits} cannot be greater than the number of members in each class.")
+        raise SplitError(f"n_splits={n_splits} cannot be greater than the number of members in each class.")
     n_classes = len(y_cnt)
     _, g_inv = group_codes(groups)
     n_groups = int(g_inv.max()) + 1 if len(g_inv) else 0
     if n_splits > n_groups:
-        raise ValueError(f"Cannot have number of splits n_splits={n_splits} greater than the number of groups: {n_groups}.")
+        raise SplitError(f"Cannot have number of splits n_splits={n_splits} greater than the number of groups: {n_groups}.")
     counts = np.bincount(g_inv * n_classes + y_inv.ravel(), minlength=n_groups * n_classes)
     counts = counts.reshape(n_groups, n_classes).astype(np.float64)
     perm = np.arange(n_groups)
@@ -96,7 +104,7 @@ def _check_labels(labels: Any) -> np.ndarray:
         raise ValueError("The 'labels' parameter must not contain NaN.")
     classes = np.unique(y)
     if classes.size < 2:
-        raise ValueError(
+        raise SplitError(
             "The 'labels' parameter must contain at least two classes to stratify; "
             f"got only {classes.tolist()}."
         )
@@ -144,7 +152,7 @@ def _check_seed(seed: Any) -> int:
 def _n_splits_for(frac: float, name: str, func: str) -> int:
     n = round(1.0 / frac)
     if n < 2:
-        raise ValueError(
+        raise SplitError(
             f"The '{name}' parameter of {func} is too large for a grouped split: "
             f"{name}={frac:g} gives round(1/{name})={n} splits, need at least 2 "
             f"(use {name} <= 0.66)."
@@ -177,7 +185,7 @@ def _require_units(
     unit = "samples" if groups is None else "groups"
     for c, n in _per_class_units(y, groups).items():
         if n < needed:
-            raise ValueError(
+            raise SplitError(
                 f"{what} needs at least {needed} {unit} with label {c} in {where}; "
                 f"found {n}. {fix}"
             )
@@ -197,7 +205,7 @@ def _first_split_mask(
         n_splits = _n_splits_for(frac, name, func)
         n_groups = int(group_codes(groups)[0].size)
         if n_groups < n_splits:
-            raise ValueError(
+            raise SplitError(
                 f"{name}={frac:g} (round(1/{name})={n_splits} grouped splits) needs at least "
                 f"{n_splits} groups; found {n_groups}. Increase {name} or add data."
             )
@@ -213,7 +221,7 @@ def _check_both_parts_have_all_classes(
         present = np.unique(y[m])
         missing = [c.item() for c in classes if c not in present]
         if missing:
-            raise ValueError(
+            raise SplitError(
                 f"The {label} has no sample with label {missing} "
                 f"(too few groups/samples per class for {name}). "
                 f"Change {name} or the seed, or add data."
@@ -255,8 +263,8 @@ def make_split(
         random_state=seed)``.
 
     Raises:
-        ValueError: invalid parameters, too few samples/groups per class, or a resulting test
-            set / fold that lacks a class.
+        ValueError: invalid parameters. SplitError (a ValueError): too few samples/groups per class,
+            or a resulting test set / fold that lacks a class.
     """
     y = _check_labels(labels)
     g = _check_groups(groups, y.shape[0])
@@ -298,7 +306,7 @@ def _assign_folds(y: np.ndarray, g: np.ndarray | None, is_test: np.ndarray, k: i
         present = np.unique(y[fold == i])
         missing = [c.item() for c in classes if c not in present]
         if missing:
-            raise ValueError(
+            raise SplitError(
                 f"k_folds={k}: fold {i} has no sample with label {missing} "
                 f"(too few groups per class). {fix}"
             )
@@ -320,7 +328,8 @@ def holdout_split(
     ``train_test_split(stratify=labels, test_size=frac, random_state=seed)``.
 
     Raises:
-        ValueError: invalid parameters, or holdout / remainder lacking a class.
+        ValueError: invalid parameters. SplitError (a ValueError): too few samples/groups per
+            class, or a holdout / remainder lacking a class.
     """
     y = _check_labels(labels)
     g = _check_groups(groups, y.shape[0])

@@ -24,14 +24,18 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from neurocache.config import ConfigError
 from trainer.affine import _affine_grid, _affine_thetas, random_affine
 from trainer.config import AugConfig
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -46,6 +50,7 @@ __all__ = [
     "AugConfig",
     "BatchTransform",
     "expand_windows",
+    "make_transform",
     "normalize",
     "random_affine",
     "resize",
@@ -63,18 +68,19 @@ def expand_windows(windows: Sequence[Sequence[float]]) -> list[tuple[float, floa
     three or more are used as given (C = len(windows)).
 
     Raises:
-        ValueError: empty list, an entry that is not a (center, width) pair, or width <= 0.
+        ConfigError: empty list, an entry that is not a (center, width) pair, or width <= 0 (config key
+            ``windows``; a ValueError).
     """
     wins: list[tuple[float, float]] = []
     for i, w in enumerate(windows):
         if len(w) != 2:
-            raise ValueError(f"windows[{i}]={list(w)!r} must be a [center, width] pair in HU")
+            raise ConfigError(f"windows[{i}]={list(w)!r} must be a [center, width] pair in HU")
         c, wd = float(w[0]), float(w[1])
         if not (math.isfinite(c) and math.isfinite(wd)) or wd <= 0:
-            raise ValueError(f"windows[{i}]=[{c}, {wd}] is invalid; the width must be a finite number > 0 HU")
+            raise ConfigError(f"windows[{i}]=[{c}, {wd}] is invalid; the width must be a finite number > 0 HU")
         wins.append((c, wd))
     if not wins:
-        raise ValueError("windows must hold at least one [center, width] pair, e.g. [[40, 80]]")
+        raise ConfigError("windows must hold at least one [center, width] pair, e.g. [[40, 80]]")
     while len(wins) < 3:
         wins.append(wins[-1])
     return wins
@@ -184,7 +190,7 @@ def normalize(
 class BatchTransform:
     """window -> resize -> (random affine when training) -> ImageNet normalize, on whole batches.
 
-    The trainer builds it with :func:`trainer.loops.make_transform` from its
+    The trainer builds it with :func:`make_transform` from its
     :class:`~trainer.config.TrainConfig`; :meth:`from_config` builds one from a plain mapping, e.g.::
 
         BatchTransform.from_config({"windows": [[40, 80]], "out_size": 224,
@@ -195,7 +201,7 @@ class BatchTransform:
         windows: (center, width) HU windows as given (expanded per :func:`expand_windows`).
         out_size: side of the network input, pixels.
         aug: augmentation ranges used when ``train=True``.
-        context: neighbour slices on each side (0: one slice per sample, the seed's input). With
+        context: neighbour slices on each side (0: one slice per sample, the original pipeline's input). With
             k > 0 the input is (B, 2k + 1, S, S) and the channels are, slice by slice (previous
             ones first), one per distinct window: C = (2k + 1) x U. One window and k = 1 give the
             three channels an ImageNet first convolution expects (neighbours as "RGB").
@@ -312,6 +318,13 @@ class BatchTransform:
         # (B, U or C, H, W) -> (B, C, H, W): windowed-and-normalised = v * scale[c] + shift[c].
         x = torch.addcmul(coef["shift"], x, coef["scale"])
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+
+def make_transform(cfg: TrainConfig) -> BatchTransform:
+    """The config's window/resize/augmentation pipeline (``windows``, ``out_size``, ``aug``,
+    ``context_slices``, ``channels_last``): what every model of a run is trained and scored through."""
+    return BatchTransform(windows=cfg.windows, out_size=cfg.out_size, aug=cfg.aug, context=cfg.context_slices,
+                          channels_last=cfg.channels_last)
 
 
 @functools.lru_cache(maxsize=64)

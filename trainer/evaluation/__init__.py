@@ -7,7 +7,7 @@ Modules, in pipeline order:
 * :mod:`~trainer.evaluation.curves` -- per-fold ROC/PR curves on a common grid and their mean AUCs.
 * :mod:`~trainer.evaluation.thresholds` -- CV threshold tables and the threshold selection.
 * :mod:`~trainer.evaluation.intervals` -- Wilson, DeLong and patient-bootstrap intervals.
-* :mod:`~trainer.evaluation.calibration` -- reliability table, calibration slope/intercept.
+* :mod:`~trainer.evaluation.reliability` -- reliability table, calibration slope/intercept.
 * :mod:`~trainer.evaluation.calibrators` -- the post-hoc probability maps (platt, temperature, isotonic).
 * :mod:`~trainer.evaluation.patient` -- slice -> patient aggregation.
 * :mod:`~trainer.evaluation.fold_health` -- folds whose model did not learn.

@@ -33,7 +33,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, logit
 
-__all__ = ["METHODS", "Calibrator", "fit_calibrator", "to_logit"]
+__all__ = ["METHODS", "Calibrator", "fit_calibrator", "fit_logistic", "to_logit"]
 
 METHODS: tuple[str, ...] = ("platt", "temperature", "isotonic", "none")
 #: Probabilities are clipped to [EPS, 1 - EPS] before the logit (float64 sigmoid saturates near 37).
@@ -93,21 +93,54 @@ class Calibrator:
                    str(d.get("note", "")))
 
 
-def _platt(z: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Platt's fit: minimise the cross-entropy of sigmoid(a z + b) against smoothed targets."""
-    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
-    t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+def fit_logistic(
+    x: np.ndarray, t: np.ndarray, *, offset: np.ndarray | None = None, start: np.ndarray | None = None
+) -> tuple[np.ndarray, bool]:
+    """Unpenalised maximum-likelihood logistic regression: the trainer's one logistic fitter.
+
+    Minimises the cross-entropy of ``sigmoid(x @ w + offset)`` against targets ``t`` in [0, 1]
+    (0/1 labels, or Platt's smoothed targets) with scipy's L-BFGS-B and the analytic gradient.
+    Used by Platt's calibration map here and by the calibration slope / intercept of
+    :func:`trainer.evaluation.reliability.logistic_calibration`.
+
+    Args:
+        x: (n, k) float64 design matrix (include a column of ones for an intercept).
+        t: (n,) float64 targets.
+        offset: (n,) a term added with coefficient 1 (e.g. logit(p) for calibration-in-the-large).
+        start: (k,) the starting coefficients (default zeros).
+
+    Returns:
+        (w: (k,) coefficients, converged: finite, and scipy reports success or the gradient is
+        below 1e-6 per row). Where no maximum exists (separated classes) the coefficients run off
+        and may still be reported as converged: callers that can meet separation check for it.
+    """
+    k = x.shape[1]
 
     def nll(w: np.ndarray) -> tuple[float, np.ndarray]:
-        s = w[0] * z + w[1]
+        s = w[0] * x[:, 0]
+        for j in range(1, k):
+            s = s + w[j] * x[:, j]
+        if offset is not None:
+            s = s + offset
         # -[t log sigmoid(s) + (1-t) log(1-sigmoid(s))] = logaddexp(0, s) - t s, numerically stable
         loss = np.logaddexp(0.0, s) - t * s
         g = expit(s) - t
-        return float(loss.sum()), np.array([float((g * z).sum()), float(g.sum())])
+        return float(loss.sum()), np.array([float((g * x[:, j]).sum()) for j in range(k)])
 
+    x0 = np.zeros(k) if start is None else np.asarray(start, dtype=np.float64)
+    res = minimize(nll, x0, jac=True, method="L-BFGS-B", options={"gtol": 1e-10, "ftol": 1e-15})
+    w = np.asarray(res.x, dtype=np.float64)
+    small_gradient = bool(np.max(np.abs(res.jac)) < 1e-6 * max(1.0, float(t.size)))
+    return w, bool(np.all(np.isfinite(w))) and (bool(res.success) or small_gradient)
+
+
+def _platt(z: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Platt's fit: ``sigmoid(a z + b)`` by :func:`fit_logistic` against the smoothed targets."""
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
     prior = np.log((n_pos + 1.0) / (n_neg + 1.0))
-    res = minimize(nll, np.array([1.0, prior]), jac=True, method="L-BFGS-B", options={"gtol": 1e-10, "ftol": 1e-15})
-    return {"a": float(res.x[0]), "b": float(res.x[1])}
+    w, _ = fit_logistic(np.column_stack([z, np.ones_like(z)]), t, start=np.array([1.0, prior]))
+    return {"a": float(w[0]), "b": float(w[1])}
 
 
 def _temperature(z: np.ndarray, y: np.ndarray) -> dict[str, float]:

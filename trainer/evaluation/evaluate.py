@@ -12,16 +12,18 @@ Settings are config keys (defaults on :class:`trainer.config.TrainConfig`): ``n_
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from trainer.config import TrainConfig
-from trainer.evaluation.calibration import calibration_summary
+from trainer.evaluation.reliability import calibration_summary
 from trainer.evaluation.intervals import interval_report
 from trainer.evaluation.metrics import binary_metrics
 from trainer.evaluation.patient import aggregate_patients, describe, patient_frame
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 EVAL_KEYS: tuple[str, ...] = ("n_boot", "ci_level", "ci_seed", "patient_aggregation", "calibration_bins",
                               "calibration_strategy", "gallery_n")

@@ -31,6 +31,7 @@ __all__ = [
     "CONFUSION_COLUMNS",
     "binary_metrics",
     "confusion_at",
+    "ranking_scores",
     "threshold_grid",
     "threshold_table",
 ]
@@ -201,6 +202,16 @@ def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, int | 
         }
     )
     return out
+
+
+def ranking_scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """(AUPRC, ROC-AUC) of scores ``p`` against 0/1 labels ``y``; NaN when the rows hold one class only.
+
+    The threshold-free ranking of a model: early stopping, each fold's validation scores, the
+    final model's holdout."""
+    if len(np.unique(y)) < 2:
+        return float("nan"), float("nan")
+    return float(average_precision_score(y, p)), float(roc_auc_score(y, p))
 
 
 def threshold_grid(step: float = 0.01) -> np.ndarray:

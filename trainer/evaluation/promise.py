@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from trainer.results import CVResult
+    from trainer.runs.results import CVResult
 
 __all__ = ["PROMISE_METRICS", "RANKING_METRICS", "fold_stats_of", "format_promise", "promise_vs_delivery"]
 

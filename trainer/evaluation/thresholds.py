@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from neurocache.errors import UserError
 from trainer.evaluation.inputs import check_frame
 from trainer.evaluation.metrics import (
     _ratios,
@@ -24,6 +25,7 @@ from trainer.evaluation.metrics import (
 )
 
 __all__ = [
+    "CANDIDATE_SOURCES",
     "MAX_CANDIDATES",
     "POOLINGS",
     "RATIO_METRICS",
@@ -42,6 +44,8 @@ RATIO_METRICS: tuple[str, ...] = ("sens", "spec", "ppv", "npv", "f1", "acc")
 STRATEGIES: tuple[str, ...] = ("max_f1", "sens_target")
 #: Allowed values of ``select_threshold(pooling=...)``: the summary's ``_pooled`` or ``_mean`` columns.
 POOLINGS: tuple[str, ...] = ("pooled", "folds")
+#: Allowed values of ``candidate_thresholds(source=...)`` (config key ``threshold_candidates``).
+CANDIDATE_SOURCES: tuple[str, ...] = ("oof", "grid")
 #: At most this many data-driven candidates (quantiles of the midpoints beyond it): 750k OOF rows
 #: must not mean 750k thresholds per fold.
 MAX_CANDIDATES: int = 2000
@@ -55,8 +59,9 @@ SENS_TOL: float = 1e-9
 _OOF_COLUMNS = ("ID", "label", "prob", "fold")
 
 
-class ThresholdUnreachableError(ValueError):
-    """No threshold reaches the requested mean sensitivity."""
+class ThresholdUnreachableError(UserError, ValueError):
+    """No threshold reaches the requested mean sensitivity (a user error: lower ``sens_target`` or
+    change the strategy; the command line prints the message in one line)."""
 
 
 def _check_oof(oof: pd.DataFrame) -> pd.DataFrame:
@@ -201,7 +206,7 @@ def candidate_thresholds(prob: Any, *, source: str = "oof", step: float = 0.01) 
         if cand.size > MAX_CANDIDATES:
             cand = np.unique(np.quantile(cand, np.linspace(0.0, 1.0, MAX_CANDIDATES)))
     else:
-        raise ValueError(f"threshold candidates source={source!r} is invalid; allowed: oof, grid")
+        raise ValueError(f"threshold candidates source={source!r} is invalid; allowed: {', '.join(CANDIDATE_SOURCES)}")
     keep = (cand > p[0]) & (cand <= p[-1])
     return np.unique(cand[keep]) if keep.any() else np.unique(cand)
 
@@ -252,7 +257,7 @@ def select_threshold(
 ) -> dict[str, Any]:
     """Pick an operating threshold from a :func:`cv_threshold_tables` summary.
 
-    ``pooling="folds"`` (the seed's) reads the fold means (``f1_mean``, ``sens_mean``,
+    ``pooling="folds"`` (the original pipeline's) reads the fold means (``f1_mean``, ``sens_mean``,
     ``ppv_mean``); ``pooling="pooled"`` the ratios of the pooled OOF counts (``f1_pooled``...).
     Below, ``_x`` is that suffix.
 

@@ -4,7 +4,7 @@ Everything is inline: plots are base64 PNG data URIs, styles are one ``<style>``
 no script and no external link, so the file opens offline and can be archived or mailed as is.
 The page is rendered by jinja2 from ``trainer/report/templates/`` (autoescaped); this module
 gathers what each section shows from the run folder's typed results
-(:class:`~trainer.results.CVResult`, :class:`~trainer.results.TestResult`,
+(:class:`~trainer.runs.results.CVResult`, :class:`~trainer.runs.results.TestResult`,
 :class:`~trainer.config.TrainConfig`) and computes nothing that the run did not already report.
 
 Sections (stable ``id`` attributes, in this order):
@@ -44,8 +44,10 @@ from markupsafe import Markup
 
 from trainer.report import sections as S
 from trainer.report.format import ci, fmt, kv_frame
+from trainer.runs.files import REPORT
+from trainer.runs.folder import RunNotFoundError
 
-__all__ = ["SECTION_IDS", "build_report", "write_report"]
+__all__ = ["SECTION_IDS", "build_report", "report_command", "write_report", "write_run_report"]
 
 SECTION_IDS: tuple[str, ...] = (
     "promise", "summary", "data-manifest", "split-manifest", "config-environment", "cv-curves", "threshold-table",
@@ -125,6 +127,42 @@ def write_report(run: str | Path, *, store_path: str | Path | None = None, wall_
                  out: str | Path | None = None) -> tuple[Path, list[str]]:
     """Write ``report.html`` (default: in the run folder); returns (path, ids of unfilled sections)."""
     doc, missing = build_report(run, store_path=store_path, wall_seconds=wall_seconds)
-    path = Path(out) if out else Path(run) / "report.html"
+    path = Path(out) if out else Path(run) / REPORT
     path.write_text(doc, encoding="utf-8")
     return path, missing
+
+
+def _say_written(path: Path, missing: list[str]) -> None:
+    if missing:
+        print(f"report.html: sections without data: {', '.join(missing)}", file=sys.stderr)
+    print(f"report: {path}")
+
+
+def write_run_report(run: Path, wall_seconds: float | None) -> None:
+    """``report.html`` at the end of ``trainer cv`` / ``trainer final``: written and announced, or a warning.
+
+    The run's results are already written when this runs, so no failure here fails the run: any
+    exception (a bug in a section template, a figure that cannot be decoded, a full disk) is
+    printed as one warning naming ``python -m trainer report RUN`` to retry. This is the trainer's
+    one deliberate catch-all besides MLflow logging (:func:`trainer.runs.tracking.track`).
+    """
+    try:
+        path, missing = write_report(run, wall_seconds=wall_seconds)
+    except Exception as e:  # noqa: BLE001 - the run is complete; only its page is missing
+        print(f"warning: report.html could not be written ({type(e).__name__}: {e}); "
+              f"retry with `python -m trainer report {run}`", file=sys.stderr)
+        return
+    _say_written(path, missing)
+
+
+def report_command(run: Path, *, store_path: str | None = None, out: Path | None = None) -> int:
+    """``python -m trainer report RUN``: (re)write a run's ``report.html``; its errors reach the user.
+
+    Raises:
+        RunNotFoundError: ``run`` does not exist.
+    """
+    if not run.is_dir():
+        raise RunNotFoundError(f"run folder {run} does not exist")
+    path, missing = write_report(run, store_path=store_path, out=out)
+    _say_written(path, missing)
+    return 0

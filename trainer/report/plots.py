@@ -3,7 +3,7 @@
 Every function saves one PNG (dpi 120 unless stated, parent directories created) and always closes
 its figure, also on error, so no figure leaks in long runs. The numbers in titles and legends are
 computed in :mod:`trainer.evaluation` (:func:`~trainer.evaluation.curves.mean_roc`,
-:func:`~trainer.evaluation.calibration.calibration_summary`); these functions only draw.
+:func:`~trainer.evaluation.reliability.calibration_summary`); these functions only draw.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from trainer.evaluation.calibration import calibration_summary
+from trainer.evaluation.reliability import calibration_summary
 from trainer.evaluation.curves import (
     FoldCurves,
     interp_pr,
@@ -216,7 +216,7 @@ def plot_calibration(
         path: PNG to write (parent folders created).
 
     Returns:
-        ``{name: calibration_summary(...)}`` (:mod:`trainer.evaluation.calibration`).
+        ``{name: calibration_summary(...)}`` (:mod:`trainer.evaluation.reliability`).
     """
     out: dict[str, dict[str, Any]] = {}
     fig, (ax, axh) = plt.subplots(2, 1, figsize=(6, 7.5), gridspec_kw={"height_ratios": [3, 1.2]}, sharex=True)

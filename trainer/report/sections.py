@@ -18,7 +18,8 @@ from markupsafe import Markup
 
 from trainer.config import TrainConfig
 from trainer.report.format import ci, fmt
-from trainer.results import CVResult, TestResult
+from trainer.runs import files as F
+from trainer.runs.results import CVResult, TestResult
 
 
 class Missing(Exception):
@@ -60,7 +61,7 @@ class Context:
 
 
 def load_context(run: Path, store_path: str | Path | None, wall_seconds: float | None) -> Context:
-    from trainer.run_folder import load_run
+    from trainer.runs.folder import load_run
 
     r = load_run(run, require=())  # whatever the run has; missing pieces are None and their sections say so
     cv = CVResult.from_dict(r.cv_metrics) if r.cv_metrics else None
@@ -233,8 +234,8 @@ def cv_curves(ctx: Context) -> dict[str, Any]:
     per_fold = [f.to_dict() for f in ctx.cv.per_fold] if ctx.cv else []
     cols = [c for c in ("fold", "early_stopping", "n_train", "n_holdout", "n_val", "best_val_auprc", "holdout_auc",
                         "val_auc", "train_auc", "seconds") if per_fold and c in per_fold[0]]
-    return {"figures": [figure(d / "cv_mean_roc.png", "cross-validated ROC"), figure(d / "cv_mean_pr.png", "cross-validated PR"),
-                        figure(d / "cv_history.png", "training histories")], "per_fold": per_fold, "cols": cols}
+    return {"figures": [figure(d / F.CV_MEAN_ROC, "cross-validated ROC"), figure(d / F.CV_MEAN_PR, "cross-validated PR"),
+                        figure(d / F.CV_HISTORY_PLOT, "training histories")], "per_fold": per_fold, "cols": cols}
 
 
 def threshold_rows(summary: pd.DataFrame, threshold: float, around: int = 5) -> pd.DataFrame:
@@ -245,10 +246,10 @@ def threshold_rows(summary: pd.DataFrame, threshold: float, around: int = 5) -> 
 
 def threshold_table(ctx: Context) -> dict[str, Any]:
     d, sel = ctx.cv_dir, ctx.selection
-    if d is None or sel is None or not (d / "cv_thresholds_summary.csv").is_file():
+    if d is None or sel is None or not (d / F.CV_THRESHOLDS_SUMMARY).is_file():
         raise Missing("cv_thresholds_summary.csv / threshold_selection.json of the cv run were not found")
     thr = float(sel["threshold"])
-    near = threshold_rows(pd.read_csv(d / "cv_thresholds_summary.csv"), thr)
+    near = threshold_rows(pd.read_csv(d / F.CV_THRESHOLDS_SUMMARY), thr)
     cols = [c for c in ("threshold", "sens_pooled", "spec_pooled", "f1_pooled", "sens_mean", "sens_std", "spec_mean",
                         "spec_std", "ppv_mean", "npv_mean", "f1_mean", "tp_sum", "fp_sum", "tn_sum", "fn_sum")
             if c in near.columns]
@@ -315,7 +316,7 @@ def confusion(ctx: Context) -> dict[str, Any]:
     pt = (ev.get("patient") or {}).get("metrics")
     if pt:
         tables.append({"m": pt, "title": f"{what} patients at threshold {fmt(pt.get('threshold'), 2)}"})
-    fig = figure(ctx.run / "test_confusion.png", "test confusion matrix") if ctx.kind == "final" else None
+    fig = figure(ctx.run / F.TEST_CONFUSION, "test confusion matrix") if ctx.kind == "final" else None
     return {"tables": tables, "figure": fig}
 
 
@@ -323,7 +324,7 @@ def calibration(ctx: Context) -> dict[str, Any]:
     cal = (_evaluation_block(ctx) or {}).get("calibration")
     if not cal:
         raise Missing("no calibration results for this run")
-    png = ctx.run / ("test_calibration.png" if ctx.kind == "final" else "cv_calibration.png")
+    png = ctx.run / (F.TEST_CALIBRATION_PLOT if ctx.kind == "final" else F.CV_CALIBRATION_PLOT)
     head = {"Brier score": cal.get("brier"), "Brier of predicting the prevalence": cal.get("brier_reference"),
             "calibration slope (1 = ideal)": cal.get("slope"), "calibration intercept (0 = ideal)": cal.get("intercept"),
             "calibration-in-the-large (slope fixed at 1)": cal.get("citl"), "expected calibration error": cal.get("ece"),
@@ -354,7 +355,7 @@ def gallery_cases(pred: pd.DataFrame, threshold: float, n: int) -> tuple[pd.Data
 
 def gallery(ctx: Context) -> dict[str, Any]:
     thr = ctx.threshold
-    src = ctx.run / ("test_predictions.csv" if ctx.kind == "final" else "cv_oof_predictions.csv")
+    src = ctx.run / (F.TEST_PREDICTIONS if ctx.kind == "final" else F.CV_OOF_PREDICTIONS)
     if thr is None or not src.is_file():
         raise Missing(f"{src.name} or the threshold is missing")
     if ctx.store is None:

@@ -143,7 +143,7 @@ class TestResult:
             flat at the top of the JSON.
         confusion: ``tp, fp, tn, fn``.
         holdout_best_auprc, holdout_auc: on the final model's early-stopping/calibration holdout.
-        calibration: the test's calibration summary (:func:`trainer.evaluation.calibration.calibration_summary`;
+        calibration: the test's calibration summary (:func:`trainer.evaluation.reliability.calibration_summary`;
             the fitted calibrator when the test set is empty).
         n_train, n_holdout, n_test: rows.
         warnings: every warning of the final run.

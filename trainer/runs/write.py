@@ -1,4 +1,4 @@
-"""Run folders: naming, environment capture, JSON/CSV writing."""
+"""Writing a run folder: a new folder (named as :mod:`trainer.runs.files` says), its JSON, the environment."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from trainer.runs.files import STAMP_FORMAT, run_dir_name
+
 
 def new_run_dir(out: str | Path, kind: str) -> Path:
     """``out/run_YYYYMMDD_HHMMSS_<kind>``; a suffix ``_2``, ``_3``… when that name is taken."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    base = Path(out) / f"run_{stamp}_{kind}"
+    stamp = _dt.datetime.now().strftime(STAMP_FORMAT)
+    base = Path(out) / run_dir_name(stamp, kind)
     path, i = base, 2
     while path.exists():
         path = base.with_name(f"{base.name}_{i}")
@@ -55,11 +57,6 @@ def _clean(o: Any) -> Any:
 def write_json(path: Path, obj: Any) -> None:
     """``obj`` as indented JSON (NaN -> null, numpy scalars/arrays, paths and dataclasses converted) plus a newline."""
     path.write_text(json.dumps(_clean(obj), indent=2, default=_default) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    """The JSON value in ``path``."""
-    return json.loads(Path(path).read_text())
 
 
 def environment(device: Any) -> dict[str, Any]:

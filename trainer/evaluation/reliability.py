@@ -1,18 +1,22 @@
-"""Calibration of predicted probabilities: Brier score, reliability diagram, slope and intercept.
+"""How well calibrated a set of predicted probabilities is: Brier score, reliability diagram, slope and intercept.
+
+(The post-hoc maps that *make* a model's probabilities calibrated are :mod:`trainer.evaluation.calibrators`.)
 
 * Brier score: ``mean((p - y)²)`` (``sklearn.metrics.brier_score_loss``).
 * Reliability diagram: predictions binned (``uniform`` edges on [0, 1] or ``quantile`` edges),
   the observed positive fraction against the mean prediction per non-empty bin -- the same bins
   and values as ``sklearn.calibration.calibration_curve``, plus the count per bin.
 * Calibration slope and intercept: the unpenalised logistic regression ``logit P(y=1) = a + b ·
-  logit(p)`` (Cox 1958); perfect calibration is ``b = 1, a = 0``. A slope below 1 means the
+  logit(p)`` (Cox 1958; fitted by :func:`trainer.evaluation.calibrators.fit_logistic`, the one
+  logistic fitter); perfect calibration is ``b = 1, a = 0``. A slope below 1 means the
   predictions are too extreme (over-fitting), above 1 too timid.
 * Calibration-in-the-large (``citl``): the intercept of ``logit P(y=1) = a + logit(p)`` (slope
   fixed at 1, logit(p) as an offset); positive when the model under-predicts on average.
 * ECE: ``Σ_bins (n_bin / n) · |frac_pos - mean_pred|`` over the diagram's bins.
 
-Probabilities are clipped to [1e-6, 1 - 1e-6] before the logit. A fit that does not converge
-(e.g. perfectly separated classes) reports NaN slope/intercept and ``converged: false``.
+Probabilities are clipped to [1e-6, 1 - 1e-6] before the logit. A fit that does not converge, or
+has no maximum (classes perfectly separated by the predictions), reports NaN slope/intercept and
+``converged: false``.
 """
 
 from __future__ import annotations
@@ -24,17 +28,19 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
+from trainer.evaluation.calibrators import fit_logistic
 from trainer.evaluation.inputs import check_labels_scores
 
 __all__ = [
-    "STRATEGIES",
+    "BIN_STRATEGIES",
     "bin_edges",
     "calibration_summary",
     "calibration_table",
     "logistic_calibration",
 ]
 
-STRATEGIES: tuple[str, ...] = ("uniform", "quantile")
+#: How the reliability diagram's bin edges are placed (config key ``calibration_strategy``).
+BIN_STRATEGIES: tuple[str, ...] = ("uniform", "quantile")
 EPS: float = 1e-6
 
 
@@ -46,8 +52,8 @@ def _check(y: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def bin_edges(prob: np.ndarray, n_bins: int = 10, strategy: str = "uniform") -> np.ndarray:
     """Bin edges as ``sklearn.calibration.calibration_curve`` makes them."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"calibration strategy {strategy!r} is invalid; allowed: {', '.join(STRATEGIES)}")
+    if strategy not in BIN_STRATEGIES:
+        raise ValueError(f"calibration strategy {strategy!r} is invalid; allowed: {', '.join(BIN_STRATEGIES)}")
     if int(n_bins) < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     if strategy == "quantile":
@@ -72,41 +78,11 @@ def calibration_table(y: Any, prob: Any, n_bins: int = 10, strategy: str = "unif
              "frac_pos": float(fp)} for i, mp, fp in zip(np.flatnonzero(cnt), mean_pred, frac_pos)]
 
 
-def _fit_logistic(y: np.ndarray, x: np.ndarray | None, offset: np.ndarray, max_iter: int = 100,
-                  tol: float = 1e-10) -> tuple[np.ndarray, bool]:
-    """Unpenalised logistic regression by Newton-Raphson with step halving; (coef, converged)."""
-    cols = [np.ones_like(y)] + ([x] if x is not None else [])
-    X = np.column_stack(cols)
-    beta = np.zeros(X.shape[1])
-
-    def nll(b: np.ndarray) -> float:
-        eta = X @ b + offset
-        return float(np.sum(np.logaddexp(0.0, eta) - y * eta))
-
-    cur = nll(beta)
-    for _ in range(max_iter):
-        eta = X @ beta + offset
-        mu = 1.0 / (1.0 + np.exp(-eta))
-        wts = mu * (1.0 - mu)
-        grad = X.T @ (y - mu)
-        hess = X.T @ (X * wts[:, None])
-        try:
-            step = np.linalg.solve(hess, grad)
-        except np.linalg.LinAlgError:
-            return beta, False
-        t = 1.0
-        while True:
-            cand = beta + t * step
-            new = nll(cand)
-            if new <= cur + 1e-12:
-                break
-            t /= 2.0
-            if t < 1e-8:  # no descent left: at the optimum up to round-off, or stuck
-                return beta, bool(np.max(np.abs(grad)) < 1e-6 * max(1.0, y.size))
-        beta, cur = cand, new
-        if np.max(np.abs(t * step)) < tol * (1.0 + np.max(np.abs(beta))):
-            return beta, bool(np.all(np.abs(beta) < 1e3))
-    return beta, False
+def _separated(y: np.ndarray, x: np.ndarray) -> bool:
+    """True when a cut on ``x`` puts the classes apart (ties allowed): ``logit P = a + b x`` then has no
+    maximum-likelihood fit (the slope grows without bound)."""
+    pos, neg = x[y == 1], x[y == 0]
+    return bool(pos.min() >= neg.max() or neg.min() >= pos.max())
 
 
 def logistic_calibration(y: Any, prob: Any) -> dict[str, Any]:
@@ -117,12 +93,14 @@ def logistic_calibration(y: Any, prob: Any) -> dict[str, Any]:
         return {"slope": nan, "intercept": nan, "citl": nan, "converged": False}
     lp = np.log(np.clip(p, EPS, 1 - EPS) / (1 - np.clip(p, EPS, 1 - EPS)))
     out: dict[str, Any] = {}
+    ones = np.ones_like(yy)
     if np.ptp(lp) > 0:
-        coef, ok = _fit_logistic(yy, lp, np.zeros_like(yy))
+        coef, ok = fit_logistic(np.column_stack([ones, lp]), yy)
+        ok = ok and not _separated(yy, lp)
         out.update(intercept=float(coef[0]) if ok else nan, slope=float(coef[1]) if ok else nan, converged=ok)
     else:  # constant predictions: no slope
         out.update(intercept=nan, slope=nan, converged=False)
-    coef0, ok0 = _fit_logistic(yy, None, lp)
+    coef0, ok0 = fit_logistic(ones[:, None], yy, offset=lp)  # both classes present: this maximum always exists
     out["citl"] = float(coef0[0]) if ok0 else nan
     return out
 

@@ -24,7 +24,8 @@ from typing import Any
 
 from neurocache.config import ConfigError
 from trainer.config import TrainConfig
-from trainer.run_folder import Run, load_run
+from trainer.runs.files import MLRUNS
+from trainer.runs.folder import Run, load_run
 
 EXPERIMENT = "neurocache"
 _BATCH = 100  # MLflow's log_batch limit for params
@@ -58,7 +59,7 @@ def tracking_location(cfg: TrainConfig, out: Path) -> tuple[str, str | None]:
     """(tracking URI, artifact location of a new experiment; None = the server's default)."""
     if cfg.tracking_uri:
         return str(cfg.tracking_uri), None
-    root = (Path(out) / "mlruns").resolve()
+    root = (Path(out) / MLRUNS).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
 

@@ -1,4 +1,4 @@
-"""Calibration: Brier, reliability bins, logistic slope/intercept, the plot (trainer.evaluation.calibration)."""
+"""Calibration: Brier, reliability bins, logistic slope/intercept, the plot (trainer.evaluation.reliability)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy.optimize import minimize
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
-from trainer.evaluation.calibration import calibration_summary, calibration_table, logistic_calibration
+from trainer.evaluation.reliability import calibration_summary, calibration_table, logistic_calibration
 from trainer.report.plots import plot_calibration
 
 

@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainer.results import CVResult, TestResult
-from trainer.run_folder import Run, RunError, flatten, load_run
+from neurocache.errors import InputError
+from trainer.runs.files import MLRUNS
+from trainer.runs.folder import Run, RunError, RunNotFoundError, flatten, load_run
+from trainer.runs.results import CVResult, TestResult
 
 #: Config keys that never change a result (where a run was logged): not shown as differing.
 NOT_COMPARED: tuple[str, ...] = ("tracking", "tracking_uri")
 #: Folders of ours that live in an outputs folder and are not runs (MLflow's default store).
-NOT_RUNS: tuple[str, ...] = ("mlruns",)
+NOT_RUNS: tuple[str, ...] = (MLRUNS,)
 
 FIXED_COLUMNS: tuple[str, ...] = ("run", "kind", "date", "linked")
 METRIC_COLUMNS: tuple[str, ...] = (
@@ -46,7 +48,7 @@ def scan_runs(out: str | Path, *, fingerprint: str | None = None) -> tuple[list[
     """
     root = Path(out)
     if not root.is_dir():
-        raise FileNotFoundError(f"outputs folder {root} does not exist")
+        raise RunNotFoundError(f"outputs folder {root} does not exist")
     runs, skipped = [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in NOT_RUNS):
         try:
@@ -122,10 +124,10 @@ def sort_table(table: pd.DataFrame, key: str = "date", *, reverse: bool = False)
     """Sort by a column: metrics best first (descending), anything else ascending; ``reverse`` flips it.
 
     Raises:
-        ValueError: ``key`` is not a column (the message lists them).
+        InputError: ``key`` is not a column (the message lists them; a ``ValueError``).
     """
     if key not in table.columns:
-        raise ValueError(f"--sort {key!r} is not a column; columns: {', '.join(table.columns)}")
+        raise InputError(f"--sort {key!r} is not a column; columns: {', '.join(table.columns)}")
     ascending = not (key in METRIC_COLUMNS and key != "threshold")
     if reverse:
         ascending = not ascending

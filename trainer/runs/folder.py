@@ -10,7 +10,6 @@ selection and ``cv_metrics.json``; a final run adds its test predictions, ``test
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,25 +18,27 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from neurocache.errors import UserError
+from trainer.runs import files as F
+from trainer.runs.files import REQUIRED, RUN_NAME, STAMP_FORMAT
+
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
 
+__all__ = ["REQUIRED", "Run", "RunError", "RunNotFoundError", "find_cv_run", "flatten", "load_run", "read_json", "run_kind"]
+
 Kind = Literal["cv", "final"]
 
-#: Files without which a run of that kind is not complete (the default of ``load_run(require=...)``).
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "cv": ("run_args.json", "effective_config.json", "store.json", "split.csv", "cv_oof_predictions.csv",
-           "threshold_selection.json", "cv_metrics.json"),
-    "final": ("run_args.json", "effective_config.json", "store.json", "test_predictions.csv", "test_metrics.json",
-              "model_card.json"),
-}
-
-_NAME = re.compile(r"^run_(\d{8}_\d{6})_(cv|final)(?:_\d+)?$")
 _ID_DTYPES = {"ID": str, "group": str}
 
 
-class RunError(RuntimeError):
-    """A run folder is missing files, is not a run folder, or does not match the store."""
+class RunError(UserError, RuntimeError):
+    """A run folder is missing files, is not a run folder, or does not match the store (a user error:
+    the command line prints its message in one line)."""
+
+
+class RunNotFoundError(RunError, FileNotFoundError):
+    """A run folder, or the outputs folder that holds them, does not exist."""
 
 
 @dataclass(frozen=True)
@@ -114,12 +115,12 @@ def run_kind(path: str | Path) -> Kind:
         RunError: neither (not a run folder).
     """
     p = Path(path)
-    m = _NAME.match(p.name)
+    m = RUN_NAME.match(p.name)
     if m:
         return m.group(2)  # type: ignore[return-value]
-    if (p / "model_card.json").is_file() or (p / "test_metrics.json").is_file():
+    if (p / F.MODEL_CARD).is_file() or (p / F.TEST_METRICS).is_file():
         return "final"
-    if (p / "cv_metrics.json").is_file() or (p / "split.csv").is_file():
+    if (p / F.CV_METRICS).is_file() or (p / F.SPLIT).is_file():
         return "cv"
     raise RunError(f"{p} is not a run folder (no run_YYYYMMDD_HHMMSS_<cv|final> name, no cv or final result files)")
 
@@ -135,6 +136,11 @@ def find_cv_run(final_dir: Path, run_args: dict[str, Any]) -> Path | None:
     return None
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON value in ``path`` (a file that must exist)."""
+    return json.loads(Path(path).read_text())
+
+
 def _json(path: Path) -> Any:
     try:
         return json.loads(path.read_text()) if path.is_file() else None
@@ -147,9 +153,9 @@ def _csv(path: Path) -> pd.DataFrame | None:
 
 
 def _created(path: Path) -> datetime:
-    m = _NAME.match(path.name)
+    m = RUN_NAME.match(path.name)
     if m:
-        return datetime.strptime(m.group(1), "%Y%m%d_%H%M%S")
+        return datetime.strptime(m.group(1), STAMP_FORMAT)
     return datetime.fromtimestamp(path.stat().st_mtime)
 
 
@@ -166,30 +172,30 @@ def load_run(path: str | Path, *, require: Sequence[str] | None = None) -> Run:
     """
     p = Path(path)
     if not p.is_dir():
-        raise RunError(f"run folder {p} does not exist")
+        raise RunNotFoundError(f"run folder {p} does not exist")
     kind = run_kind(p)
     need = REQUIRED[kind] if require is None else tuple(require)
     missing = [f for f in need if not (p / f).is_file()]
     if missing:
         raise RunError(f"{p} is not a complete {kind} run (missing {', '.join(missing)}); "
                        f"run `python -m trainer {kind}` {'first' if kind == 'cv' else 'again'}")
-    run_args = _json(p / "run_args.json") or {}
+    run_args = _json(p / F.RUN_ARGS) or {}
     cv_dir = p if kind == "cv" else find_cv_run(p, run_args)
-    card = _json(p / "model_card.json") if kind == "final" else None
-    selection = _json(cv_dir / "threshold_selection.json") if cv_dir else None
+    card = _json(p / F.MODEL_CARD) if kind == "final" else None
+    selection = _json(cv_dir / F.THRESHOLD_SELECTION) if cv_dir else None
     threshold = (card or {}).get("threshold", (selection or {}).get("threshold"))
-    cv_metrics = _json(cv_dir / "cv_metrics.json") if cv_dir else None
+    cv_metrics = _json(cv_dir / F.CV_METRICS) if cv_dir else None
     return Run(
         path=p, kind=kind, created=_created(p),
-        config=_json(p / "effective_config.json") or {},
+        config=_json(p / F.EFFECTIVE_CONFIG) or {},
         run_args=run_args,
-        store=_json(p / "store.json") or {},
-        metrics=cv_metrics if kind == "cv" else _json(p / "test_metrics.json"),
+        store=_json(p / F.STORE) or {},
+        metrics=cv_metrics if kind == "cv" else _json(p / F.TEST_METRICS),
         threshold=None if threshold is None else float(threshold),
         selection=selection,
-        split=_csv(cv_dir / "split.csv") if cv_dir else None,
-        oof=_csv(cv_dir / "cv_oof_predictions.csv") if cv_dir else None,
-        test=_csv(p / "test_predictions.csv") if kind == "final" else None,
+        split=_csv(cv_dir / F.SPLIT) if cv_dir else None,
+        oof=_csv(cv_dir / F.CV_OOF_PREDICTIONS) if cv_dir else None,
+        test=_csv(p / F.TEST_PREDICTIONS) if kind == "final" else None,
         cv_metrics=cv_metrics,
         model_card=card,
         cv_run=None if kind == "cv" else cv_dir,
