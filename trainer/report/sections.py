@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from trainer.config import TrainConfig
 from trainer.report.format import ci, fmt
@@ -109,21 +109,28 @@ def run_warnings(ctx: Context) -> list[str]:
 # sections
 # --------------------------------------------------------------------------------------------
 def promise(ctx: Context) -> dict[str, Any]:
-    from trainer.evaluation.promise import NAMES, fold_stats_of, promise_vs_delivery
+    from trainer.evaluation.promise import (NAMES, bound_text, fold_stats_of, promise_vs_delivery, row_verdict,
+                                            verdict_summary, verdict_text)
 
     table = ctx.test.promised if ctx.test else None
     untested = table is None
     if table is None:
         if not (ctx.cv and ctx.cv.oof):
             raise Missing("cv_metrics.json has no pooled OOF evaluation")
-        table = promise_vs_delivery(ctx.cv.oof, {}, None, float(ctx.threshold or ctx.cv.threshold), fold_stats_of(ctx.cv))
-    held = {None: "", True: Markup('<span class="fail">outside the CV interval</span>'),
-            False: Markup('<span class="pass">within</span>')}
+        table = promise_vs_delivery(ctx.cv.oof, {}, None, float(ctx.threshold or ctx.cv.threshold), fold_stats_of(ctx.cv),
+                                    (ctx.selection or {}).get("sens_bound"))
+    css = {"worse": "fail", "better": "pass", "held": "held", "degenerate": "note"}
+
+    def shown(r: dict[str, Any]) -> Any:
+        v = row_verdict(r)
+        return Markup(f'<span class="{css[v]}">{escape(verdict_text(r))}</span>') if v in css else ""
+
     rows = [{"metric": NAMES[r["metric"]], "CV (pooled OOF)": fmt(r["cv"]), "CV interval": ci([r["cv_lo"], r["cv_hi"]]),
              "CV fold mean ± sd": _fold_mean(r), "test": fmt(r["test"]), "test interval": ci([r["test_lo"], r["test_hi"]]),
-             "test − CV": fmt(r["diff"]),
-             "held?": held[None if r["test"] is None else bool(r["outside"])]} for r in table["rows"]]
-    return {"table": table, "rows": rows, "warnings": run_warnings(ctx), "untested": untested}
+             "test − CV": fmt(r["diff"]), "verdict": shown(r)} for r in table["rows"]]
+    bound = bound_text(table["rows"][0]) if table["rows"] else ""
+    return {"table": table, "rows": rows, "warnings": run_warnings(ctx), "untested": untested, "bound": bound,
+            "summary": None if untested else verdict_summary(table)}
 
 
 def _fold_mean(row: dict[str, Any]) -> str:
