@@ -232,7 +232,8 @@ def _test_result(
         holdout_auc=holdout_auc, calibration=ev.get("calibration", cal.to_dict()), n_train=n_train,
         n_holdout=n_holdout, n_test=len(test),
         warnings=[w for w in (chance_warning("final model", holdout_auc), cal.note or None) if w],
-        evaluation=ev.get("evaluation"), intervals=ev.get("intervals"), patient=ev.get("patient"), promised=promised,
+        evaluation=ev.get("evaluation"), intervals=ev.get("intervals"), operating_points=ev.get("operating_points"),
+        patient=ev.get("patient"), promised=promised,
     )
 
 

@@ -22,7 +22,7 @@ Sections (stable ``id`` attributes, in this order):
 ``oof-metrics``    pooled out-of-fold metrics with intervals (slice and patient level)
 ``test-metrics``   test metrics with intervals (final runs; a cv run says how to get them)
 ``confusion``      confusion matrix at the threshold (test for final, OOF for cv)
-``calibration``    reliability diagram, Brier, slope, intercept
+``calibration``    reliability diagram, Brier, ECE, slope, intercept
 ``gallery``        the most confident false positives and false negatives, brain window
 ================== =====================================================================
 
@@ -42,6 +42,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from trainer.report import cases as C
 from trainer.report import sections as S
 from trainer.report.format import ci, fmt, kv_frame
 from trainer.runs.files import REPORT
@@ -66,7 +67,7 @@ SECTIONS: dict[str, Callable[[S.Context], Any]] = {
     "promise": S.promise, "summary": S.summary, "data-manifest": S.data_manifest, "split-manifest": S.split_manifest,
     "config-environment": S.config_environment, "cv-curves": S.cv_curves, "threshold-table": S.threshold_table,
     "oof-metrics": S.oof_metrics, "test-metrics": S.test_metrics, "confusion": S.confusion,
-    "calibration": S.calibration, "gallery": S.gallery,
+    "calibration": S.calibration, "gallery": C.gallery,
 }
 
 
