@@ -39,7 +39,7 @@ from trainer.runs import files as F
 from trainer.runs.folder import RunError, load_run, run_kind
 from trainer.runs.results import CVResult, TestResult
 from trainer.runs.tracking import check_tracking, track
-from trainer.runs.write import environment, new_run_dir, write_json
+from trainer.runs.write import environment, new_run_dir, write_config, write_json
 from trainer.split import canonical_groups, holdout_split
 from trainer.transforms import make_transform
 
@@ -144,7 +144,7 @@ def _final_run(data: SliceSource, cv: CVRun, *, store: str, out: str | Path, qui
     cfg = cv.config
     run = new_run_dir(out, "final")
     write_json(run / F.RUN_ARGS, run_args)
-    write_json(run / F.EFFECTIVE_CONFIG, cfg)
+    write_config(run, cfg)
     write_json(run / F.STORE, {**cv.store, "path": store_address(store), "environment": environment(data.device)})
     bar = EpochBar("final", cfg.total_epochs, quiet)
     m = run_final(data, cv, run, on_epoch=bar.update, started=started)
@@ -226,7 +226,8 @@ def _test_result(
     ev = public(full)
     promised = None
     if cv.metrics is not None and cv.metrics.oof:
-        promised = promise_vs_delivery(cv.metrics.oof, m, ev.get("intervals"), threshold, fold_stats_of(cv.metrics))
+        promised = promise_vs_delivery(cv.metrics.oof, m, ev.get("intervals"), threshold, fold_stats_of(cv.metrics),
+                                       cv.selection.get("sens_bound"))
     return TestResult(
         metrics=m, confusion={k: int(m[k]) for k in ("tp", "fp", "tn", "fn")}, holdout_best_auprc=best,
         holdout_auc=holdout_auc, calibration=ev.get("calibration", cal.to_dict()), n_train=n_train,

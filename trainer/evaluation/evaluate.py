@@ -90,13 +90,22 @@ def oof_evaluation(
 ) -> tuple[dict[str, Any], pd.DataFrame | None]:
     """Evaluate the pooled OOF predictions at ``threshold``: (``cv_metrics.json["oof"]``, the patient table).
 
-    ``patients`` maps ID -> patient key (default: the split's ``group`` column).
+    ``patients`` maps ID -> patient key (default: the split's ``group`` column; :func:`oof_patient_keys`).
     """
-    keymap = dict(patients) if patients is not None else dict(zip(split["ID"].astype(str), split["group"].astype(str)))
     ids = oof["ID"].astype(str).to_numpy()
-    pk = np.array([keymap.get(i, i) for i in ids], dtype=str)
+    pk = oof_patient_keys(split, oof, patients)
     y, p = oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float)
     ev = evaluate_predictions(ids, y, p, pk, threshold, cfg, next_ids)
     res: dict[str, Any] = {"what": "pooled out-of-fold predictions of the fold models, at the selected threshold",
                            "metrics": binary_metrics(y, p, threshold) if len(y) else {}, **public(ev)}
     return res, ev.get("_patients")
+
+
+def oof_patient_keys(split: pd.DataFrame, oof: pd.DataFrame, patients: Mapping[str, str] | None = None) -> np.ndarray:
+    """(n,) str: the patient key of each OOF row, the unit the bootstrap resamples.
+
+    ``patients`` maps ID -> patient key (``trainer cv``: the store's patient keys); without it the
+    split's ``group`` column (the patient key when the split grouped by patient). An ID in neither is its own key.
+    """
+    keymap = dict(patients) if patients is not None else dict(zip(split["ID"].astype(str), split["group"].astype(str)))
+    return np.array([keymap.get(i, i) for i in oof["ID"].astype(str).to_numpy()], dtype=str)

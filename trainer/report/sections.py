@@ -265,7 +265,10 @@ def threshold_table(ctx: Context) -> dict[str, Any]:
             if k in r:
                 r[k] = int(r[k])
     chosen = next((i for i, r in enumerate(recs) if abs(float(r["threshold"]) - thr) < 1e-9), None)
-    return {"threshold": thr, "sel": sel, "rows": recs, "cols": cols, "chosen": chosen, "per_fold": sel.get("per_fold") or []}
+    hist = d / F.THRESHOLD_HISTORY
+    history = pd.read_csv(hist).drop(columns=["file"]).to_dict("records") if hist.is_file() else []
+    return {"threshold": thr, "sel": sel, "rows": recs, "cols": cols, "chosen": chosen, "per_fold": sel.get("per_fold") or [],
+            "bound": sel.get("sens_bound"), "history": history}
 
 
 METRIC_ROWS = (("sens", "sensitivity", "wilson"), ("spec", "specificity", "wilson"), ("ppv", "PPV (precision)", "wilson"),
