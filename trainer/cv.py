@@ -1,5 +1,5 @@
 """``trainer cv``: the command and its run folder, end to end -- checks, split, (grid), K-fold
-cross-validation, threshold tables and selection; every file of the cv run folder is written here, once.
+cross-validation, threshold tables and selection; every file of the cv run folder is written from here, once.
 
 :func:`run_cv` runs the cheap local checks first (tracking settings, the store: path, schema,
 completeness, preprocessing; the device), then the slow or networked ones (the ImageNet weights,
@@ -7,12 +7,15 @@ the Dask cluster), and only then makes the run folder. The folds themselves are
 :mod:`trainer.folds`. Everything is chosen on the training pool only; test rows are flagged in
 ``split.csv`` and never touched here.
 
-Files (names in :mod:`trainer.runs.files`), in the order written: ``run_args.json``, ``store.json``,
-``split.csv``, ``preprocessing_examples_label{0,1}.png``, ``grid_results.csv`` (``--run-grid``),
+Files (names in :mod:`trainer.runs.files`), in the order written: ``run_args.json``, ``store.json``
+(with ``labels_hash``: the labels the run used, which ``trainer final`` checks), ``split.csv``,
+``preprocessing_examples_label{0,1}.png``, ``grid_results.csv`` (``--run-grid``),
 ``effective_config.json`` (with a grid: the chosen candidate), ``cv_oof_predictions.csv``,
-``cv_histories.csv``, ``cv_thresholds_by_fold.csv``, ``cv_thresholds_summary.csv``, the mean ROC/PR
-and history figures, ``threshold_selection.json``, ``cv_oof_patient_predictions.csv``,
-``cv_calibration.png``, ``cv_metrics.json`` (with the command's wall time), ``report.html``.
+``cv_histories.csv``, the mean ROC/PR and history figures, then the operating point through
+:mod:`trainer.selection` (whose writers ``trainer threshold`` calls too): ``cv_thresholds_by_fold.csv``,
+``cv_thresholds_summary.csv``, ``threshold_selection.json`` (and its copy in ``threshold_history/``,
+a row of ``threshold_history.csv``), ``cv_oof_patient_predictions.csv``, ``cv_calibration.png``,
+``cv_metrics.json`` (with the command's wall time); ``label_review.csv``, ``report.html``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from neurocache.config import ConfigError, load_yaml
+from neurocache.relabel import labels_hash
 from trainer.config import TrainConfig
 from trainer.data import SliceSource, group_keys, load_dataset, next_slice_ids, open_store_for, setup_device
 from trainer.evaluation.curves import mean_pr, mean_roc
@@ -126,7 +130,8 @@ def _cross_validate(
     write_json(run / F.RUN_ARGS, run_args)
     data = load_dataset(str(store), cfg, device, store=opened)
     write_json(run / F.STORE, {"path": store_address(store), "fingerprint": data.store.fingerprint,
-                               "n_ok": len(data.table), "environment": environment(device)})
+                               "n_ok": len(data.table), "labels_hash": labels_hash(data.table),  # what final checks
+                               "environment": environment(device)})
     split = split_table(data, cfg)
     split.to_csv(run / F.SPLIT, index=False)
     _plot_examples(run, data, split, cfg)
@@ -258,4 +263,24 @@ def write_cv_outputs(
         **result_fields(op, stuck), wall_seconds=None if started is None else round(time.perf_counter() - started, 2),
     )
     write_cv_metrics(run, metrics)
+    line = write_label_review(run, split, res.oof)
+    if line:
+        print(line, file=sys.stderr)
     return metrics
+
+
+def write_label_review(run: Path, split: pd.DataFrame, oof: pd.DataFrame) -> str | None:
+    """``label_review.csv``: the OOF slices ranked by how suspect their label is
+    (:func:`trainer.evaluation.label_review.label_review` of the calibrated OOF probabilities; group:
+    the split's group column). Returns the CV output's line about it; None (nothing written) when the
+    OOF predictions hold one class only.
+    """
+    from trainer.evaluation.label_review import label_review, summary_line
+
+    if oof["label"].nunique() < 2:
+        return None
+    groups = dict(zip(split["ID"].astype(str), split["group"].astype(str)))
+    ids = oof["ID"].astype(str)
+    review = label_review(ids, [groups.get(i, i) for i in ids], oof["label"], oof["prob"])
+    review.to_csv(run / F.LABEL_REVIEW, index=False)
+    return summary_line(review, file=F.LABEL_REVIEW)

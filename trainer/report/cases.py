@@ -63,3 +63,44 @@ def gallery(ctx: Context) -> dict[str, Any]:
             "threshold": float(thr), "n": n,
             "groups": [{"title": "False positives (label 0, most confident first)", "cases": cases(fp), "id": "gallery-fp"},
                        {"title": "False negatives (label 1, most confident first)", "cases": cases(fn), "id": "gallery-fn"}]}
+
+
+def _neighbours(ctx: Context) -> dict[str, tuple[int, int, int]]:
+    """ID -> (previous row, row, next row) in ``images`` of the store's ok slices (-1: none)."""
+    ok = ctx.store.ok_rows()
+    rows = ok["row"].to_numpy(dtype=np.int64)
+    prev = ok["prev_row"].to_numpy(dtype=np.int64) if "prev_row" in ok.columns else np.full(len(ok), -1)
+    nxt = ok["next_row"].to_numpy(dtype=np.int64) if "next_row" in ok.columns else np.full(len(ok), -1)
+    return {i: (int(p), int(r), int(n)) for i, p, r, n in zip(ok["ID"].astype(str), prev, rows, nxt)}
+
+
+def label_review(ctx: Context) -> dict[str, Any]:
+    """The cv run's most suspect labels (``label_review.csv``, top ``gallery_n``), each slice between its series
+    neighbours (the store's ``prev_row`` / ``next_row``), with its ID, given label, OOF prob and suggested label."""
+    from trainer.evaluation.label_review import summary_line
+
+    path = ctx.cv_dir / F.LABEL_REVIEW if ctx.cv_dir is not None else None
+    if path is None or not path.is_file():
+        raise Missing(f"{F.LABEL_REVIEW} of the cv run was not found (a cv run made before it existed, or OOF "
+                      f"predictions of one class only)")
+    review = pd.read_csv(path, dtype={"ID": str, "group": str}).sort_values("rank")
+    n = int(ctx.cfg.gallery_n)
+    center, width = ctx.cfg.windows[0]
+    links = _neighbours(ctx) if ctx.store is not None else {}
+    ids = dict(zip((r for _, r, _ in links.values()), links))  # images row -> ID
+
+    def image(row: int, role: str) -> dict[str, Any]:
+        if row < 0:
+            return {"role": role, "id": "", "png": None}
+        return {"role": role, "id": ids.get(row, ""), "png": _slice_png(np.asarray(ctx.store.images[row]), center, width)}
+
+    cases = []
+    for _, r in review.head(n).iterrows():
+        prev, row, nxt = links.get(str(r["ID"]), (-1, -1, -1))
+        g = str(r["group"])
+        cases.append({"id": str(r["ID"]), "group": g if len(g) <= 14 else g[:12] + "…", "label": int(r["label"]), "prob": float(r["prob"]),
+                      "quality": float(r["quality"]), "rank": int(r["rank"]), "suggested": int(r["suggested_label"]),
+                      "images": [image(prev, "previous"), image(row, "slice"), image(nxt, "next")] if row >= 0 else []})
+    return {"summary": summary_line(review, file=F.LABEL_REVIEW), "cases": cases, "n": n, "center": center,
+            "width": width, "store_error": None if ctx.store is not None else ctx.store_error,
+            "what": "this run's" if ctx.kind == "cv" else "its cv run's"}

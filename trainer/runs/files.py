@@ -30,6 +30,7 @@ THRESHOLD_SELECTION = "threshold_selection.json"  #: the latest selection: what 
 THRESHOLD_HISTORY = "threshold_history.csv"        #: every selection of the run (`trainer cv`, `trainer threshold`)
 THRESHOLD_HISTORY_DIR = "threshold_history"        #: a copy of each selection (:func:`threshold_history_selection`)
 CV_METRICS = "cv_metrics.json"
+LABEL_REVIEW = "label_review.csv"                  #: the OOF labels ranked by how suspect they are (cleanlab)
 
 # -- a final run --------------------------------------------------------------------------------
 FINAL_MODEL = "final_model.pt"
