@@ -146,3 +146,6 @@ def test_threshold_command_reselects_with_cvs_code_and_final_uses_it(runs, tmp_p
     promised = _json(final / F.TEST_METRICS)["promised"]
     assert promised["threshold"] == sel["threshold"] and promised["rows"][0]["cv_lower_bound"] == sel["sens_lower_bound"]
     assert "80% lower bound" in capsys.readouterr().out
+    page = (final / F.REPORT).read_text()
+    promise = page[page.index('<section id="promise">'):page.index('<section id="summary">')]
+    assert f"{sel['sens_pooled']:.3f} (80% lower bound {sel['sens_lower_bound']:.3f} &gt;= target 0.600)" in promise

@@ -124,7 +124,8 @@ def promise(ctx: Context) -> dict[str, Any]:
         v = row_verdict(r)
         return Markup(f'<span class="{css[v]}">{escape(verdict_text(r))}</span>') if v in css else ""
 
-    rows = [{"metric": NAMES[r["metric"]], "CV (pooled OOF)": fmt(r["cv"]), "CV interval": ci([r["cv_lo"], r["cv_hi"]]),
+    rows = [{"metric": NAMES[r["metric"]], "CV (pooled OOF)": fmt(r["cv"]) + (f" ({bound_text(r)})" if bound_text(r) else ""),
+             "CV interval": ci([r["cv_lo"], r["cv_hi"]]),
              "CV fold mean ± sd": _fold_mean(r), "test": fmt(r["test"]), "test interval": ci([r["test_lo"], r["test_hi"]]),
              "test − CV": fmt(r["diff"]), "verdict": shown(r)} for r in table["rows"]]
     bound = bound_text(table["rows"][0]) if table["rows"] else ""
