@@ -107,3 +107,35 @@ def test_ece_hand_example():
         expected_calibration_error([0, 1], [0.2, 0.8], strategy="equal")
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error([0, 1], [0.2, 0.8], n_bins=0)
+
+
+def test_operating_points_list_of_a_prediction_set_and_its_config_key():
+    from neurocache.config import ConfigError
+    from trainer.config import load_config
+    from trainer.evaluation.operating_points import operating_points, parse_points
+
+    y, p = _data(3)
+    pts = operating_points(y, p, [{"sens": 0.9}, {"spec": 0.95}])
+    assert [q["kind"] for q in pts] == ["sens", "spec"]
+    assert pts[0] == {"kind": "sens", **at_sensitivity(y, p, 0.9)} and pts[1] == {"kind": "spec", **at_specificity(y, p, 0.95)}
+    assert operating_points(np.zeros(5, int), np.linspace(0, 1, 5), [{"sens": 0.9}])[0]["note"].startswith("needs both")
+    assert operating_points(y, p, []) == [] and parse_points(None) == ()
+    cfg = load_config(sets=["operating_points=[{sens: 0.9}, {spec: 0.95}]"])
+    assert cfg.operating_points == ({"sens": 0.9}, {"spec": 0.95})
+    assert cfg.to_dict()["operating_points"] == [{"sens": 0.9}, {"spec": 0.95}]
+    assert type(cfg).from_dict(cfg.to_dict()) == cfg
+    for bad in ("[{ppv: 0.9}]", "[{sens: 1.5}]", "[{sens: 0.9, spec: 0.9}]", "0.9"):
+        with pytest.raises(ConfigError, match="operating_points"):
+            load_config(sets=[f"operating_points={bad}"])
+
+
+def test_the_evaluation_reports_operating_points_and_ece_beside_brier():
+    from trainer.config import load_config
+    from trainer.evaluation import evaluate_predictions
+
+    y, p = _data(4)
+    cfg = load_config(sets=["operating_points=[{sens: 0.8}]", "n_boot=0"])
+    ev = evaluate_predictions([str(i) for i in range(len(y))], y, p, np.arange(len(y)) // 4, 0.5, cfg)
+    assert ev["operating_points"] == [{"kind": "sens", **at_sensitivity(y, p, 0.8)}]
+    assert ev["calibration"]["ece"] == pytest.approx(expected_calibration_error(y, p, 10, "uniform"), abs=1e-15)
+    assert list(ev["evaluation"]["operating_points"]) == [{"sens": 0.8}]

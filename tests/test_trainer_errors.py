@@ -56,6 +56,7 @@ def test_every_user_facing_error_is_a_user_error_with_its_builtin_base():
         "trainer.model.WeightsNotFoundError": FileNotFoundError,
         "trainer.evaluation.thresholds.ThresholdUnreachableError": ValueError, "trainer.split.SplitError": ValueError,
         "trainer.data.DeviceUnavailableError": RuntimeError, "trainer.runs.tracking.TrackingError": ValueError,
+        "trainer.evaluation.sens_bound.SensBoundUnreachableError": ValueError,
     }
     assert set(bases) <= set(found)
     for name, base in bases.items():

@@ -1,5 +1,6 @@
-"""``python -m trainer {cv,final,predict,report,runs}``: cross-validation and the final model, from a neurocache
-store; scoring new DICOM files with a final run; the runs' report.html; every run side by side."""
+"""``python -m trainer {cv,threshold,final,predict,report,runs}``: cross-validation and the final model, from a
+neurocache store; a cv run's threshold chosen again; scoring new DICOM files with a final run; the runs'
+report.html; every run side by side."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 EPILOG = """examples:
   python -m trainer cv --store store.zarr --config configs/default.yaml
   python -m trainer cv --store store.zarr --config configs/default.yaml --set lr_ft=1e-4 --set epochs_ft=6
   python -m trainer cv --store store.zarr --config configs/default.yaml --run-grid
+  python -m trainer threshold --cv-run outputs/run_20260101_120000_cv --threshold-strategy sens_target \
+      --sens-target 0.85 --sens-confidence 0.95
   python -m trainer final --cv-run outputs/run_20260101_120000_cv
   python -m trainer predict --run outputs/run_20260101_130000_final new_scans/ one.dcm --out predictions.csv
   python -m trainer report outputs/run_20260101_130000_final
@@ -19,12 +23,8 @@ EPILOG = """examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    from trainer.evaluation.thresholds import STRATEGIES
-
-    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_cv(sub: Any, strategies: tuple[str, ...]) -> None:
+    """The ``cv`` subcommand's arguments."""
     cv = sub.add_parser("cv", help="split, cross-validate, build threshold tables and pick the threshold",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cv.add_argument("--store", required=True, help="neurocache store (built by `neurocache build`): a folder or an fsspec URL "
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     orig.add_argument("--out-size", type=int, default=None)
     orig.add_argument("--holdout-frac", type=float, default=None)
     orig.add_argument("--prep-plot-n", type=int, default=None)
-    orig.add_argument("--threshold-strategy", choices=STRATEGIES, default=None)
+    orig.add_argument("--threshold-strategy", choices=strategies, default=None)
     orig.add_argument("--sens-target", type=float, default=None)
     cv.add_argument("--quiet", action="store_true", help="no progress bars")
     cl = cv.add_argument_group("cluster (dask.distributed)")
@@ -54,6 +54,34 @@ def _parser() -> argparse.ArgumentParser:
     cl.add_argument("--fold-resources", default="GPU=1", metavar="NAME=N[,...]",
                     help="worker resources each fold task needs (workers started with --resources \"GPU=1\" run one fold "
                          "at a time); 'none' for no constraint. Ignored without --scheduler")
+
+
+def _add_threshold(sub: Any, strategies: tuple[str, ...]) -> None:
+    """The ``threshold`` subcommand's arguments."""
+    th = sub.add_parser("threshold", help="choose a cv run's threshold again from its saved out-of-fold predictions "
+                        "(seconds; no training)")
+    th.add_argument("--cv-run", type=Path, required=True, help="a cv run folder (rewritten: threshold files, cv_metrics.json, "
+                    "effective_config.json, report.html; earlier selections kept in threshold_history/)")
+    th.add_argument("--threshold-strategy", choices=strategies, default=None, help="default: the run's")
+    th.add_argument("--sens-target", type=float, default=None, help="default: the run's")
+    th.add_argument("--sens-confidence", type=float, default=None,
+                    help="0 = off; e.g. 0.95: the highest threshold whose 95%% lower confidence bound (patient bootstrap) "
+                         "of the pooled OOF sensitivity reaches --sens-target (default: the run's)")
+    th.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a selection or evaluation key (repeatable), e.g. threshold_pooling=folds, n_boot=2000, "
+                         "operating_points=[{sens: 0.9}]")
+    th.add_argument("--store", default=None, help="the store, where the patient keys are not in the split "
+                    "(group_by other than patient, or patient_aggregation: pair); default: the run's")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from trainer.evaluation.thresholds import STRATEGIES
+
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_cv(sub, STRATEGIES)
+    _add_threshold(sub, STRATEGIES)
 
     fi = sub.add_parser("final", help="train on the training pool, score the held-out test once",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -108,6 +136,13 @@ def _run(args: argparse.Namespace) -> int:
         run_args = {"argv": sys.argv, **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
         run_cv(str(args.store), cfg, out=args.out, grid=grid, scheduler=args.scheduler, fold_resources=args.fold_resources,
                quiet=args.quiet, run_args=run_args, started=started)
+        return 0
+    if args.command == "threshold":
+        from trainer.threshold import threshold_command
+
+        flags = {"threshold_strategy": args.threshold_strategy, "sens_target": args.sens_target,
+                 "sens_confidence": args.sens_confidence}
+        threshold_command(args.cv_run, flags=flags, sets=args.set, store=args.store)
         return 0
     if args.command == "final":
         from trainer.final import run_final_command

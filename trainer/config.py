@@ -22,6 +22,7 @@ import yaml
 from neurocache.config import ConfigError, PrepConfig, load_yaml
 from trainer.config_parts import AugConfig, StageConfig
 from trainer.evaluation.calibrators import METHODS as CALIBRATION_METHODS
+from trainer.evaluation.operating_points import parse_points
 from trainer.evaluation.patient import AGGREGATIONS
 from trainer.evaluation.reliability import BIN_STRATEGIES
 from trainer.evaluation.thresholds import CANDIDATE_SOURCES, POOLINGS
@@ -112,6 +113,8 @@ class TrainConfig:
     calibration: str = "platt"         # platt | temperature | isotonic | none (trainer/evaluation/calibrators.py)
     threshold_strategy: str = "max_f1" # max_f1 | sens_target
     sens_target: float = 0.9           # for sens_target: minimum CV sensitivity
+    sens_confidence: float = 0.0       # 0 = off; e.g. 0.95 (sens_target only): the highest threshold whose one-sided
+                                       # lower confidence bound of the pooled OOF sensitivity (patient bootstrap) >= target
     threshold_pooling: str = "pooled"  # pooled: metrics of all OOF rows at once | folds: mean over folds (the original pipeline's)
     threshold_candidates: str = "oof"  # oof: midpoints between the pooled OOF scores | grid: 0, step, ..., 1
     threshold_step: float = 0.01       # grid step (threshold_candidates: grid)
@@ -134,6 +137,7 @@ class TrainConfig:
     patient_aggregation: str = "max"   # max | mean | pair (series order: consecutive slices agree)
     calibration_bins: int = 10         # reliability-diagram bins
     calibration_strategy: str = "uniform"  # uniform | quantile bin edges
+    operating_points: tuple[dict[str, float], ...] = ()  # e.g. [{sens: 0.9}, {spec: 0.95}]: spec/sens/PPV there (OOF, test)
     gallery_n: int = 6                 # report.html: most confident false positives / false negatives shown
     tracking: str = "none"             # none | mlflow (trainer/runs/tracking.py; needs the `tracking` extra)
     tracking_uri: str = ""             # MLflow tracking URI; "" = sqlite file OUT/mlruns/mlflow.db
@@ -147,6 +151,10 @@ class TrainConfig:
         if isinstance(self.amp, bool) or str(self.amp).lower() in ("true", "false"):  # YAML reads `amp: true` as a bool
             object.__setattr__(self, "amp", str(self.amp).lower())
         PrepConfig.from_dict(self.preprocess, source="config")  # validates the keys
+        try:
+            object.__setattr__(self, "operating_points", parse_points(self.operating_points))
+        except ValueError as e:
+            raise ConfigError(f"config key {e}") from None
         object.__setattr__(self, "preprocess", dict(self.preprocess or {}))
         for k, allowed in ALLOWED.items():
             if getattr(self, k) not in allowed:
@@ -224,6 +232,15 @@ def _check_ranges(c: TrainConfig) -> None:
     _check(c.calibration_bins >= 2, f"calibration_bins={c.calibration_bins} must be >= 2")
     _check(c.gallery_n >= 0, f"gallery_n={c.gallery_n} must be >= 0")
     _check(0 <= c.sens_target <= 1, f"sens_target={c.sens_target} must be in [0, 1]")
+    _check(0 <= c.sens_confidence < 1, f"sens_confidence={c.sens_confidence} must be in [0, 1) (0 = off; e.g. 0.95)")
+    if c.sens_confidence > 0:
+        _check(c.threshold_strategy == "sens_target", f"sens_confidence={c.sens_confidence} needs threshold_strategy: "
+               f"sens_target (it bounds the sensitivity that sens_target asks for), not {c.threshold_strategy}; set "
+               f"threshold_strategy: sens_target or sens_confidence: 0")
+        _check(c.threshold_pooling == "pooled", f"sens_confidence={c.sens_confidence} bounds the pooled OOF sensitivity: "
+               f"it needs threshold_pooling: pooled, not {c.threshold_pooling}")
+        _check(c.n_boot >= 1 and c.sens_target > 0, f"sens_confidence={c.sens_confidence} needs n_boot >= 1 (the "
+               f"patient bootstrap; n_boot={c.n_boot}) and sens_target > 0 (sens_target={c.sens_target})")
     for key in ("min_epochs_head", "min_epochs_ft", "warmup_epochs"):
         _check(getattr(c, key) >= 0, f"{key}={getattr(c, key)} must be >= 0 epochs")
     _check(c.min_delta >= 0, f"min_delta={c.min_delta} must be >= 0 (an AUPRC improvement)")

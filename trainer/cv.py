@@ -1,5 +1,5 @@
 """``trainer cv``: the command and its run folder, end to end -- checks, split, (grid), K-fold
-cross-validation, threshold tables and selection; every file of the cv run folder is written here, once.
+cross-validation, threshold tables and selection; every file of the cv run folder is written from here, once.
 
 :func:`run_cv` runs the cheap local checks first (tracking settings, the store: path, schema,
 completeness, preprocessing; the device), then the slow or networked ones (the ImageNet weights,
@@ -7,12 +7,15 @@ the Dask cluster), and only then makes the run folder. The folds themselves are
 :mod:`trainer.folds`. Everything is chosen on the training pool only; test rows are flagged in
 ``split.csv`` and never touched here.
 
-Files (names in :mod:`trainer.runs.files`), in the order written: ``run_args.json``, ``store.json``,
-``split.csv``, ``preprocessing_examples_label{0,1}.png``, ``grid_results.csv`` (``--run-grid``),
+Files (names in :mod:`trainer.runs.files`), in the order written: ``run_args.json``, ``store.json``
+(with ``labels_hash``: the labels the run used, which ``trainer final`` checks), ``split.csv``,
+``preprocessing_examples_label{0,1}.png``, ``grid_results.csv`` (``--run-grid``),
 ``effective_config.json`` (with a grid: the chosen candidate), ``cv_oof_predictions.csv``,
-``cv_histories.csv``, ``cv_thresholds_by_fold.csv``, ``cv_thresholds_summary.csv``, the mean ROC/PR
-and history figures, ``threshold_selection.json``, ``cv_oof_patient_predictions.csv``,
-``cv_calibration.png``, ``cv_metrics.json`` (with the command's wall time), ``report.html``.
+``cv_histories.csv``, the mean ROC/PR and history figures, then the operating point through
+:mod:`trainer.selection` (whose writers ``trainer threshold`` calls too): ``cv_thresholds_by_fold.csv``,
+``cv_thresholds_summary.csv``, ``threshold_selection.json`` (and its copy in ``threshold_history/``,
+a row of ``threshold_history.csv``), ``cv_oof_patient_predictions.csv``, ``cv_calibration.png``,
+``cv_metrics.json`` (with the command's wall time); ``label_review.csv``, ``report.html``.
 """
 
 from __future__ import annotations
@@ -25,16 +28,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from neurocache.config import ConfigError, load_yaml
+from neurocache.relabel import labels_hash
 from trainer.config import TrainConfig
 from trainer.data import SliceSource, group_keys, load_dataset, next_slice_ids, open_store_for, setup_device
 from trainer.evaluation.curves import mean_pr, mean_roc
 from trainer.evaluation.fold_health import stuck_folds
-from trainer.evaluation.thresholds import (
-    candidate_thresholds,
-    cv_threshold_tables,
-    select_threshold,
-    threshold_spread,
-)
 from trainer.folds import CVFolds, FoldRunnerFn, collect_folds, fold_ids, run_folds, split_table
 from trainer.progress import EpochBar
 from trainer.report.history import plot_histories
@@ -42,7 +40,17 @@ from trainer.report.plots import plot_mean_pr, plot_mean_roc
 from trainer.runs import files as F
 from trainer.runs.results import CVResult
 from trainer.runs.tracking import check_tracking, track
-from trainer.runs.write import environment, new_run_dir, write_json
+from trainer.runs.folder import read_json
+from trainer.runs.write import environment, new_run_dir, write_config, write_json
+from trainer.selection import (
+    choose,
+    result_fields,
+    say_results,
+    threshold_tables,
+    train_aucs,
+    write_cv_metrics,
+    write_operating_point,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -122,7 +130,8 @@ def _cross_validate(
     write_json(run / F.RUN_ARGS, run_args)
     data = load_dataset(str(store), cfg, device, store=opened)
     write_json(run / F.STORE, {"path": store_address(store), "fingerprint": data.store.fingerprint,
-                               "n_ok": len(data.table), "environment": environment(device)})
+                               "n_ok": len(data.table), "labels_hash": labels_hash(data.table),  # what final checks
+                               "environment": environment(device)})
     split = split_table(data, cfg)
     split.to_csv(run / F.SPLIT, index=False)
     _plot_examples(run, data, split, cfg)
@@ -137,10 +146,10 @@ def _cross_validate(
         table.to_csv(run / F.GRID_RESULTS, index=False)
     else:
         res = run_folds(data, split, cfg, progress=bar, runner=runner)
-    write_json(run / F.EFFECTIVE_CONFIG, cfg)  # with a grid, the chosen candidate: what final will use
+    write_config(run, cfg)  # with a grid, the chosen candidate: what final will use
     patients = dict(zip(data.table["ID"].astype(str), group_keys(data.table, "patient")))
     m = write_cv_outputs(run, split, res, cfg, patients=patients, next_ids=next_slice_ids(data.table), started=started)
-    _say_results(m)
+    say_results(m, read_json(run / F.THRESHOLD_SELECTION))
     from trainer.report.html import write_run_report
 
     write_run_report(run, m.wall_seconds)
@@ -160,27 +169,14 @@ def _plot_examples(run: Path, data: SliceSource, split: pd.DataFrame, cfg: Train
         plot_examples(data, pool, label, cfg.prep_plot_n, tf, run / F.preprocessing_examples(label), cfg.seed)
 
 
-def _say_results(m: CVResult) -> None:
-    """The CV's headline on stdout, its warnings on stderr."""
-    o = m.oof_metrics
-    print(f"CV ({m.k_folds} folds, early stopping on {m.early_stopping}, calibration {m.calibration}): "
-          f"OOF ROC-AUC {m.oof_auc_mean:.3f}±{m.oof_auc_std:.3f}  AUPRC {m.oof_ap_mean:.3f}±{m.oof_ap_std:.3f} "
-          f"(mean±sd over folds); threshold ({m.threshold_strategy}, {m.threshold_pooling}) {m.threshold:.4g}: "
-          f"sens {o['sens']:.3f}  spec {o['spec']:.3f}  PPV {o['ppv']:.3f}  NPV {o['npv']:.3f} (pooled OOF)")
-    for w in m.warnings:
-        print(f"WARNING: {w}", file=sys.stderr)
-
-
 def summarise(result: CVFolds, cfg: TrainConfig) -> dict[str, Any]:
-    """Threshold tables over the OOF predictions (candidates from the pooled OOF scores, see
-    :func:`trainer.evaluation.thresholds.candidate_thresholds`) and the per-fold metric summary.
+    """Threshold tables over the OOF predictions (:func:`trainer.selection.threshold_tables`) and the
+    per-fold metric summary.
 
     ``oof_ap_mean`` (mean over folds of the validation folds' AUPRC, each scored once) is what
     a grid ranks candidates by; ``best_mean`` is the mean best early-stopping AUPRC.
     """
-    cand = candidate_thresholds(result.oof["prob"].to_numpy(), source=cfg.threshold_candidates,
-                                step=cfg.threshold_step)
-    by_fold, summary = cv_threshold_tables(result.oof, cand, {f.fold: float("nan") if f.train_auc is None else f.train_auc for f in result.folds})
+    by_fold, summary = threshold_tables(result.oof, cfg, train_aucs(result.folds))
     best = np.array([f.best_val_auprc for f in result.folds], dtype=float)
     fold_ap = by_fold.groupby("fold")["ap"].first().to_numpy(dtype=float)
     return {"by_fold": by_fold, "summary": summary, "best_mean": float(np.mean(best)),
@@ -234,22 +230,6 @@ def run_grid(
     return pd.DataFrame(rows), best[1], best[2]
 
 
-def _select(s: dict[str, Any], oof: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
-    """``threshold_selection.json``: the selected threshold, each fold at it and the warnings."""
-    selection = select_threshold(s["summary"], cfg.threshold_strategy,
-                                 cfg.sens_target if cfg.threshold_strategy == "sens_target" else None,
-                                 pooling=cfg.threshold_pooling)
-    spread = threshold_spread(s["by_fold"], selection["threshold"])
-    pooled_pos = int((oof["prob"] >= selection["threshold"]).sum())
-    if pooled_pos in (0, len(oof)) and oof["label"].nunique() == 2:
-        spread["warnings"].append(f"every OOF slice falls in one class at threshold {selection['threshold']:.4g}: "
-                                  f"the fold models do not separate the classes")
-    selection.update({"candidates": cfg.threshold_candidates, "n_candidates": len(s["summary"]),
-                      "per_fold": spread["per_fold"], "sens_std_folds": spread["sens_std"],
-                      "spec_std_folds": spread["spec_std"], "warnings": spread["warnings"]})
-    return selection
-
-
 def write_cv_outputs(
     run: Path, split: pd.DataFrame, res: CVFolds, cfg: TrainConfig, *, patients: dict[str, str] | None = None,
     next_ids: dict[str, str] | None = None, started: float | None = None,
@@ -259,48 +239,48 @@ def write_cv_outputs(
     ``started``: the command's ``time.perf_counter()`` at its start; ``cv_metrics.json["wall_seconds"]``
     is the time from then to this write (absent without it).
 
-    ``cv_metrics.json["oof"]`` holds the pooled OOF evaluation at the selected threshold (intervals,
-    calibration, patient level; :func:`trainer.evaluation.oof_evaluation`); ``patients`` maps ID ->
-    patient key for the patient bootstrap and aggregation (default: the split's group column);
-    ``next_ids`` maps ID -> the next slice's ID (``patient_aggregation: pair``).
+    The operating point (threshold tables, selection, ``cv_metrics.json["oof"]``: the pooled OOF
+    evaluation at the selected threshold) is :func:`trainer.selection.choose`, as ``trainer threshold``
+    makes it; ``patients`` maps ID -> patient key for the patient bootstrap and aggregation (default:
+    the split's group column); ``next_ids`` maps ID -> the next slice's ID (``patient_aggregation: pair``).
     """
     s = summarise(res, cfg)
     res.oof.to_csv(run / F.CV_OOF_PREDICTIONS, index=False)
     res.histories.to_csv(run / F.CV_HISTORIES, index=False)
-    s["by_fold"].to_csv(run / F.CV_THRESHOLDS_BY_FOLD, index=False)
-    s["summary"].to_csv(run / F.CV_THRESHOLDS_SUMMARY, index=False)
     roc, pr = mean_roc(res.oof), mean_pr(res.oof)
     plot_mean_roc(roc, run / F.CV_MEAN_ROC)
     plot_mean_pr(pr, run / F.CV_MEAN_PR)
     plot_histories(res.histories, run / F.CV_HISTORY_PLOT)
-    selection = _select(s, res.oof, cfg)
-    write_json(run / F.THRESHOLD_SELECTION, selection)
+    op = choose(res.oof, split, cfg, train_auc=train_aucs(res.folds), patients=patients, next_ids=next_ids,
+                tables=(s["by_fold"], s["summary"]))
+    write_operating_point(run, op, res.oof, cfg, command="cv")
     stuck = stuck_folds([f.to_dict() for f in res.folds])
-    from trainer.evaluation import oof_evaluation
-
-    oof_eval, patient_table = oof_evaluation(split, res.oof, float(selection["threshold"]), cfg, patients, next_ids)
-    _write_oof_evaluation(run, res.oof, patient_table, cfg)
     metrics = CVResult(
         k_folds=int(cfg.k_folds), early_stopping=cfg.cv_early_stopping, calibration=cfg.calibration,
         per_fold=res.folds, best_val_auprc_mean=s["best_mean"], best_val_auprc_std=s["best_std"],
         oof_auc_mean=roc.mean, oof_auc_std=roc.std, oof_ap_mean=pr.mean, oof_ap_std=pr.std,
-        n_train_pool=int((~split["test"]).sum()), n_test=int(split["test"].sum()),
-        threshold=selection["threshold"], threshold_strategy=selection["strategy"],
-        threshold_pooling=selection["pooling"], stuck_folds=stuck,
-        warnings=[f"fold {f['fold']}: {f['why']}" for f in stuck] + list(selection["warnings"]),
-        oof=oof_eval, wall_seconds=None if started is None else round(time.perf_counter() - started, 2),
+        n_train_pool=int((~split["test"]).sum()), n_test=int(split["test"].sum()), stuck_folds=stuck,
+        **result_fields(op, stuck), wall_seconds=None if started is None else round(time.perf_counter() - started, 2),
     )
-    write_json(run / F.CV_METRICS, metrics)
+    write_cv_metrics(run, metrics)
+    line = write_label_review(run, split, res.oof)
+    if line:
+        print(line, file=sys.stderr)
     return metrics
 
 
-def _write_oof_evaluation(run: Path, oof: pd.DataFrame, patient_table: pd.DataFrame | None, cfg: TrainConfig) -> None:
-    """``cv_oof_patient_predictions.csv`` and the OOF reliability diagram ``cv_calibration.png``."""
-    if patient_table is not None:
-        patient_table.to_csv(run / F.CV_OOF_PATIENT_PREDICTIONS, index=False)
-    if len(oof):
-        from trainer.report.plots import plot_calibration
+def write_label_review(run: Path, split: pd.DataFrame, oof: pd.DataFrame) -> str | None:
+    """``label_review.csv``: the OOF slices ranked by how suspect their label is
+    (:func:`trainer.evaluation.label_review.label_review` of the calibrated OOF probabilities; group:
+    the split's group column). Returns the CV output's line about it; None (nothing written) when the
+    OOF predictions hold one class only.
+    """
+    from trainer.evaluation.label_review import label_review, summary_line
 
-        plot_calibration({"OOF": (oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float))},
-                         run / F.CV_CALIBRATION_PLOT, n_bins=cfg.calibration_bins, strategy=cfg.calibration_strategy,
-                         title="Calibration (out-of-fold)")
+    if oof["label"].nunique() < 2:
+        return None
+    groups = dict(zip(split["ID"].astype(str), split["group"].astype(str)))
+    ids = oof["ID"].astype(str)
+    review = label_review(ids, [groups.get(i, i) for i in ids], oof["label"], oof["prob"])
+    review.to_csv(run / F.LABEL_REVIEW, index=False)
+    return summary_line(review, file=F.LABEL_REVIEW)

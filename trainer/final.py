@@ -39,7 +39,7 @@ from trainer.runs import files as F
 from trainer.runs.folder import RunError, load_run, run_kind
 from trainer.runs.results import CVResult, TestResult
 from trainer.runs.tracking import check_tracking, track
-from trainer.runs.write import environment, new_run_dir, write_json
+from trainer.runs.write import environment, new_run_dir, write_config, write_json
 from trainer.split import canonical_groups, holdout_split
 from trainer.transforms import make_transform
 
@@ -92,6 +92,25 @@ def align_split(data: SliceSource, split: pd.DataFrame) -> pd.DataFrame:
     return split.set_index("ID").loc[ids].reset_index()
 
 
+def check_labels(cv: CVRun, ok_rows: pd.DataFrame, store: str) -> None:
+    """Refuse a store whose labels differ from those the cv run used (``store.json["labels_hash"]``;
+    a cv run made before the key existed is not checked).
+
+    Raises:
+        RunError: the hashes differ: the store was relabelled (``neurocache relabel``) after the cv run.
+    """
+    want = cv.store.get("labels_hash")
+    if not want:
+        return
+    from neurocache.relabel import labels_hash
+
+    have = labels_hash(ok_rows)
+    if have != want:
+        raise RunError(f"the labels of store {store} (labels_hash {have}) differ from those cv run {cv.path} used "
+                       f"(labels_hash {want}): the store was relabelled after this cv run; run `trainer cv` again "
+                       f"(its folds, threshold and promise rest on the old labels)")
+
+
 def run_final_command(
     cv_run: str | Path, *, store: str | None = None, out: str | Path, quiet: bool = False,
     argv: list[str] | None = None, started: float | None = None,
@@ -110,8 +129,9 @@ def run_final_command(
         The run folder.
 
     Raises:
-        neurocache.errors.UserError: a missing or incomplete cv run, a store that is not the cv run's,
-            an unavailable device or weights (the CLI prints its message); nothing is written before.
+        neurocache.errors.UserError: a missing or incomplete cv run, a store that is not the cv run's
+            (another fingerprint, or labels changed since the cv run: :func:`check_labels`), an
+            unavailable device or weights (the CLI prints its message); nothing is written before.
     """
     t0 = time.perf_counter() if started is None else started
     if store:
@@ -125,6 +145,7 @@ def run_final_command(
     opened = open_store_for(str(store), cfg)
     if opened.fingerprint != cv.store["fingerprint"]:
         raise RunError(f"store {store} has fingerprint {opened.fingerprint[:12]}… but the cv run used {cv.store['fingerprint'][:12]}…")
+    check_labels(cv, opened.ok_rows(), store)
     device = setup_device(cfg)
     check_weights(cfg.weights)
     from trainer.precision import recorded_precision
@@ -144,7 +165,7 @@ def _final_run(data: SliceSource, cv: CVRun, *, store: str, out: str | Path, qui
     cfg = cv.config
     run = new_run_dir(out, "final")
     write_json(run / F.RUN_ARGS, run_args)
-    write_json(run / F.EFFECTIVE_CONFIG, cfg)
+    write_config(run, cfg)
     write_json(run / F.STORE, {**cv.store, "path": store_address(store), "environment": environment(data.device)})
     bar = EpochBar("final", cfg.total_epochs, quiet)
     m = run_final(data, cv, run, on_epoch=bar.update, started=started)
@@ -226,13 +247,15 @@ def _test_result(
     ev = public(full)
     promised = None
     if cv.metrics is not None and cv.metrics.oof:
-        promised = promise_vs_delivery(cv.metrics.oof, m, ev.get("intervals"), threshold, fold_stats_of(cv.metrics))
+        promised = promise_vs_delivery(cv.metrics.oof, m, ev.get("intervals"), threshold, fold_stats_of(cv.metrics),
+                                       cv.selection.get("sens_bound"))
     return TestResult(
         metrics=m, confusion={k: int(m[k]) for k in ("tp", "fp", "tn", "fn")}, holdout_best_auprc=best,
         holdout_auc=holdout_auc, calibration=ev.get("calibration", cal.to_dict()), n_train=n_train,
         n_holdout=n_holdout, n_test=len(test),
         warnings=[w for w in (chance_warning("final model", holdout_auc), cal.note or None) if w],
-        evaluation=ev.get("evaluation"), intervals=ev.get("intervals"), patient=ev.get("patient"), promised=promised,
+        evaluation=ev.get("evaluation"), intervals=ev.get("intervals"), operating_points=ev.get("operating_points"),
+        patient=ev.get("patient"), promised=promised,
     )
 
 

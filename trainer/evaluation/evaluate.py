@@ -20,13 +20,14 @@ import pandas as pd
 from trainer.evaluation.reliability import calibration_summary
 from trainer.evaluation.intervals import interval_report
 from trainer.evaluation.metrics import binary_metrics
+from trainer.evaluation.operating_points import operating_points
 from trainer.evaluation.patient import aggregate_patients, describe, patient_frame
 
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
 
 EVAL_KEYS: tuple[str, ...] = ("n_boot", "ci_level", "ci_seed", "patient_aggregation", "calibration_bins",
-                              "calibration_strategy", "gallery_n")
+                              "calibration_strategy", "gallery_n", "operating_points")
 
 
 def eval_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -43,9 +44,11 @@ def evaluate_predictions(
     ``next_ids`` (ID -> the next slice's ID in its series) is needed by ``patient_aggregation: pair``.
 
     Returns:
-        ``{"intervals", "calibration", "patient": {aggregation, score, label_rule, n_patients,
-        metrics, intervals}, "evaluation": settings}`` plus ``"_patients"``: the patient table
-        (a DataFrame, for writing; not JSON).
+        ``{"intervals", "calibration" (with the expected calibration error ``ece`` beside the Brier score),
+        "operating_points" (one entry per config ``operating_points`` item,
+        :func:`trainer.evaluation.operating_points.operating_points`), "patient": {aggregation, score,
+        label_rule, n_patients, metrics, intervals}, "evaluation": settings}`` plus ``"_patients"``:
+        the patient table (a DataFrame, for writing; not JSON).
     """
     s = eval_settings(cfg)
     y = np.asarray(y).astype(int)
@@ -59,6 +62,7 @@ def evaluate_predictions(
     out["intervals"] = interval_report(y, prob, thr, patients, n_boot=int(s["n_boot"]), seed=int(s["ci_seed"]),
                                        level=float(s["ci_level"]), unit_name="patient")
     out["calibration"] = calibration_summary(y, prob, int(s["calibration_bins"]), s["calibration_strategy"])
+    out["operating_points"] = operating_points(y, prob, s["operating_points"], float(s["ci_level"]))
     links = next_ids if s["patient_aggregation"] == "pair" else None
     pt = aggregate_patients(patient_frame(ids, y, prob, patients, links), group_col="patient",
                             how=s["patient_aggregation"], threshold=thr)
@@ -86,13 +90,22 @@ def oof_evaluation(
 ) -> tuple[dict[str, Any], pd.DataFrame | None]:
     """Evaluate the pooled OOF predictions at ``threshold``: (``cv_metrics.json["oof"]``, the patient table).
 
-    ``patients`` maps ID -> patient key (default: the split's ``group`` column).
+    ``patients`` maps ID -> patient key (default: the split's ``group`` column; :func:`oof_patient_keys`).
     """
-    keymap = dict(patients) if patients is not None else dict(zip(split["ID"].astype(str), split["group"].astype(str)))
     ids = oof["ID"].astype(str).to_numpy()
-    pk = np.array([keymap.get(i, i) for i in ids], dtype=str)
+    pk = oof_patient_keys(split, oof, patients)
     y, p = oof["label"].to_numpy().astype(int), oof["prob"].to_numpy(dtype=float)
     ev = evaluate_predictions(ids, y, p, pk, threshold, cfg, next_ids)
     res: dict[str, Any] = {"what": "pooled out-of-fold predictions of the fold models, at the selected threshold",
                            "metrics": binary_metrics(y, p, threshold) if len(y) else {}, **public(ev)}
     return res, ev.get("_patients")
+
+
+def oof_patient_keys(split: pd.DataFrame, oof: pd.DataFrame, patients: Mapping[str, str] | None = None) -> np.ndarray:
+    """(n,) str: the patient key of each OOF row, the unit the bootstrap resamples.
+
+    ``patients`` maps ID -> patient key (``trainer cv``: the store's patient keys); without it the
+    split's ``group`` column (the patient key when the split grouped by patient). An ID in neither is its own key.
+    """
+    keymap = dict(patients) if patients is not None else dict(zip(split["ID"].astype(str), split["group"].astype(str)))
+    return np.array([keymap.get(i, i) for i in oof["ID"].astype(str).to_numpy()], dtype=str)

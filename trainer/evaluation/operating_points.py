@@ -26,10 +26,13 @@ import numpy as np
 from trainer.evaluation.inputs import check_labels_scores
 from trainer.evaluation.intervals import wilson_interval
 
-__all__ = ["STRATEGIES", "at_sensitivity", "at_specificity", "expected_calibration_error"]
+__all__ = ["STRATEGIES", "TARGETS", "at_sensitivity", "at_specificity", "expected_calibration_error", "operating_points",
+           "parse_points"]
 
 #: Allowed values of ``expected_calibration_error(strategy=...)`` (as ``calibration_curve``).
 STRATEGIES: tuple[str, ...] = ("uniform", "quantile")
+#: The kinds of operating point a reader can ask for (config key ``operating_points: [{sens: 0.9}, {spec: 0.95}]``).
+TARGETS: tuple[str, ...] = ("sens", "spec")
 #: Tolerance of ``ratio >= target`` (a target of 0.9 with 10 positives is reached by 9/10 = 0.9).
 TARGET_TOL: float = 1e-9
 
@@ -128,3 +131,46 @@ def expected_calibration_error(y: Any, prob: Any, n_bins: int = 10, strategy: st
     count = np.bincount(ids, minlength=n_bins).astype(np.float64)
     gap = np.abs(np.bincount(ids, weights=yi, minlength=n_bins) - np.bincount(ids, weights=p, minlength=n_bins))
     return float(gap.sum() / count.sum())  # sum_b n_b |rate_b - mean_b| / n = sum_b |sum y - sum p| / n
+
+
+def parse_points(points: Any) -> tuple[dict[str, float], ...]:
+    """Config key ``operating_points``: ``[{sens: 0.9}, {spec: 0.95}]`` -> ``({"sens": 0.9}, {"spec": 0.95})``.
+
+    Raises:
+        ValueError: not a list of one-key mappings with a key in :data:`TARGETS` and a value in (0, 1]
+            (the message shows the entry and the form).
+    """
+    if points is None:
+        return ()
+    if isinstance(points, (str, bytes)) or not isinstance(points, (list, tuple)):
+        raise ValueError(f"operating_points={points!r} must be a list like [{{sens: 0.9}}, {{spec: 0.95}}]")
+    out = []
+    for p in points:
+        if not (isinstance(p, dict) and len(p) == 1 and next(iter(p)) in TARGETS):
+            raise ValueError(f"operating_points entry {p!r} must be one mapping {{sens: X}} or {{spec: X}} "
+                             f"(kinds: {', '.join(TARGETS)})")
+        kind, value = next(iter(p.items()))
+        try:
+            out.append({kind: _check_target(value, "sensitivity" if kind == "sens" else "specificity")})
+        except ValueError as e:
+            raise ValueError(f"operating_points entry {p!r}: {e}") from None
+    return tuple(out)
+
+
+def operating_points(y: Any, prob: Any, points: Any, level: float = 0.95) -> list[dict[str, Any]]:
+    """Each requested operating point (:func:`parse_points`' form) of one prediction set.
+
+    Returns:
+        One dict per point, in order: ``{"kind": "sens"|"spec", **at_sensitivity / at_specificity}``;
+        ``{"kind", "target", "note"}`` instead where ``y`` lacks a class (no operating point exists).
+    """
+    yi = np.asarray(y)
+    out: list[dict[str, Any]] = []
+    for p in parse_points(points):
+        kind, target = next(iter(p.items()))
+        if np.unique(yi).size < 2:
+            out.append({"kind": kind, "target": target, "note": "needs both classes among the labels"})
+            continue
+        at = at_sensitivity if kind == "sens" else at_specificity
+        out.append({"kind": kind, **at(y, prob, target, level)})
+    return out

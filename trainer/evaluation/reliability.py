@@ -12,7 +12,8 @@
   predictions are too extreme (over-fitting), above 1 too timid.
 * Calibration-in-the-large (``citl``): the intercept of ``logit P(y=1) = a + logit(p)`` (slope
   fixed at 1, logit(p) as an offset); positive when the model under-predicts on average.
-* ECE: ``Σ_bins (n_bin / n) · |frac_pos - mean_pred|`` over the diagram's bins.
+* ECE: ``Σ_bins (n_bin / n) · |frac_pos - mean_pred|`` over the diagram's bins
+  (:func:`trainer.evaluation.operating_points.expected_calibration_error`).
 
 Probabilities are clipped to [1e-6, 1 - 1e-6] before the logit. A fit that does not converge, or
 has no maximum (classes perfectly separated by the predictions), reports NaN slope/intercept and
@@ -30,6 +31,7 @@ from sklearn.metrics import brier_score_loss
 
 from trainer.evaluation.calibrators import fit_logistic
 from trainer.evaluation.inputs import check_labels_scores
+from trainer.evaluation.operating_points import expected_calibration_error
 
 __all__ = [
     "BIN_STRATEGIES",
@@ -109,7 +111,7 @@ def calibration_summary(y: Any, prob: Any, n_bins: int = 10, strategy: str = "un
     """Brier score, slope, intercept, calibration-in-the-large, ECE and the diagram's bins."""
     yy, p = _check(y, prob)
     bins = calibration_table(yy, p, n_bins, strategy)
-    ece = sum(b["n"] / p.size * abs(b["frac_pos"] - b["mean_pred"]) for b in bins)
+    ece = expected_calibration_error(yy, p, n_bins, strategy)  # over these bins (the one definition)
     return {
         "n": int(p.size),
         "brier": float(brier_score_loss(yy, p)),

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.stats import norm
 
 from trainer.evaluation.inputs import check_labels_scores
+from trainer.evaluation.thresholds import ThresholdUnreachableError
 
 __all__ = [
     "METHODS",
@@ -51,8 +52,9 @@ METHODS: tuple[str, ...] = ("bca", "percentile")
 SENS_TOL: float = 1e-12
 
 
-class SensBoundUnreachableError(ValueError):
-    """No candidate threshold's lower confidence bound on sensitivity reaches the target."""
+class SensBoundUnreachableError(ThresholdUnreachableError):
+    """No candidate threshold's lower confidence bound on sensitivity reaches the target (a
+    :class:`~trainer.evaluation.thresholds.ThresholdUnreachableError`: a user error, also a ``ValueError``)."""
 
 
 def _check_thresholds(thresholds: Any, name: str = "thresholds") -> np.ndarray:
@@ -267,8 +269,8 @@ def select_with_confidence(
             f"no candidate threshold has a {level:g} lower confidence bound on sensitivity >= sens_target {target:g}: "
             f"the best bound reached is {bounds[best]:.4f} (threshold {cand[best]:.6g}, point estimate {point[best]:.4f}; "
             f"patient bootstrap ({method}), {int(n_boot)} resamples of {n_groups} patients, {pos.size} with positives). "
-            f"Lower sens_target or the confidence level, add lower candidate thresholds, or add positive patients "
-            f"(the bound tightens as they grow)."
+            f"Lower sens_target or the confidence level (config key sens_confidence), add lower candidate thresholds, "
+            f"or add positive patients (the bound tightens as they grow)."
         )
     j = int(np.flatnonzero(ok)[np.argmax(cand[ok])])
     return {"threshold": float(cand[j]), "sens": float(point[j]), "sens_lower_bound": float(bounds[j]),

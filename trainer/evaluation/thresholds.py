@@ -35,6 +35,7 @@ __all__ = [
     "candidate_thresholds",
     "cv_threshold_tables",
     "select_threshold",
+    "selection_at",
     "threshold_spread",
 ]
 
@@ -60,8 +61,8 @@ _OOF_COLUMNS = ("ID", "label", "prob", "fold")
 
 
 class ThresholdUnreachableError(UserError, ValueError):
-    """No threshold reaches the requested mean sensitivity (a user error: lower ``sens_target`` or
-    change the strategy; the command line prints the message in one line)."""
+    """No threshold reaches the requested sensitivity (a user error: lower ``sens_target`` or change
+    the strategy; the command line prints the message in one line)."""
 
 
 def _check_oof(oof: pd.DataFrame) -> pd.DataFrame:
@@ -293,12 +294,18 @@ def select_threshold(
         target_out = _check_sens_target(sens_target)
         idx = _pick_sens_target(summary, thr, sfx, what, target_out)
 
-    row = summary.iloc[idx]
+    return selection_at(summary, idx, strategy, pooling, target_out)
+
+
+def selection_at(summary: pd.DataFrame, idx: int, strategy: str, pooling: str, sens_target: float | None) -> dict[str, Any]:
+    """The selection dict of row ``idx`` of a :func:`cv_threshold_tables` summary (what :func:`select_threshold`
+    returns): ``strategy``, ``pooling``, ``threshold``, ``sens_target``, then every other column as ``float``."""
+    row = summary.iloc[int(idx)]
     out: dict[str, Any] = {
         "strategy": strategy,
         "pooling": pooling,
         "threshold": float(row["threshold"]),
-        "sens_target": target_out,
+        "sens_target": sens_target,
     }
     for k, v in _row_to_dict(row.drop(labels=["threshold"])).items():
         out[k] = v

@@ -22,8 +22,10 @@ Sections (stable ``id`` attributes, in this order):
 ``oof-metrics``    pooled out-of-fold metrics with intervals (slice and patient level)
 ``test-metrics``   test metrics with intervals (final runs; a cv run says how to get them)
 ``confusion``      confusion matrix at the threshold (test for final, OOF for cv)
-``calibration``    reliability diagram, Brier, slope, intercept
+``calibration``    reliability diagram, Brier, ECE, slope, intercept
 ``gallery``        the most confident false positives and false negatives, brain window
+``label-review``   the cv run's most suspect labels (``label_review.csv``), each slice between
+                   its series neighbours, with its given label, OOF prob and suggested label
 ================== =====================================================================
 
 A section whose inputs are missing says so in place (``<p class="missing">``) instead of failing
@@ -42,6 +44,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from trainer.report import cases as C
 from trainer.report import sections as S
 from trainer.report.format import ci, fmt, kv_frame
 from trainer.runs.files import REPORT
@@ -51,14 +54,14 @@ __all__ = ["SECTION_IDS", "build_report", "report_command", "write_report", "wri
 
 SECTION_IDS: tuple[str, ...] = (
     "promise", "summary", "data-manifest", "split-manifest", "config-environment", "cv-curves", "threshold-table",
-    "oof-metrics", "test-metrics", "confusion", "calibration", "gallery",
+    "oof-metrics", "test-metrics", "confusion", "calibration", "gallery", "label-review",
 )
 TITLES = {
     "promise": "Promise vs delivery", "summary": "Summary", "data-manifest": "Data manifest", "split-manifest": "Split manifest",
     "config-environment": "Configuration and environment", "cv-curves": "Cross-validation curves",
     "threshold-table": "Threshold table", "oof-metrics": "Out-of-fold metrics (cross-validation)",
     "test-metrics": "Test metrics", "confusion": "Confusion matrix", "calibration": "Calibration",
-    "gallery": "Most confident errors",
+    "gallery": "Most confident errors", "label-review": "Labels to review",
 }
 
 #: section id -> the function gathering its template's ``d`` (raises :class:`~trainer.report.sections.Missing`).
@@ -66,7 +69,7 @@ SECTIONS: dict[str, Callable[[S.Context], Any]] = {
     "promise": S.promise, "summary": S.summary, "data-manifest": S.data_manifest, "split-manifest": S.split_manifest,
     "config-environment": S.config_environment, "cv-curves": S.cv_curves, "threshold-table": S.threshold_table,
     "oof-metrics": S.oof_metrics, "test-metrics": S.test_metrics, "confusion": S.confusion,
-    "calibration": S.calibration, "gallery": S.gallery,
+    "calibration": S.calibration, "gallery": C.gallery, "label-review": C.label_review,
 }
 
 

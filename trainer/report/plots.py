@@ -231,7 +231,7 @@ def plot_calibration(
             color = f"C{i}"
             slope = "n/a" if not np.isfinite(s["slope"]) else f"{s['slope']:.2f}"
             ax.plot(xs, ys, "-", color=color, lw=1.5,
-                    label=f"{name}: Brier {s['brier']:.3f}, slope {slope}, n={s['n']}")
+                    label=f"{name}: Brier {s['brier']:.3f}, ECE {s['ece']:.3f}, slope {slope}, n={s['n']}")
             ax.scatter(xs, ys, s=sizes, color=color, zorder=3)
             yy, p = check_labels_scores(y, prob, y_name="y")
             edges = np.linspace(0, 1, 21)

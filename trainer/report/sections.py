@@ -7,14 +7,13 @@ values and typed results), or raises :class:`Missing` with the sentence the repo
 from __future__ import annotations
 
 import datetime as _dt
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from trainer.config import TrainConfig
 from trainer.report.format import ci, fmt
@@ -109,21 +108,29 @@ def run_warnings(ctx: Context) -> list[str]:
 # sections
 # --------------------------------------------------------------------------------------------
 def promise(ctx: Context) -> dict[str, Any]:
-    from trainer.evaluation.promise import NAMES, fold_stats_of, promise_vs_delivery
+    from trainer.evaluation.promise import (NAMES, bound_text, fold_stats_of, promise_vs_delivery, row_verdict,
+                                            verdict_summary, verdict_text)
 
     table = ctx.test.promised if ctx.test else None
     untested = table is None
     if table is None:
         if not (ctx.cv and ctx.cv.oof):
             raise Missing("cv_metrics.json has no pooled OOF evaluation")
-        table = promise_vs_delivery(ctx.cv.oof, {}, None, float(ctx.threshold or ctx.cv.threshold), fold_stats_of(ctx.cv))
-    held = {None: "", True: Markup('<span class="fail">outside the CV interval</span>'),
-            False: Markup('<span class="pass">within</span>')}
-    rows = [{"metric": NAMES[r["metric"]], "CV (pooled OOF)": fmt(r["cv"]), "CV interval": ci([r["cv_lo"], r["cv_hi"]]),
+        table = promise_vs_delivery(ctx.cv.oof, {}, None, float(ctx.threshold or ctx.cv.threshold), fold_stats_of(ctx.cv),
+                                    (ctx.selection or {}).get("sens_bound"))
+    css = {"worse": "fail", "better": "pass", "held": "held", "degenerate": "note"}
+
+    def shown(r: dict[str, Any]) -> Any:
+        v = row_verdict(r)
+        return Markup(f'<span class="{css[v]}">{escape(verdict_text(r))}</span>') if v in css else ""
+
+    rows = [{"metric": NAMES[r["metric"]], "CV (pooled OOF)": fmt(r["cv"]) + (f" ({bound_text(r)})" if bound_text(r) else ""),
+             "CV interval": ci([r["cv_lo"], r["cv_hi"]]),
              "CV fold mean ± sd": _fold_mean(r), "test": fmt(r["test"]), "test interval": ci([r["test_lo"], r["test_hi"]]),
-             "test − CV": fmt(r["diff"]),
-             "held?": held[None if r["test"] is None else bool(r["outside"])]} for r in table["rows"]]
-    return {"table": table, "rows": rows, "warnings": run_warnings(ctx), "untested": untested}
+             "test − CV": fmt(r["diff"]), "verdict": shown(r)} for r in table["rows"]]
+    bound = bound_text(table["rows"][0]) if table["rows"] else ""
+    return {"table": table, "rows": rows, "warnings": run_warnings(ctx), "untested": untested, "bound": bound,
+            "summary": None if untested else verdict_summary(table)}
 
 
 def _fold_mean(row: dict[str, Any]) -> str:
@@ -259,7 +266,10 @@ def threshold_table(ctx: Context) -> dict[str, Any]:
             if k in r:
                 r[k] = int(r[k])
     chosen = next((i for i, r in enumerate(recs) if abs(float(r["threshold"]) - thr) < 1e-9), None)
-    return {"threshold": thr, "sel": sel, "rows": recs, "cols": cols, "chosen": chosen, "per_fold": sel.get("per_fold") or []}
+    hist = d / F.THRESHOLD_HISTORY
+    history = pd.read_csv(hist).drop(columns=["file"]).to_dict("records") if hist.is_file() else []
+    return {"threshold": thr, "sel": sel, "rows": recs, "cols": cols, "chosen": chosen, "per_fold": sel.get("per_fold") or [],
+            "bound": sel.get("sens_bound"), "history": history}
 
 
 METRIC_ROWS = (("sens", "sensitivity", "wilson"), ("spec", "specificity", "wilson"), ("ppv", "PPV (precision)", "wilson"),
@@ -283,12 +293,31 @@ def metrics_rows(metrics: dict[str, Any], intervals: dict[str, Any] | None) -> d
     return {"rows": rows, "bootstrap": iv.get("bootstrap")}
 
 
+def operating_point_rows(points: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """One row per requested operating point (config ``operating_points``): threshold, sens/spec/PPV with Wilson CIs."""
+    names = {"sens": "sensitivity", "spec": "specificity"}
+    rows = []
+    for p in points or []:
+        row: dict[str, Any] = {"operating point": f"{names.get(p.get('kind'), p.get('kind'))} ≥ {fmt(p.get('target'), 2)}"}
+        if "note" in p:
+            rows.append({**row, "threshold": p["note"]})
+            continue
+        row["threshold"] = fmt(p.get("threshold"), 4)
+        for k, name in (("sens", "sensitivity"), ("spec", "specificity"), ("ppv", "PPV")):
+            e = p.get(k) or {}
+            row[name] = f"{fmt(e.get('estimate'))} ({ci(e.get('wilson'))})"
+        row["tp / fp / tn / fn"] = f"{p.get('tp')} / {p.get('fp')} / {p.get('tn')} / {p.get('fn')}"
+        rows.append(row)
+    return rows
+
+
 def _evaluation(ev: dict[str, Any], metrics: dict[str, Any], what: str) -> dict[str, Any]:
     pt = ev.get("patient")
     return {"what": what, "head": {"slices": metrics.get("n"), "positive slices": metrics.get("n_pos"),
                                    "threshold": metrics.get("threshold")},
             "slices": metrics_rows(metrics, ev.get("intervals")), "patient": pt,
-            "patients": metrics_rows(pt.get("metrics", {}), pt.get("intervals")) if pt else None}
+            "patients": metrics_rows(pt.get("metrics", {}), pt.get("intervals")) if pt else None,
+            "points": operating_point_rows(ev.get("operating_points"))}
 
 
 def oof_metrics(ctx: Context) -> dict[str, Any]:
@@ -325,56 +354,9 @@ def calibration(ctx: Context) -> dict[str, Any]:
     if not cal:
         raise Missing("no calibration results for this run")
     png = ctx.run / (F.TEST_CALIBRATION_PLOT if ctx.kind == "final" else F.CV_CALIBRATION_PLOT)
-    head = {"Brier score": cal.get("brier"), "Brier of predicting the prevalence": cal.get("brier_reference"),
+    head = {"Brier score": cal.get("brier"), "expected calibration error (ECE)": cal.get("ece"),
+            "Brier of predicting the prevalence": cal.get("brier_reference"),
             "calibration slope (1 = ideal)": cal.get("slope"), "calibration intercept (0 = ideal)": cal.get("intercept"),
-            "calibration-in-the-large (slope fixed at 1)": cal.get("citl"), "expected calibration error": cal.get("ece"),
+            "calibration-in-the-large (slope fixed at 1)": cal.get("citl"),
             "bins": f"{cal.get('n_bins')} ({cal.get('strategy')})"}
     return {"figure": figure(png, "reliability diagram"), "head": head, "bins": cal.get("bins", [])}
-
-
-def _slice_png(hu: np.ndarray, center: float, width: float) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.image as mpimg
-
-    from neurocache.plot import brain_window
-
-    buf = io.BytesIO()
-    mpimg.imsave(buf, brain_window(hu, center, width), cmap="gray", vmin=0.0, vmax=1.0, format="png")
-    return buf.getvalue()
-
-
-def gallery_cases(pred: pd.DataFrame, threshold: float, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The ``n`` most confident false positives (label 0, highest prob >= threshold) and false
-    negatives (label 1, lowest prob < threshold)."""
-    fp = pred[(pred["label"] == 0) & (pred["prob"] >= threshold)].sort_values(["prob", "ID"], ascending=[False, True])
-    fn = pred[(pred["label"] == 1) & (pred["prob"] < threshold)].sort_values(["prob", "ID"], ascending=[True, True])
-    return fp.head(n), fn.head(n)
-
-
-def gallery(ctx: Context) -> dict[str, Any]:
-    thr = ctx.threshold
-    src = ctx.run / (F.TEST_PREDICTIONS if ctx.kind == "final" else F.CV_OOF_PREDICTIONS)
-    if thr is None or not src.is_file():
-        raise Missing(f"{src.name} or the threshold is missing")
-    if ctx.store is None:
-        raise Missing(f"the store could not be opened ({ctx.store_error}), so no images can be shown")
-    n = int(ctx.cfg.gallery_n)
-    fp, fn = gallery_cases(pd.read_csv(src, dtype={"ID": str}), float(thr), n)
-    center, width = ctx.cfg.windows[0]
-    feats = ctx.store.features
-    rows = dict(zip(feats["ID"].astype(str), feats["row"].astype(int)))
-
-    def cases(frame: pd.DataFrame) -> list[dict[str, Any]]:
-        out = []
-        for _, r in frame.iterrows():
-            row = rows.get(str(r["ID"]), -1)
-            png = _slice_png(np.asarray(ctx.store.images[row]), center, width) if row >= 0 else None
-            out.append({"id": str(r["ID"]), "png": png, "prob": float(r["prob"]), "label": int(r["label"])})
-        return out
-
-    return {"what": "test" if ctx.kind == "final" else "out-of-fold", "center": center, "width": width,
-            "threshold": float(thr), "n": n,
-            "groups": [{"title": "False positives (label 0, most confident first)", "cases": cases(fp), "id": "gallery-fp"},
-                       {"title": "False negatives (label 1, most confident first)", "cases": cases(fn), "id": "gallery-fn"}]}

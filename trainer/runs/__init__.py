@@ -7,6 +7,8 @@
 * :mod:`~trainer.runs.table` -- ``trainer runs``: every run of an outputs folder side by side.
 * :mod:`~trainer.runs.tracking` -- optional MLflow logging of a finished run.
 
-The commands that write the folders are :mod:`trainer.cv` and :mod:`trainer.final` (one place per file).
+The commands that write the folders are :mod:`trainer.cv` and :mod:`trainer.final` (one place per file);
+``trainer threshold`` (:mod:`trainer.threshold`) rewrites a cv run's operating-point files through the
+writers ``trainer cv`` uses (:mod:`trainer.selection`).
 Importing this package imports nothing else (the evaluation code reads :mod:`~trainer.runs.results`).
 """

@@ -26,8 +26,11 @@ CV_THRESHOLDS_SUMMARY = "cv_thresholds_summary.csv"
 CV_MEAN_ROC = "cv_mean_roc.png"
 CV_MEAN_PR = "cv_mean_pr.png"
 CV_CALIBRATION_PLOT = "cv_calibration.png"
-THRESHOLD_SELECTION = "threshold_selection.json"
+THRESHOLD_SELECTION = "threshold_selection.json"  #: the latest selection: what `trainer final` uses
+THRESHOLD_HISTORY = "threshold_history.csv"        #: every selection of the run (`trainer cv`, `trainer threshold`)
+THRESHOLD_HISTORY_DIR = "threshold_history"        #: a copy of each selection (:func:`threshold_history_selection`)
 CV_METRICS = "cv_metrics.json"
+LABEL_REVIEW = "label_review.csv"                  #: the OOF labels ranked by how suspect they are (cleanlab)
 
 # -- a final run --------------------------------------------------------------------------------
 FINAL_MODEL = "final_model.pt"
@@ -45,6 +48,11 @@ MODEL_CARD = "model_card.json"
 def preprocessing_examples(label: int) -> str:
     """``preprocessing_examples_label{0,1}.png`` of a cv run: what the network sees, per class."""
     return f"preprocessing_examples_label{label}.png"
+
+
+def threshold_history_selection(n: int) -> str:
+    """``threshold_history/threshold_selection_<n>.json``: a cv run's n-th threshold selection (1-based), relative to the run."""
+    return f"{THRESHOLD_HISTORY_DIR}/threshold_selection_{int(n)}.json"
 
 
 #: Files without which a run of that kind is not complete (the default of ``load_run(require=...)``).

@@ -78,7 +78,7 @@ class CVResult:
         stuck_folds: ``{"fold", "why", ...}`` of folds that did not learn.
         warnings: every warning of the CV.
         oof: pooled OOF evaluation (``what``, ``metrics``, ``evaluation``, ``intervals``,
-            ``calibration``, ``patient``; :func:`trainer.evaluation.cv_evaluation`).
+            ``calibration``, ``operating_points``, ``patient``; :func:`trainer.evaluation.oof_evaluation`).
         wall_seconds: the command's wall time [s] (None until the CLI sets it).
     """
 
@@ -129,7 +129,7 @@ class CVResult:
 
 #: Keys of :func:`trainer.evaluation.metrics.binary_metrics`, flat at the top of ``test_metrics.json``.
 _TEST_TAIL = ("confusion", "holdout_best_auprc", "holdout_auc", "calibration", "n_train", "n_holdout", "n_test",
-              "warnings", "evaluation", "intervals", "patient", "promised", "wall_seconds")
+              "warnings", "evaluation", "intervals", "operating_points", "patient", "promised", "wall_seconds")
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class TestResult:
             the fitted calibrator when the test set is empty).
         n_train, n_holdout, n_test: rows.
         warnings: every warning of the final run.
-        evaluation: the evaluation settings; intervals, patient: as in
+        evaluation: the evaluation settings; intervals, operating_points, patient: as in
             :func:`trainer.evaluation.evaluate_predictions` (None for an empty test set).
         promised: CV's promise beside the test's delivery (:func:`trainer.evaluation.promise.promise_vs_delivery`).
         wall_seconds: the command's wall time [s].
@@ -166,6 +166,7 @@ class TestResult:
     warnings: list[str] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
     intervals: dict[str, Any] | None = None
+    operating_points: list[dict[str, Any]] | None = None
     patient: dict[str, Any] | None = None
     promised: dict[str, Any] | None = None
     wall_seconds: float | None = None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.runs.files import STAMP_FORMAT, run_dir_name
+from trainer.runs.files import EFFECTIVE_CONFIG, STAMP_FORMAT, run_dir_name
 
 
 def new_run_dir(out: str | Path, kind: str) -> Path:
@@ -57,6 +57,11 @@ def _clean(o: Any) -> Any:
 def write_json(path: Path, obj: Any) -> None:
     """``obj`` as indented JSON (NaN -> null, numpy scalars/arrays, paths and dataclasses converted) plus a newline."""
     path.write_text(json.dumps(_clean(obj), indent=2, default=_default) + "\n")
+
+
+def write_config(run: Path, cfg: Any) -> None:
+    """``effective_config.json``: the resolved config (:meth:`trainer.config.TrainConfig.to_dict`)."""
+    write_json(Path(run) / EFFECTIVE_CONFIG, cfg)
 
 
 def environment(device: Any) -> dict[str, Any]:
