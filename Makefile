@@ -51,7 +51,7 @@ cv: $(STAMP)  ## cross-validate on $(STORE) with $(CONFIG); writes $(OUT)/run_*_
 final: $(STAMP)  ## final model + held-out test from CV_RUN (default: the latest cv run in $(OUT))
 	$(BIN)/python -m trainer final --cv-run $(or $(CV_RUN),$(shell ls -d $(OUT)/run_*_cv 2>/dev/null | sort | tail -n 1)) --store $(STORE) --out $(OUT)
 
-demo: $(STAMP)  ## synth -> cache -> cv -> final on configs/demo.yaml (about 45 minutes on 2 CPU cores; ends with promise vs delivery)
+demo: $(STAMP)  ## synth -> cache -> cv -> final on configs/demo.yaml (about 12 minutes on 2 CPU cores with bf16; ends with promise vs delivery)
 	$(MAKE) synth cache cv final CONFIG=configs/demo.yaml STORE=demo.zarr DATA=$(DATA) OUT=$(OUT)
 
 predict: $(STAMP)  ## score INPUT (DICOM files/folders) with RUN (default: the latest final run in $(OUT)) -> $(OUT)/predictions.csv

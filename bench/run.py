@@ -781,7 +781,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.training import END as TRAIN_END
 
         scale = current_block()
-        precision = current_block(TRAIN_BEGIN, TRAIN_END)  # python -m bench.training (make bench) rewrites it
+        precision = current_block("<!-- precision-e2e:begin -->", "<!-- precision-e2e:end -->")  # measured by hand, kept
+        precision += current_block(TRAIN_BEGIN, TRAIN_END)  # python -m bench.training (make bench) rewrites it
         DOC.write_text(DOC_HEAD + "## CPU\n\n" + table + "\n" + (precision + "\n" if precision else "")
                        + (BUILD_PROPOSALS + "\n" if "build" in r else "") + gpu_section()
                        + ("\n" + scale if scale else ""))
