@@ -4,14 +4,12 @@ else reaches the user with its traceback."""
 from __future__ import annotations
 
 import ast
-import importlib
-import inspect
-import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _exceptions import package_exceptions
 
 import neurocache
 from neurocache.cli import main
@@ -26,16 +24,8 @@ INTERNAL = {
 
 
 def _neurocache_exceptions() -> dict[str, type[BaseException]]:
-    """Every exception class defined in a neurocache module, by qualified name (``neurocache.__main__`` is not imported)."""
-    found = {}
-    for m in pkgutil.walk_packages(neurocache.__path__, "neurocache."):
-        if m.name.endswith("__main__"):
-            continue
-        mod = importlib.import_module(m.name)
-        for name, obj in vars(mod).items():
-            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == m.name:
-                found[f"{m.name}.{name}"] = obj
-    return found
+    """Every exception class defined in a neurocache module, by qualified name."""
+    return package_exceptions(neurocache)
 
 
 def test_missing_store_is_one_line_without_traceback(tmp_path):

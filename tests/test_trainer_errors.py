@@ -5,14 +5,12 @@ slow or networked ones."""
 from __future__ import annotations
 
 import ast
-import importlib
-import inspect
-import pkgutil
 import urllib.error
 from pathlib import Path
 
 import pytest
 import yaml
+from _exceptions import package_exceptions
 from _tiny_runs import TINY
 
 import trainer
@@ -29,16 +27,8 @@ INTERNAL = {
 
 
 def _trainer_exceptions() -> dict[str, type[BaseException]]:
-    """Every exception class defined in a trainer module, by qualified name (``trainer.__main__`` is not imported)."""
-    found = {}
-    for m in pkgutil.walk_packages(trainer.__path__, "trainer."):
-        if m.name.endswith("__main__"):
-            continue
-        mod = importlib.import_module(m.name)
-        for name, obj in vars(mod).items():
-            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == m.name:
-                found[f"{m.name}.{name}"] = obj
-    return found
+    """Every exception class defined in a trainer module, by qualified name."""
+    return package_exceptions(trainer)
 
 
 @pytest.fixture
