@@ -20,6 +20,8 @@ whole series (a folder per series or study). A missing neighbour is replaced as 
 nearest slice towards the centre; a lone file is its own context), and the extra column
 ``neighbours_missing`` (0..2k; empty when quarantined) says how many were. Those inputs' ok images
 are held in memory (int16, S x S each) until every file has been read.
+With ``saliency`` (``--saliency DIR``) each scored slice also gets a Grad-CAM map, one overlay PNG in DIR
+and the columns ``peak_row``, ``peak_col`` (:mod:`trainer.saliency.writer`); without it no map is made.
 A name that is not valid UTF-8 is shown (``ID``, ``path``) with those bytes escaped (``\\xNN``) and gets
 ``bad_file_name``, as in the store; a folder's symlinks and special files get ``not_regular_file``.
 """
@@ -170,6 +172,9 @@ def predict_files(
     device: str | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    saliency: str | Path | None = None,
+    saliency_method: str | None = None,
+    saliency_layer: str | None = None,
 ) -> pd.DataFrame:
     """Score DICOM files with a final run; one row per file (see the module docstring).
 
@@ -179,6 +184,9 @@ def predict_files(
         device: ``auto`` | ``cpu`` | ``cuda[:N]`` (default: the run config's ``device``).
         batch_size: images per forward pass (default: the config's ``eval_batch_size``).
         progress: show a tqdm bar over files.
+        saliency: a folder for one overlay PNG per scored slice, and the ``peak_row`` / ``peak_col`` columns
+            (None: neither, and no map is computed).
+        saliency_method, saliency_layer: override the run config's ``saliency_method`` / ``saliency_layer``.
 
     Raises:
         RunError: see :func:`load_final_run`.
@@ -204,12 +212,17 @@ def predict_files(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(files), desc="predict", unit="file", dynamic_ncols=True)
+    sal = None
+    if saliency is not None:
+        from trainer.saliency.writer import SaliencyWriter
+
+        sal = SaliencyWriter(model, tf, run, dev, saliency, files, saliency_method, saliency_layer)
     try:
-        rows = _score_files(files, run, model, tf, dev, bs, bar)
+        rows = _score_files(files, run, model, tf, dev, bs, bar, sal)
     finally:
         if bar:
             bar.close()
-    extra = ["neighbours_missing"] if cfg.context_slices else []
+    extra = (["neighbours_missing"] if cfg.context_slices else []) + (["peak_row", "peak_col"] if sal else [])
     out = pd.DataFrame(rows, columns=[*PREDICT_COLUMNS, *extra])
     for col in ["pred", *extra]:
         out[col] = out[col].astype("Int64")
@@ -217,20 +230,25 @@ def predict_files(
 
 
 def _score_files(
-    files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any
+    files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any,
+    sal: Any = None,
 ) -> list[dict[str, Any]]:
-    """One :data:`PREDICT_COLUMNS` row per file; ok files scored in batches of ``bs`` (calibrated, thresholded)."""
+    """One :data:`PREDICT_COLUMNS` row per file; ok files scored in batches of ``bs`` (calibrated, thresholded);
+    ``sal`` (a :class:`~trainer.saliency.writer.SaliencyWriter`) adds each scored slice's map."""
     from neurocache.preprocess import preprocess_file
 
     if run.config.context_slices:
-        return _score_files_with_context(files, run, model, tf, dev, bs, bar)
+        return _score_files_with_context(files, run, model, tf, dev, bs, bar, sal)
     rows: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
         if not pending:
             return
-        raw = _score(model, tf, np.stack([im for _, im in pending]), run.config, dev)
+        batch = np.stack([im for _, im in pending])
+        raw = _score(model, tf, batch, run.config, dev)
+        if sal:
+            sal.write(rows, [i for i, _ in pending], batch)
         for (i, _), pr, pc in zip(pending, raw, run.calibrator(raw)):
             rows[i]["prob"] = float(pc)
             rows[i]["prob_raw"] = float(pr)
@@ -242,6 +260,8 @@ def _score_files(
         rows.append(_row(path, meta))
         if meta["status"] == OK and image is not None:
             pending.append((len(rows) - 1, image))
+            if sal:
+                sal.note(len(rows) - 1, meta)
             if len(pending) >= bs:
                 flush()
         if bar:
@@ -257,7 +277,8 @@ def _row(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _score_files_with_context(
-    files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any
+    files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any,
+    sal: Any = None,
 ) -> list[dict[str, Any]]:
     """As :func:`_score_files` with neighbour context: read every file, link the ok slices by series
     geometry, then score each slice's stack (``neighbours_missing`` per row)."""
@@ -275,6 +296,8 @@ def _score_files_with_context(
         metas.append({**meta, "row": len(images) if ok else -1})
         if ok:
             images.append(image)
+            if sal:
+                sal.note(len(rows) - 1, meta)
         if bar:
             bar.update(1)
     if not images:
@@ -287,6 +310,8 @@ def _score_files_with_context(
         centre = torch.arange(lo, min(lo + bs, len(images)))
         stack = context_rows(centre, links[0], links[1], int(run.config.context_slices))
         raw = _score(model, tf, stack_all[stack], run.config, dev)
+        if sal:
+            sal.write(rows, ok_at[lo : lo + bs].tolist(), stack_all[stack])
         for i, pr, pc, miss in zip(ok_at[lo : lo + bs], raw, run.calibrator(raw), replaced_neighbours(stack).tolist()):
             rows[i].update(prob=float(pc), prob_raw=float(pr), pred=int(pc >= run.threshold), neighbours_missing=miss)
     return rows
@@ -294,7 +319,8 @@ def _score_files_with_context(
 
 def predict_command(
     run_dir: Path, inputs: list[Path], *, out: Path, device: str | None = None, batch_size: int | None = None,
-    threads: int | None = None, quiet: bool = False,
+    threads: int | None = None, quiet: bool = False, saliency: Path | None = None, saliency_method: str | None = None,
+    saliency_layer: str | None = None,
 ) -> int:
     """``python -m trainer predict``: score ``inputs`` with a final run, write ``out`` and say what happened.
 
@@ -306,7 +332,8 @@ def predict_command(
     threads = threads if threads is not None else run.config.threads
     if threads:
         torch.set_num_threads(int(threads))
-    frame = predict_files(run_dir, inputs, device=device, batch_size=batch_size, progress=not quiet)
+    frame = predict_files(run_dir, inputs, device=device, batch_size=batch_size, progress=not quiet, saliency=saliency,
+                          saliency_method=saliency_method, saliency_layer=saliency_layer)
     write_predictions(frame, out)
     ok = frame["status"] == "ok"
     reasons = frame.loc[~ok, "reason"].value_counts().to_dict()

@@ -1,0 +1,87 @@
+"""``predict --saliency DIR``: a map per scored slice, its peak in the input DICOM's pixel indices
+(CSV columns :data:`SALIENCY_COLUMNS`) and one overlay PNG per scored slice.
+
+The overlay is the decoded slice at its own size and orientation (rows, columns as stored, HU =
+stored x slope + intercept), in the config's first window (the brain window), the map resampled onto
+it (:func:`~trainer.saliency.overlay.map_to_dicom`) and its peak ringed. ``DIR/<ID>.png``; a second
+input with the same ID (file stem) gets ``DIR/<ID>_<row>.png``, ``row`` being its 0-based CSV row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.saliency.cam import SaliencyModel
+from trainer.saliency.geometry import model_to_dicom, placement_of
+from trainer.saliency.overlay import map_to_dicom, overlay_png, render_overlay
+
+__all__ = ["SALIENCY_COLUMNS", "SaliencyWriter", "peak_of"]
+
+#: The CSV columns ``predict --saliency`` adds: the map's maximum, row and column in the input DICOM (pixels).
+SALIENCY_COLUMNS: tuple[str, ...] = ("peak_row", "peak_col")
+_BOX = ("box_r0", "box_r1", "box_c0", "box_c1")
+
+
+def peak_of(sal: np.ndarray) -> tuple[int, int]:
+    """(row, col) of a map's maximum (the first one in row-major order on ties), pixels of the map."""
+    r, c = np.unravel_index(int(np.argmax(sal)), sal.shape)
+    return int(r), int(c)
+
+
+class SaliencyWriter:
+    """Maps, peaks and PNGs for the slices :func:`trainer.predict.predict_files` scores.
+
+    Args:
+        model: the scoring model (a hooked copy is made).
+        tf: the evaluation transform (:func:`trainer.transforms.make_transform`).
+        run: the :class:`~trainer.predict.FinalRun` (config, preprocessing, precision).
+        device: the model's device.
+        out_dir: the PNG folder (created).
+        files: the input files, in row order.
+        method, layer: ``saliency_method`` / ``saliency_layer`` (default: the run config's).
+    """
+
+    def __init__(self, model: torch.nn.Module, tf: Any, run: Any, device: torch.device, out_dir: str | Path,
+                 files: Sequence[Path], method: str | None = None, layer: str | None = None) -> None:
+        cfg = run.config
+        self.cam = SaliencyModel(model, method or cfg.saliency_method, layer or cfg.saliency_layer)
+        self.tf, self.run, self.device, self.files = tf, run, device, list(files)
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.boxes: dict[int, dict[str, int]] = {}
+        self.names: set[str] = set()
+
+    def note(self, i: int, meta: dict[str, Any]) -> None:
+        """Remember row ``i``'s skull box (its preprocessing row) until its map is made."""
+        self.boxes[i] = {k: int(meta[k]) for k in _BOX}
+
+    def write(self, rows: list[dict[str, Any]], idx: Sequence[int], hu: np.ndarray | torch.Tensor) -> None:
+        """Maps of a batch (the HU images / stacks that were scored for rows ``idx``); sets each row's
+        :data:`SALIENCY_COLUMNS` and writes its PNG."""
+        from trainer.precision import autocast
+
+        cfg = self.run.config
+        x = self.tf(torch.as_tensor(hu).to(self.device), train=False)
+        maps = self.cam(x, autocast=lambda: autocast(self.device, cfg.precision)).cpu().numpy()
+        for i, sal in zip(idx, maps):
+            p = placement_of(self.boxes.pop(int(i)), self.run.prep.size, cfg.out_size)
+            peak = model_to_dicom(p, *peak_of(sal))
+            rows[int(i)].update(peak_row=peak[0], peak_col=peak[1])
+            self._png(int(i), rows[int(i)]["ID"], sal, p, peak)
+
+    def _png(self, i: int, name: str, sal: np.ndarray, p: Any, peak: tuple[int, int]) -> None:
+        """The overlay PNG of row ``i`` (the file decoded again, at its own size)."""
+        from neurocache.dicomio import read_slice
+
+        data = read_slice(self.files[i], self.run.prep, b"\0" * 16)
+        hu = data.stored.astype(np.float32) * np.float32(data.slope) + np.float32(data.intercept)
+        center, width = self.run.config.windows[0]
+        rgb = render_overlay(hu, map_to_dicom(sal, p, hu.shape), peak, float(center), float(width))
+        stem = name if name not in self.names else f"{name}_{i}"
+        self.names.add(stem)
+        overlay_png(rgb, self.out_dir / f"{stem}.png")
