@@ -66,13 +66,26 @@ def _hooked_model(model: nn.Module, layer: str) -> Any:
 
     MONAI's ``class_score`` squeezes the score to shape (B,); Grad-CAM++ multiplies ``exp(score)`` with
     the (B, C, h, w) gradients, which broadcasts (B,) against w when B > 1. Returning (B, 1, 1, 1)
-    makes that product per image; ``score.sum()`` (the backward) is unchanged.
+    makes that product per image; ``score.sum()`` (the backward) is unchanged. The hooks keep the
+    activations and gradients in float32: under bf16 autocast Grad-CAM++'s ``grad ** 3`` would underflow.
     """
     from monai.visualize.class_activation_maps import ModelWithHooks
 
     class _PerImageScore(ModelWithHooks):  # type: ignore[misc]
         def class_score(self, logits: Tensor, class_idx: int) -> Tensor:
-            return logits[:, class_idx].reshape(-1, 1, 1, 1)
+            return logits[:, class_idx].float().reshape(-1, 1, 1, 1)
+
+        def backward_hook(self, name: str) -> Callable[..., None]:
+            def _hook(_module: nn.Module, _grad_input: Any, grad_output: Any) -> None:
+                self.gradients[name] = grad_output[0].float()
+
+            return _hook
+
+        def forward_hook(self, name: str) -> Callable[..., None]:
+            def _hook(_module: nn.Module, _input: Any, output: Tensor) -> None:
+                self.activations[name] = output.float()
+
+            return _hook
 
     return _PerImageScore(model, layer, register_forward=True, register_backward=True)
 
