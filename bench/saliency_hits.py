@@ -13,6 +13,7 @@ the per-slice distances and the summary as JSON (``--out``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 
-def distances(run: Path, data: Path, method: str, layer: str, png_dir: Path) -> pd.DataFrame:
+def distances(run: Path, data: Path, method: str, layer: str, png_dir: Path, peak: str = "tissue") -> pd.DataFrame:
     """Per detected positive test slice: ID, prob, peak_row, peak_col, dist (pixels) to its lesion."""
     from neurocache.synth.truth import decode_rle, distance_to_lesion
     from trainer.predict import load_final_run, predict_files
@@ -32,7 +33,8 @@ def distances(run: Path, data: Path, method: str, layer: str, png_dir: Path) -> 
     det = test[(test["label"] == 1) & (test["prob"] >= thr)]
     truth = pd.read_csv(data / "lesions.csv", dtype={"ID": str}, keep_default_na=False).set_index("ID")
     files = [data / "CTs" / f"{i}.dcm" for i in det["ID"]]
-    pred = predict_files(run, files, device="cpu", saliency=png_dir, saliency_method=method, saliency_layer=layer)
+    pred = predict_files(run, files, device="cpu", saliency=png_dir, saliency_method=method, saliency_layer=layer,
+                         saliency_peak=peak)
     out = []
     for _, r in pred.iterrows():
         t = truth.loc[r["ID"]]
@@ -57,20 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="the phantom set (CTs/, lesions.csv) the run's store was built from")
     p.add_argument("--method", nargs="+", default=["gradcam", "gradcampp"])
     p.add_argument("--layer", nargs="+", default=["layer4", "layer3", "layer2"])
+    p.add_argument("--peak", nargs="+", default=["tissue", "anywhere"], help="saliency_peak values")
     p.add_argument("--radius", type=float, default=10.0, help="hit radius, DICOM pixels")
     p.add_argument("--out", type=Path, required=True, help="JSON to write (PNGs go into a folder beside it)")
     a = p.parse_args(argv)
     res: dict[str, Any] = {"run": str(a.run), "data": str(a.data), "radius": a.radius, "candidates": {}}
-    for layer in a.layer:
-        for method in a.method:
-            t0 = time.perf_counter()
-            d = distances(a.run, a.data, method, layer, a.out.with_suffix("") / f"{method}_{layer}")
-            s = summary(d, a.radius)
-            res["candidates"][f"{method}/{layer}"] = {**s, "seconds": time.perf_counter() - t0, "slices": d.to_dict("records")}
-            print(f"{method:9s} {layer}: {s['hits']}/{s['n']} = {s['frac']:.3f} within {a.radius:g} px; "
-                  f"median {s['median_dist']:.1f} px; " + ", ".join(f"{k} {v['hits']}/{v['n']}" for k, v in s["by_kind"].items()),
-                  flush=True)
-            a.out.write_text(json.dumps(res, indent=1, default=float))
+    for layer, method, peak in itertools.product(a.layer, a.method, a.peak):
+        t0 = time.perf_counter()
+        d = distances(a.run, a.data, method, layer, a.out.with_suffix("") / f"{method}_{layer}_{peak}", peak)
+        s = summary(d, a.radius)
+        res["candidates"][f"{method}/{layer}/{peak}"] = {**s, "seconds": time.perf_counter() - t0, "slices": d.to_dict("records")}
+        print(f"{method:9s} {layer} {peak:8s}: {s['hits']}/{s['n']} = {s['frac']:.3f} within {a.radius:g} px; "
+              f"median {s['median_dist']:.1f} px; " + ", ".join(f"{k} {v['hits']}/{v['n']}" for k, v in s["by_kind"].items()),
+              flush=True)
+        a.out.write_text(json.dumps(res, indent=1, default=float))
     return 0
 
 

@@ -31,6 +31,7 @@ from trainer.model import OPTIMIZERS, POOLS
 from trainer.precision import AMP_VALUES, PRECISIONS
 from trainer.saliency.cam import LAYERS as SALIENCY_LAYERS
 from trainer.saliency.cam import METHODS as SALIENCY_METHODS
+from trainer.saliency.writer import PEAKS as SALIENCY_PEAKS
 
 __all__ = ["ALLOWED", "DEFAULTS", "AugConfig", "ConfigError", "StageConfig", "TrainConfig", "load_config", "parse_set", "prep_config"]
 
@@ -56,6 +57,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "precision": PRECISIONS,
     "saliency_method": SALIENCY_METHODS,
     "saliency_layer": SALIENCY_LAYERS,
+    "saliency_peak": SALIENCY_PEAKS,
 }
 
 #: The command-line flags of the original pipeline this project re-implements (``trainer cv --seed ...``)
@@ -145,6 +147,7 @@ class TrainConfig:
     gallery_n: int = 6                 # report.html: most confident false positives / false negatives shown
     saliency_method: str = "gradcam"   # gradcam | gradcampp: predict --saliency and the report's saliency gallery (MONAI)
     saliency_layer: str = "layer4"     # layer1..layer4: the ResNet18 stage the map is taken from (layer4: 1/32 of out_size)
+    saliency_peak: str = "tissue"      # tissue | anywhere: where the map's maximum (peak_row, peak_col) is looked for
     tracking: str = "none"             # none | mlflow (trainer/runs/tracking.py; needs the `tracking` extra)
     tracking_uri: str = ""             # MLflow tracking URI; "" = sqlite file OUT/mlruns/mlflow.db
 

@@ -175,6 +175,7 @@ def predict_files(
     saliency: str | Path | None = None,
     saliency_method: str | None = None,
     saliency_layer: str | None = None,
+    saliency_peak: str | None = None,
 ) -> pd.DataFrame:
     """Score DICOM files with a final run; one row per file (see the module docstring).
 
@@ -186,7 +187,7 @@ def predict_files(
         progress: show a tqdm bar over files.
         saliency: a folder for one overlay PNG per scored slice, and the ``peak_row`` / ``peak_col`` columns
             (None: neither, and no map is computed).
-        saliency_method, saliency_layer: override the run config's ``saliency_method`` / ``saliency_layer``.
+        saliency_method, saliency_layer, saliency_peak: override the run config's keys of these names.
 
     Raises:
         RunError: see :func:`load_final_run`.
@@ -216,7 +217,7 @@ def predict_files(
     if saliency is not None:
         from trainer.saliency.writer import SaliencyWriter
 
-        sal = SaliencyWriter(model, tf, run, dev, saliency, files, saliency_method, saliency_layer)
+        sal = SaliencyWriter(model, tf, run, dev, saliency, files, saliency_method, saliency_layer, saliency_peak)
     try:
         rows = _score_files(files, run, model, tf, dev, bs, bar, sal)
     finally:
@@ -320,7 +321,7 @@ def _score_files_with_context(
 def predict_command(
     run_dir: Path, inputs: list[Path], *, out: Path, device: str | None = None, batch_size: int | None = None,
     threads: int | None = None, quiet: bool = False, saliency: Path | None = None, saliency_method: str | None = None,
-    saliency_layer: str | None = None,
+    saliency_layer: str | None = None, saliency_peak: str | None = None,
 ) -> int:
     """``python -m trainer predict``: score ``inputs`` with a final run, write ``out`` and say what happened.
 
@@ -333,7 +334,7 @@ def predict_command(
     if threads:
         torch.set_num_threads(int(threads))
     frame = predict_files(run_dir, inputs, device=device, batch_size=batch_size, progress=not quiet, saliency=saliency,
-                          saliency_method=saliency_method, saliency_layer=saliency_layer)
+                          saliency_method=saliency_method, saliency_layer=saliency_layer, saliency_peak=saliency_peak)
     write_predictions(frame, out)
     ok = frame["status"] == "ok"
     reasons = frame.loc[~ok, "reason"].value_counts().to_dict()

@@ -20,17 +20,40 @@ from trainer.saliency.cam import SaliencyModel
 from trainer.saliency.geometry import model_to_dicom, placement_of
 from trainer.saliency.overlay import map_to_dicom, overlay_png, render_overlay
 
-__all__ = ["SALIENCY_COLUMNS", "SaliencyWriter", "peak_of"]
+__all__ = ["PEAKS", "SALIENCY_COLUMNS", "TISSUE_HU", "SaliencyWriter", "peak_of", "tissue_mask"]
+
+#: ``saliency_peak`` values: the map's maximum over the head's pixels (``tissue``) or over the whole input (``anywhere``).
+PEAKS: tuple[str, ...] = ("tissue", "anywhere")
+#: Pixels above this many HU are tissue (or bone), below it air: halfway between air (-1000) and fat (-100).
+TISSUE_HU: float = -500.0
 
 #: The CSV columns ``predict --saliency`` adds: the map's maximum, row and column in the input DICOM (pixels).
 SALIENCY_COLUMNS: tuple[str, ...] = ("peak_row", "peak_col")
 _BOX = ("box_r0", "box_r1", "box_c0", "box_c1")
 
 
-def peak_of(sal: np.ndarray) -> tuple[int, int]:
-    """(row, col) of a map's maximum (the first one in row-major order on ties), pixels of the map."""
+def peak_of(sal: np.ndarray, where: np.ndarray | None = None) -> tuple[int, int]:
+    """(row, col) of a map's maximum (the first one in row-major order on ties), pixels of the map; with
+    ``where`` (bool, the map's shape) the maximum over its True pixels (over all when it has none)."""
+    if where is not None and where.any():
+        sal = np.where(where, sal, -np.inf)
     r, c = np.unravel_index(int(np.argmax(sal)), sal.shape)
     return int(r), int(c)
+
+
+def tissue_mask(hu: torch.Tensor, out_size: int) -> torch.Tensor:
+    """bool (B, out, out): the model-input pixels that are mostly tissue (HU > :data:`TISSUE_HU`), from int16
+    HU images (B, S, S) or context stacks (B, K, S, S) (their centre slice), resized as the model's input is.
+
+    Grad-CAM maps of a convolutional network can peak at the input's border (zero padding), which
+    here is the air in the corners of the skull box; no lesion is there.
+    """
+    from trainer.transforms import resize
+
+    if hu.ndim == 4:
+        hu = hu[:, hu.shape[1] // 2]
+    inside = (hu > TISSUE_HU).to(torch.float32).unsqueeze(1)
+    return resize(inside, out_size)[:, 0] > 0.5
 
 
 class SaliencyWriter:
@@ -43,12 +66,18 @@ class SaliencyWriter:
         device: the model's device.
         out_dir: the PNG folder (created).
         files: the input files, in row order.
-        method, layer: ``saliency_method`` / ``saliency_layer`` (default: the run config's).
+        method, layer, peak: ``saliency_method`` / ``saliency_layer`` / ``saliency_peak`` (default: the run config's).
     """
 
     def __init__(self, model: torch.nn.Module, tf: Any, run: Any, device: torch.device, out_dir: str | Path,
-                 files: Sequence[Path], method: str | None = None, layer: str | None = None) -> None:
+                 files: Sequence[Path], method: str | None = None, layer: str | None = None,
+                 peak: str | None = None) -> None:
+        from neurocache.config import ConfigError
+
         cfg = run.config
+        self.peak = peak or cfg.saliency_peak
+        if self.peak not in PEAKS:
+            raise ConfigError(f"saliency_peak={self.peak!r} is invalid; allowed values: {', '.join(PEAKS)}")
         self.cam = SaliencyModel(model, method or cfg.saliency_method, layer or cfg.saliency_layer)
         self.tf, self.run, self.device, self.files = tf, run, device, list(files)
         self.out_dir = Path(out_dir)
@@ -66,11 +95,13 @@ class SaliencyWriter:
         from trainer.precision import autocast
 
         cfg = self.run.config
-        x = self.tf(torch.as_tensor(hu).to(self.device), train=False)
+        hu = torch.as_tensor(hu)
+        x = self.tf(hu.to(self.device), train=False)
         maps = self.cam(x, autocast=lambda: autocast(self.device, cfg.precision)).cpu().numpy()
-        for i, sal in zip(idx, maps):
+        where = tissue_mask(hu, cfg.out_size).numpy() if self.peak == "tissue" else [None] * len(maps)
+        for i, sal, w in zip(idx, maps, where):
             p = placement_of(self.boxes.pop(int(i)), self.run.prep.size, cfg.out_size)
-            peak = model_to_dicom(p, *peak_of(sal))
+            peak = model_to_dicom(p, *peak_of(sal, w))
             rows[int(i)].update(peak_row=peak[0], peak_col=peak[1])
             self._png(int(i), rows[int(i)]["ID"], sal, p, peak)
 
