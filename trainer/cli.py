@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                     "scored slice into DIR and the columns peak_row, peak_col (the map's maximum in the DICOM's pixels)")
     pr.add_argument("--saliency-method", default=None, help="gradcam | gradcampp (default: the run config's saliency_method)")
     pr.add_argument("--saliency-layer", default=None, help="layer1..layer4 (default: the run config's saliency_layer)")
-    pr.add_argument("--saliency-peak", default=None, help="tissue | anywhere (default: the run config's saliency_peak)")
+    pr.add_argument("--saliency-peak", default=None, help="tissue | brain | anywhere (default: the run config's saliency_peak)")
 
     rp = sub.add_parser("report", help="(re)write report.html of a cv or final run")
     rp.add_argument("run", type=Path, help="a cv or final run folder")

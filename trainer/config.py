@@ -147,7 +147,7 @@ class TrainConfig:
     gallery_n: int = 6                 # report.html: most confident false positives / false negatives shown
     saliency_method: str = "gradcam"   # gradcam | gradcampp: predict --saliency and the report's saliency gallery (MONAI)
     saliency_layer: str = "layer4"     # layer1..layer4: the ResNet18 stage the map is taken from (layer4: 1/32 of out_size)
-    saliency_peak: str = "tissue"      # tissue | anywhere: where the map's maximum (peak_row, peak_col) is looked for
+    saliency_peak: str = "anywhere"    # anywhere | tissue | brain: where the map's maximum (peak_row, peak_col) is looked for
     tracking: str = "none"             # none | mlflow (trainer/runs/tracking.py; needs the `tracking` extra)
     tracking_uri: str = ""             # MLflow tracking URI; "" = sqlite file OUT/mlruns/mlflow.db
 

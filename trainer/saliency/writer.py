@@ -20,12 +20,13 @@ from trainer.saliency.cam import SaliencyModel
 from trainer.saliency.geometry import model_to_dicom, placement_of
 from trainer.saliency.overlay import map_to_dicom, overlay_png, render_overlay
 
-__all__ = ["PEAKS", "SALIENCY_COLUMNS", "TISSUE_HU", "SaliencyWriter", "peak_of", "tissue_mask"]
+__all__ = ["PEAKS", "PEAK_HU", "SALIENCY_COLUMNS", "SaliencyWriter", "peak_mask", "peak_of"]
 
-#: ``saliency_peak`` values: the map's maximum over the head's pixels (``tissue``) or over the whole input (``anywhere``).
-PEAKS: tuple[str, ...] = ("tissue", "anywhere")
-#: Pixels above this many HU are tissue (or bone), below it air: halfway between air (-1000) and fat (-100).
-TISSUE_HU: float = -500.0
+#: ``saliency_peak``: where the map's maximum is looked for, as an HU range [low, high) of the input pixels:
+#: ``tissue``: not air (above -500 HU, halfway between air and fat; bone included); ``brain``: soft tissue
+#: of the brain and blood, 0 to 120 HU (no air, fat or bone); ``anywhere``: the whole model input.
+PEAK_HU: dict[str, tuple[float, float]] = {"tissue": (-500.0, float("inf")), "brain": (0.0, 120.0)}
+PEAKS: tuple[str, ...] = ("tissue", "brain", "anywhere")
 
 #: The CSV columns ``predict --saliency`` adds: the map's maximum, row and column in the input DICOM (pixels).
 SALIENCY_COLUMNS: tuple[str, ...] = ("peak_row", "peak_col")
@@ -41,18 +42,18 @@ def peak_of(sal: np.ndarray, where: np.ndarray | None = None) -> tuple[int, int]
     return int(r), int(c)
 
 
-def tissue_mask(hu: torch.Tensor, out_size: int) -> torch.Tensor:
-    """bool (B, out, out): the model-input pixels that are mostly tissue (HU > :data:`TISSUE_HU`), from int16
-    HU images (B, S, S) or context stacks (B, K, S, S) (their centre slice), resized as the model's input is.
+def peak_mask(hu: torch.Tensor, out_size: int, hu_range: tuple[float, float]) -> torch.Tensor:
+    """bool (B, out, out): the model-input pixels that are mostly (> 1/2) in ``hu_range`` [low, high) HU, from
+    int16 HU images (B, S, S) or context stacks (B, K, S, S) (their centre slice), resized as the model's input is.
 
     Grad-CAM maps of a convolutional network can peak at the input's border (zero padding), which
-    here is the air in the corners of the skull box; no lesion is there.
+    here is the air in the corners of the skull box, or on the skull that touches it; no lesion is there.
     """
     from trainer.transforms import resize
 
     if hu.ndim == 4:
         hu = hu[:, hu.shape[1] // 2]
-    inside = (hu > TISSUE_HU).to(torch.float32).unsqueeze(1)
+    inside = ((hu >= hu_range[0]) & (hu < hu_range[1])).to(torch.float32).unsqueeze(1)
     return resize(inside, out_size)[:, 0] > 0.5
 
 
@@ -98,7 +99,8 @@ class SaliencyWriter:
         hu = torch.as_tensor(hu)
         x = self.tf(hu.to(self.device), train=False)
         maps = self.cam(x, autocast=lambda: autocast(self.device, cfg.precision)).cpu().numpy()
-        where = tissue_mask(hu, cfg.out_size).numpy() if self.peak == "tissue" else [None] * len(maps)
+        rng = PEAK_HU.get(self.peak)
+        where = peak_mask(hu, cfg.out_size, rng).numpy() if rng else [None] * len(maps)
         for i, sal, w in zip(idx, maps, where):
             p = placement_of(self.boxes.pop(int(i)), self.run.prep.size, cfg.out_size)
             peak = model_to_dicom(p, *peak_of(sal, w))
