@@ -18,7 +18,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install synth validate cache info cv final demo predict runs notebook test lint bench bench-scale clean
+.PHONY: help install synth validate cache info cv final demo predict runs notebook test lint bench bench-saliency bench-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -84,6 +84,9 @@ bench: $(BENCH_STAMP)  ## benchmarks (3-6 min on 2 cores): writes bench/results.
 
 SCALE_WORK ?= bench/work/scale
 SCALE_ARGS ?=
+
+bench-saliency: $(STAMP)  ## predict with and without --saliency on 1,000 phantom slices with RUN (default: the latest final run in $(OUT)): docs/benchmarks.md "Saliency"
+	$(BIN)/python -m bench.saliency --run $(or $(RUN),$(shell ls -d $(OUT)/run_*_final* 2>/dev/null | sort | tail -n 1))
 
 bench-scale: $(STAMP)  ## every command at 10k and 100k files (SCALE_ARGS=--with-1m adds 1M): docs/benchmarks.md "Scale" (~30 min on 2 cores, ~6 GB in SCALE_WORK)
 	$(BIN)/python -m bench.scale --work $(SCALE_WORK) $(SCALE_ARGS)
