@@ -173,9 +173,7 @@ def predict_files(
     batch_size: int | None = None,
     progress: bool = False,
     saliency: str | Path | None = None,
-    saliency_method: str | None = None,
-    saliency_layer: str | None = None,
-    saliency_peak: str | None = None,
+    saliency_method: str | None = None, saliency_layer: str | None = None, saliency_peak: str | None = None,
 ) -> pd.DataFrame:
     """Score DICOM files with a final run; one row per file (see the module docstring).
 
@@ -194,7 +192,6 @@ def predict_files(
         InputError: ``batch_size`` < 1 (a ValueError).
     """
     from trainer.data import pick_device
-
     from trainer.precision import recorded_precision, scoring_precision
 
     run = load_final_run(run_dir)
