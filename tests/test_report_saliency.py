@@ -57,7 +57,7 @@ def test_final_report_shows_the_three_groups_with_overlays(runs):
         assert [a for a, _ in imgs] == list(want[key]["ID"])
         for _, b64 in imgs:
             with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
-                assert im.size == (size, size) and im.mode == "RGB"
+                assert im.size == (size, size) and im.mode == "P"
                 assert np.asarray(im).std() > 0
         for _, r in want[key].iterrows():
             assert f"p = {r['prob']:.3f}" in grp

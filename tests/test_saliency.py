@@ -3,9 +3,12 @@ crop + letterbox and the model resize on a slice with a known bright spot, and t
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from neurocache.config import ConfigError, PrepConfig
 from neurocache.dicomio import SliceData
@@ -14,7 +17,7 @@ from trainer.config import TrainConfig
 from trainer.model import build_model
 from trainer.saliency.cam import SaliencyModel, unit_range
 from trainer.saliency.geometry import Placement, dicom_to_model, model_to_dicom, placement_of
-from trainer.saliency.overlay import map_to_dicom, overlay_png, render_overlay
+from trainer.saliency.overlay import MAP_LEVELS, MARK_INDEX, map_to_dicom, overlay_indices, overlay_png, render_overlay
 from trainer.saliency.writer import peak_of
 from trainer.transforms import BatchTransform
 
@@ -128,6 +131,11 @@ def test_overlay_puts_the_map_on_the_slice_grid():
     assert on_slice.shape == (400, 450) and on_slice[:40].max() == 0 and on_slice[:, 432:].max() == 0
     r, c = np.unravel_index(int(np.argmax(on_slice)), on_slice.shape)
     assert abs(r - model_to_dicom(p, 30, 70)[0]) <= 2 and abs(c - model_to_dicom(p, 30, 70)[1]) <= 2
-    rgb = render_overlay(np.zeros((400, 450)), on_slice, (int(r), int(c)), 40.0, 80.0)
-    assert rgb.shape == (400, 450, 3) and rgb.dtype == np.uint8
-    assert overlay_png(rgb)[:8] == b"\x89PNG\r\n\x1a\n"
+    hu = np.full((400, 450), 40.0)  # mid-window grey
+    idx = overlay_indices(hu, on_slice, (int(r), int(c)), 40.0, 80.0)
+    assert idx.dtype == np.uint8 and idx[r, c] == MARK_INDEX and idx[0, 0] == 15 * MAP_LEVELS  # grey 15 of 31, map 0
+    rgb = render_overlay(hu, on_slice, (int(r), int(c)), 40.0, 80.0)
+    assert rgb.shape == (400, 450, 3) and tuple(rgb[0, 0]) == (128, 128, 128) and tuple(rgb[r, c]) == (0, 255, 0)
+    with Image.open(io.BytesIO(overlay_png(idx))) as im:  # a palette PNG that reads back as the RGB overlay
+        assert im.mode == "P" and im.size == (450, 400)
+        assert np.array_equal(np.asarray(im.convert("RGB")), rgb)

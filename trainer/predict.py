@@ -211,15 +211,15 @@ def predict_files(
 
         bar = tqdm(total=len(files), desc="predict", unit="file", dynamic_ncols=True)
     sal = None
-    if saliency is not None:
+    if saliency is not None:  # only then: without the flag no saliency code runs
         from trainer.saliency.writer import SaliencyWriter
-
         sal = SaliencyWriter(model, tf, run, dev, saliency, files, saliency_method, saliency_layer, saliency_peak)
     try:
         rows = _score_files(files, run, model, tf, dev, bs, bar, sal)
     finally:
-        if bar:
-            bar.close()
+        for opened in (bar, sal):  # the progress bar; the PNG threads (waited for)
+            if opened:
+                opened.close()
     extra = (["neighbours_missing"] if cfg.context_slices else []) + (["peak_row", "peak_col"] if sal else [])
     out = pd.DataFrame(rows, columns=[*PREDICT_COLUMNS, *extra])
     for col in ["pred", *extra]:

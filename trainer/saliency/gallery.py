@@ -19,7 +19,7 @@ import torch
 from trainer.report.sections import Context, Missing
 from trainer.runs import files as F
 from trainer.saliency.geometry import Placement, model_to_dicom
-from trainer.saliency.overlay import map_to_dicom, overlay_png, render_overlay
+from trainer.saliency.overlay import map_to_dicom, overlay_indices, overlay_png
 from trainer.saliency.writer import PEAK_HU, peak_mask, peak_of
 
 __all__ = ["saliency_cases", "saliency_gallery"]
@@ -88,8 +88,7 @@ def saliency_gallery(ctx: Context) -> dict[str, Any]:
         center, width = cfg.windows[0]
         for i, img, sal, m in zip(wanted, images, maps, masks):
             peak = model_to_dicom(place, *peak_of(sal, m))
-            rgb = render_overlay(img, map_to_dicom(sal, place, img.shape), peak, float(center), float(width))
-            pngs[i] = overlay_png(rgb)
+            pngs[i] = overlay_png(overlay_indices(img, map_to_dicom(sal, place, img.shape), peak, float(center), float(width)))
 
     def cases(frame: pd.DataFrame) -> list[dict[str, Any]]:
         return [{"id": str(r["ID"]), "png": pngs.get(str(r["ID"])), "prob": float(r["prob"]), "label": int(r["label"]),

@@ -5,11 +5,16 @@ The overlay is the decoded slice at its own size and orientation (rows, columns 
 stored x slope + intercept), in the config's first window (the brain window), the map resampled onto
 it (:func:`~trainer.saliency.overlay.map_to_dicom`) and its peak ringed. ``DIR/<ID>.png``; a second
 input with the same ID (file stem) gets ``DIR/<ID>_<row>.png``, ``row`` being its 0-based CSV row.
+The PNGs (decode, resample, blend, encode: numpy, pydicom's decoders and zlib, which release the GIL)
+are made by a few threads while the next batch is read and scored; :meth:`SaliencyWriter.close` waits for them.
 """
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,7 @@ import torch
 
 from trainer.saliency.cam import SaliencyModel
 from trainer.saliency.geometry import model_to_dicom, placement_of
-from trainer.saliency.overlay import map_to_dicom, overlay_png, render_overlay
+from trainer.saliency.overlay import map_to_dicom, overlay_indices, overlay_png
 
 __all__ = ["PEAKS", "PEAK_HU", "SALIENCY_COLUMNS", "SaliencyWriter", "peak_mask", "peak_of"]
 
@@ -85,6 +90,10 @@ class SaliencyWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.boxes: dict[int, dict[str, int]] = {}
         self.names: set[str] = set()
+        workers = min(4, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="saliency-png")
+        self.pending: deque[Future[None]] = deque()
+        self.max_pending = 8 * workers  # bounds the maps waiting in memory
 
     def note(self, i: int, meta: dict[str, Any]) -> None:
         """Remember row ``i``'s skull box (its preprocessing row) until its map is made."""
@@ -105,16 +114,26 @@ class SaliencyWriter:
             p = placement_of(self.boxes.pop(int(i)), self.run.prep.size, cfg.out_size)
             peak = model_to_dicom(p, *peak_of(sal, w))
             rows[int(i)].update(peak_row=peak[0], peak_col=peak[1])
-            self._png(int(i), rows[int(i)]["ID"], sal, p, peak)
+            name = str(rows[int(i)]["ID"])
+            stem = name if name not in self.names else f"{name}_{int(i)}"
+            self.names.add(stem)
+            while len(self.pending) >= self.max_pending:
+                self.pending.popleft().result()
+            self.pending.append(self.pool.submit(self._png, self.files[int(i)], self.out_dir / f"{stem}.png", sal, p, peak))
 
-    def _png(self, i: int, name: str, sal: np.ndarray, p: Any, peak: tuple[int, int]) -> None:
-        """The overlay PNG of row ``i`` (the file decoded again, at its own size)."""
+    def close(self) -> None:
+        """Wait for every PNG (re-raising a failure) and stop the threads."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _png(self, path: Path, out: Path, sal: np.ndarray, p: Any, peak: tuple[int, int]) -> None:
+        """The overlay PNG of the file at ``path`` (decoded again, at its own size), written to ``out``."""
         from neurocache.dicomio import read_slice
 
-        data = read_slice(self.files[i], self.run.prep, b"\0" * 16)
+        data = read_slice(path, self.run.prep, b"\0" * 16)
         hu = data.stored.astype(np.float32) * np.float32(data.slope) + np.float32(data.intercept)
         center, width = self.run.config.windows[0]
-        rgb = render_overlay(hu, map_to_dicom(sal, p, hu.shape), peak, float(center), float(width))
-        stem = name if name not in self.names else f"{name}_{i}"
-        self.names.add(stem)
-        overlay_png(rgb, self.out_dir / f"{stem}.png")
+        overlay_png(overlay_indices(hu, map_to_dicom(sal, p, hu.shape), peak, float(center), float(width)), out)
