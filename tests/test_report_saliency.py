@@ -72,3 +72,20 @@ def test_without_the_store_the_section_says_so(runs, tmp_path):
 def test_a_cv_run_has_no_saliency_gallery(runs):
     doc, missing = build_report(runs["cv"])
     assert "saliency" in missing and "final runs" in _section(doc, "saliency")
+
+
+def test_context_slices_maps_come_from_the_stores_neighbours(runs, tmp_path):
+    """A 2.5D card (one window, k = 1: the same 3 channels, so the tiny weights fit) takes each stack from
+    the store's prev_row / next_row links."""
+    import shutil
+
+    from trainer.report.sections import load_context
+    from trainer.saliency.gallery import saliency_gallery
+
+    run = shutil.copytree(runs["final"], tmp_path / "run_k1")
+    card = json.loads((run / "model_card.json").read_text())
+    card["config"]["context_slices"] = 1
+    (run / "model_card.json").write_text(json.dumps(card))
+    d = saliency_gallery(load_context(run, runs["store"], None))
+    cases = [c for g in d["groups"] for c in g["cases"]]
+    assert cases and all(c["png"][:8] == b"\x89PNG\r\n\x1a\n" for c in cases)

@@ -54,7 +54,7 @@ def _maps(ctx: Context, rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.nda
         links = torch.full((2, n), -1, dtype=torch.int64)
         ok = feats[feats["row"] >= 0]
         for k, col in enumerate(("prev_row", "next_row")):
-            links[k, torch.as_tensor(ok["row"].to_numpy(np.int64))] = torch.as_tensor(ok[col].to_numpy(np.int64))
+            links[k, torch.from_numpy(ok["row"].to_numpy(np.int64, copy=True))] = torch.from_numpy(ok[col].to_numpy(np.int64, copy=True))
         stack = context_rows(centre, links[0], links[1], int(cfg.context_slices))
     hu = torch.from_numpy(np.stack([np.asarray(ctx.store.images[int(r)]) for r in stack.flatten().tolist()]))
     hu = hu.reshape(*stack.shape, *hu.shape[-2:])
