@@ -65,7 +65,9 @@ def time_both(run: Path, files: list[Path], work: Path, repeats: int, sal: dict[
         plain.append(once(False))
         with_sal.append(once(True))
     p, s = statistics.median(plain), statistics.median(with_sal)
-    return {"plain_s": plain, "saliency_s": with_sal, "plain_median_s": p, "saliency_median_s": s, "ratio": s / p}
+    png_bytes = sum(f.stat().st_size for f in (work / "sal" / "png").glob("*.png"))
+    return {"plain_s": plain, "saliency_s": with_sal, "plain_median_s": p, "saliency_median_s": s, "ratio": s / p,
+            "png_mb": png_bytes / 1e6}
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -79,9 +81,14 @@ def markdown(r: dict[str, Any]) -> str:
         f"median of {r['repeats']} alternating pairs after a warm-up.", "",
         "| predict | seconds | ms / slice |", "| --- | ---: | ---: |",
         f"| without `--saliency` | {r['plain_median_s']:.1f} | {1000 * r['plain_median_s'] / r['n']:.1f} |",
-        f"| with `--saliency` ({r['method']}, {r['layer']}, peak {r['peak']}; {r['n']} PNGs) | {r['saliency_median_s']:.1f} | "
+        f"| with `--saliency` ({r['method']}, {r['layer']}, peak {r['peak']}; {r['n']} PNGs, {r['png_mb']:.0f} MB) | "
+        f"{r['saliency_median_s']:.1f} | "
         f"{1000 * r['saliency_median_s'] / r['n']:.1f} |",
         f"| ratio | **{r['ratio']:.2f}x** (issue: at most 3x) | |", "",
+        "Each time covers reading, preprocessing, scoring and writing the CSV; with `--saliency` also the Grad-CAM "
+        "forward and backward pass, the slice decoded again at its own size, the map resampled onto it and a palette "
+        "PNG (compress level 1) written by a few threads while the next batch is scored. The times of every pair are "
+        "in `bench/saliency_results.json`.", "",
     ]
     return "\n".join(lines)
 

