@@ -12,7 +12,7 @@ PYTHON ?= python3
 # modules mypy checks in make lint (the typed contracts; the rest is checked by ruff only)
 TYPED  := neurocache/config.py neurocache/geometry.py neurocache/execution.py neurocache/build/plan.py \
           trainer/config.py trainer/runs/results.py trainer/runs/files.py trainer/context.py trainer/split.py trainer/evaluation \
-          trainer/precision.py trainer/ema.py
+          trainer/precision.py trainer/ema.py trainer/shift
 
 VENV   := .venv
 BIN    := $(VENV)/bin

@@ -71,7 +71,7 @@ def column_values(rows: pd.DataFrame | Sequence[Mapping[str, Any]], columns: Seq
 
     ``rows``: a feature table (``features.parquet`` rows) or the row dicts of ``preprocess_file``.
     """
-    recs = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+    recs: list[Mapping[Any, Any]] = [*rows.to_dict("records")] if isinstance(rows, pd.DataFrame) else list(rows)
     out = np.full((len(recs), len(columns)), np.nan)
     for i, r in enumerate(recs):
         for j, c in enumerate(columns):

@@ -45,7 +45,7 @@ def fit_ranges(values: np.ndarray, tol: np.ndarray) -> Ranges:
     mean = filled.sum(axis=0) / n
     std = np.sqrt((np.where(seen, v - mean, 0.0) ** 2).sum(axis=0) / n)
     return Ranges(lo=lo, hi=hi, scale=np.maximum(std, np.asarray(tol, dtype=np.float64)),
-                  missing_ok=~seen.all(axis=0))
+                  missing_ok=np.asarray(~seen.all(axis=0)))
 
 
 def exceedance(values: np.ndarray, r: Ranges) -> np.ndarray:

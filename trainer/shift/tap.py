@@ -23,7 +23,10 @@ class EmbeddingTap:
         from trainer.model import unwrap
 
         self._last: torch.Tensor | None = None
-        self._handle = unwrap(model).fc.register_forward_hook(self._keep)
+        head = unwrap(model).fc
+        if not isinstance(head, torch.nn.Module):
+            raise TypeError(f"model.fc is a {type(head).__name__}, not a module: cannot capture its input")
+        self._handle = head.register_forward_hook(self._keep)
 
     def _keep(self, module: torch.nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         self._last = inputs[0].detach().float().flatten(1).cpu()
