@@ -221,7 +221,7 @@ def predict_files(
     out = pd.DataFrame(rows, columns=[c for c in (*PREDICT_COLUMNS, *extra) if c not in SHIFT_COLUMNS])
     for col in ["pred", *extra]:
         out[col] = out[col].astype("Int64")
-    out = pd.concat([out, shift.columns(len(out))], axis=1)
+    out = pd.concat([out, shift.columns(len(out))], axis=1)[[*PREDICT_COLUMNS, *extra]]
     out.attrs["shift"] = shift.summary
     return out
 
