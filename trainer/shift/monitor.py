@@ -68,7 +68,7 @@ class ShiftMonitor:
             return out
         rows = sorted(self._meta)
         emb = np.stack([self._emb[i] for i in rows]) if self._tap is not None and rows else None
-        v = judge(self.reference, column_values([self._meta[i] for i in rows]), emb)
+        v = judge(self.reference, column_values([self._meta[i] for i in rows], self.reference.columns), emb)
         out.loc[rows, "shift_score"] = np.round(v.score, 4)
         out.loc[rows, "shifted"] = v.shifted
         out.loc[rows, "shift_reason"] = v.reasons
