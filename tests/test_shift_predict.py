@@ -153,3 +153,13 @@ def test_synth_writes_another_pixel_spacing_and_kvp_in_the_header_only(tmp_path)
         assert 0.40 <= float(da.PixelSpacing[0]) <= 0.50
         assert da.PixelData == db.PixelData
     assert neurocache_main(["synth", str(tmp_path / "c"), "--patients", "1", "--kvp", "0"]) == 2
+
+
+def test_an_unreadable_reference_is_a_run_error(runs, tmp_path, capsys):
+    bad = shutil.copytree(runs["final"], tmp_path / "bad_run")
+    (bad / F.SHIFT_EMBEDDING).unlink()
+    _, paths = _test_files(runs)
+    out = tmp_path / "x.csv"
+    assert trainer_main(["predict", "--run", str(bad), str(paths[0]), "--out", str(out), "--quiet"]) == 2
+    assert "shift_reference.json (the distribution-shift reference) cannot be read" in capsys.readouterr().err
+    assert not out.exists()
