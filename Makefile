@@ -12,13 +12,13 @@ PYTHON ?= python3
 # modules mypy checks in make lint (the typed contracts; the rest is checked by ruff only)
 TYPED  := neurocache/config.py neurocache/geometry.py neurocache/execution.py neurocache/build/plan.py \
           trainer/config.py trainer/runs/results.py trainer/runs/files.py trainer/context.py trainer/split.py trainer/evaluation \
-          trainer/precision.py trainer/ema.py trainer/saliency neurocache/synth/truth.py
+          trainer/precision.py trainer/ema.py trainer/shift trainer/saliency neurocache/synth/truth.py
 
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install synth validate cache info cv final demo predict runs notebook test lint bench bench-saliency bench-scale clean
+.PHONY: help install synth validate cache info cv final demo predict runs notebook test lint bench bench-saliency bench-scale bench-shift clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -81,6 +81,9 @@ bench: $(BENCH_STAMP)  ## benchmarks (3-6 min on 2 cores): writes bench/results.
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.context  # 2.5D streaming cost -> bench/context_results.json (docs/benchmarks.md, Neighbour context)
 	$(BIN)/python -m bench.training  # training step by precision / memory format / compile -> bench/training_results.json
+
+bench-shift: $(STAMP)  ## predict's time with and without the distribution-shift check: RUN (default: the latest final run in $(OUT)) on INPUT (default $(DATA)/CTs) -> docs/benchmarks.md
+	$(BIN)/python -m bench.shift --run $(or $(RUN),$(shell ls -d $(OUT)/run_*_final* 2>/dev/null | sort | tail -n 1)) $(or $(INPUT),$(DATA)/CTs)
 
 SCALE_WORK ?= bench/work/scale
 SCALE_ARGS ?=

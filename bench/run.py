@@ -783,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = current_block()
         precision = current_block("<!-- precision-e2e:begin -->", "<!-- precision-e2e:end -->")  # measured by hand, kept
         precision += current_block(TRAIN_BEGIN, TRAIN_END)  # python -m bench.training (make bench) rewrites it
+        precision += current_block("<!-- bench-shift:begin -->", "<!-- bench-shift:end -->")  # make bench-shift, kept
         from bench.saliency import kept_section
 
         saliency = kept_section()  # make bench-saliency's section, kept as it is

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how a lesion changes along its run of slices: taper (default, as earlier releases: size tapers, "
                         "full contrast) or 3d (an ellipsoid spanning the run: smaller and fainter on its end slices, "
                         "for neighbour-context (2.5D) experiments)")
+    s.add_argument("--pixel-spacing", type=float, default=None, metavar="MM",
+                   help="PixelSpacing of every slice in mm (default: drawn per patient in 0.40-0.50); header only")
+    s.add_argument("--kvp", type=float, default=120.0, metavar="KV", help="KVP of every slice (default 120); header only")
 
     v = sub.add_parser("validate", help="check a data folder's structure and labels (no writes)")
     _data_args(v)
@@ -114,6 +117,8 @@ def _synth(args: argparse.Namespace) -> int:
         positive_frac=args.positive_frac,
         seed=args.seed,
         lesions=args.lesions,
+        pixel_spacing_mm=args.pixel_spacing,
+        kvp=args.kvp,
         progress=True,
     )
     n1 = int(df["Label"].sum())

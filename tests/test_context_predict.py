@@ -77,3 +77,12 @@ def test_context_0_reproduces_the_single_slice_oof_predictions(trainer_store, tm
     want = pd.read_csv(base["cv"] / "cv_oof_predictions.csv", dtype={"ID": str})
     got = pd.read_csv(run / "cv_oof_predictions.csv", dtype={"ID": str})
     pd.testing.assert_frame_equal(got, want)  # the same rows, folds and probabilities, bit for bit
+
+
+def test_predict_shift_scores_match_the_final_runs_check_with_context(runs):
+    # the embedding of a context stack: predict's hook on the scoring pass vs the final run's own pass
+    scores = pd.read_csv(runs["final"] / "shift_scores.csv", dtype={"ID": str}, keep_default_na=False)
+    test = scores[scores["part"] == "test"]
+    got = predict_files(runs["final"], _paths(runs["store"], list(test["ID"]))[::-1], device="cpu", batch_size=5)
+    got = got.set_index("ID").loc[test["ID"]]
+    np.testing.assert_allclose(got["shift_score"].to_numpy(float), test["shift_score"].to_numpy(float), rtol=1e-3, atol=1e-3)

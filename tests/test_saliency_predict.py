@@ -57,9 +57,10 @@ def test_one_png_per_scored_slice_and_peaks_inside_the_image(runs, tmp_path):
         assert 0 <= r["peak_row"] < ds.Rows and 0 <= r["peak_col"] < ds.Columns
         with Image.open(pngs / f"{r['ID']}.png") as im:  # the DICOM's own size
             assert im.size == (ds.Columns, ds.Rows) and im.mode == "P"  # a palette PNG (overlay.palette)
-    # the same probabilities as without the flag
+    # the same probabilities and shift scores as without the flag (the saliency copy of the model has no shift hook)
     plain = predict_files(runs["final"], files, device="cpu")
     np.testing.assert_allclose(ok["prob"].to_numpy(float), plain["prob"].to_numpy(float), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ok["shift_score"].to_numpy(float), plain["shift_score"].to_numpy(float), rtol=0, atol=1e-9)
 
 
 def test_without_the_flag_no_saliency_code_runs(runs, tmp_path, monkeypatch):

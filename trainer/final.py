@@ -6,7 +6,8 @@ anything on test rows. :func:`run_final_command` checks the cheap local things f
 the tracking settings, the store and its fingerprint, the device) and the ImageNet weights last.
 
 Files (names in :mod:`trainer.runs.files`), in the order written: ``run_args.json``,
-``effective_config.json``, ``store.json``, ``final_model.pt``, ``final_history.csv``,
+``effective_config.json``, ``store.json``, ``final_model.pt``, ``final_history.csv``, the distribution-shift
+reference (``shift_reference.json``, ``shift_embedding.npz``, ``shift_scores.csv``, ``test_shift.png``),
 ``test_predictions.csv``, ``test_patient_predictions.csv``, ``test_calibration.png``, the test
 ROC/PR/confusion figures, ``model_card.json``, ``test_metrics.json`` (last, with the command's wall
 time), ``report.html``.
@@ -40,6 +41,7 @@ from trainer.runs.folder import RunError, load_run, run_kind
 from trainer.runs.results import CVResult, TestResult
 from trainer.runs.tracking import check_tracking, track
 from trainer.runs.write import environment, new_run_dir, write_config, write_json
+from trainer.shift.final_ref import write_shift_reference
 from trainer.split import canonical_groups, holdout_split
 from trainer.transforms import make_transform
 
@@ -213,6 +215,7 @@ def run_final(
     pd.DataFrame(hist).to_csv(run / F.FINAL_HISTORY, index=False)
 
     tf = make_transform(cfg)
+    write_shift_reference(run, model, data, tr, ho, test, tf, cfg)  # shift_reference.json & co (trainer/shift/)
     p_ho = predict(model, data, ho, tf, cfg)
     cal = fit_calibrator(cfg.calibration, data.labels[ho], p_ho)
     prob_raw = predict(model, data, test, tf, cfg)

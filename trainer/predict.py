@@ -12,6 +12,10 @@ Output CSV, one row per input file, in input order: ``ID`` (file stem), ``path``
 ``pred`` (0/1 at the threshold), ``status`` (``ok`` | ``quarantined``), ``reason`` and ``detail``
 (the store's reason codes, :data:`neurocache.reasons.REASONS`; empty when ok). Quarantined rows
 have empty ``prob`` and ``pred``: a non-CT or broken file gets a reason, never a made-up score.
+``shift_score``, ``shifted``, ``shift_reason``: the distribution-shift check against the final run's
+training reference (:mod:`trainer.shift`; the embedding comes from the scoring forward pass); a
+shifted slice is still scored. Empty for quarantined files and for runs made before the check.
+The call's summary is ``frame.attrs["shift"]``; ``predict_command`` writes it beside the CSV.
 
 With ``context_slices`` k > 0 in the run's config, each slice's neighbours come from the input files
 themselves, linked by the store's rule (:mod:`neurocache.geometry`: same series, ordered along the
@@ -49,10 +53,12 @@ from trainer.config import TrainConfig
 from trainer.evaluation.calibrators import Calibrator
 from trainer.runs import files as F
 from trainer.runs.folder import RunError, read_json
+from trainer.shift.monitor import ShiftMonitor, write_summary
+from trainer.shift.verdict import SHIFT_COLUMNS
 
 __all__ = ["PREDICT_COLUMNS", "FinalRun", "collect_inputs", "load_final_run", "predict_command", "predict_files"]
 
-PREDICT_COLUMNS: tuple[str, ...] = ("ID", "path", "prob", "prob_raw", "pred", "status", "reason", "detail")
+PREDICT_COLUMNS: tuple[str, ...] = ("ID", "path", "prob", "prob_raw", "pred", "status", "reason", "detail", *SHIFT_COLUMNS)
 #: Hash key for the header's patient/study/series hashes; predictions do not use them.
 _NO_KEY = b"\0" * 16
 
@@ -205,38 +211,49 @@ def predict_files(
     cfg = run.config
     model, tf = build_predictor(run, dev)
     files = collect_inputs(inputs)
+    sal = _saliency_writer(saliency, (saliency_method, saliency_layer, saliency_peak), model, tf, run, dev, files)  # copies: no hook yet
+    shift = ShiftMonitor(run.path, model)  # a forward hook on model.fc; warns once for a run without reference
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(files), desc="predict", unit="file", dynamic_ncols=True)
-    sal = None
-    if saliency is not None:  # only then: without the flag no saliency code runs
-        from trainer.saliency.writer import SaliencyWriter
-        sal = SaliencyWriter(model, tf, run, dev, saliency, files, saliency_method, saliency_layer, saliency_peak)
     try:
-        rows = _score_files(files, run, model, tf, dev, bs, bar, sal)
+        rows = _score_files(files, run, model, tf, dev, bs, bar, shift, sal)
     finally:
-        for opened in (bar, sal):  # the progress bar; the PNG threads (waited for)
-            if opened:
+        for opened in (shift, bar, sal):  # the hook; the progress bar; the PNG threads (waited for)
+            if opened is not None:
                 opened.close()
     extra = (["neighbours_missing"] if cfg.context_slices else []) + (["peak_row", "peak_col"] if sal else [])
-    out = pd.DataFrame(rows, columns=[*PREDICT_COLUMNS, *extra])
+    out = pd.DataFrame(rows, columns=[c for c in (*PREDICT_COLUMNS, *extra) if c not in SHIFT_COLUMNS])
     for col in ["pred", *extra]:
         out[col] = out[col].astype("Int64")
+    out = pd.concat([out, shift.columns(len(out))], axis=1)[[*PREDICT_COLUMNS, *extra]]
+    out.attrs["shift"] = shift.summary
     return out
+
+
+def _saliency_writer(folder: str | Path | None, options: tuple[str | None, str | None, str | None], model: torch.nn.Module,
+                     tf: Any, run: FinalRun, dev: torch.device, files: list[Path]) -> Any:
+    """A :class:`~trainer.saliency.writer.SaliencyWriter` into ``folder`` with (method, layer, peak) ``options``, or
+    None without a folder: then no saliency code is imported or run."""
+    if folder is None:
+        return None
+    from trainer.saliency.writer import SaliencyWriter
+
+    return SaliencyWriter(model, tf, run, dev, folder, files, *options)
 
 
 def _score_files(
     files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any,
-    sal: Any = None,
+    shift: ShiftMonitor, sal: Any = None,
 ) -> list[dict[str, Any]]:
     """One :data:`PREDICT_COLUMNS` row per file; ok files scored in batches of ``bs`` (calibrated, thresholded);
     ``sal`` (a :class:`~trainer.saliency.writer.SaliencyWriter`) adds each scored slice's map."""
     from neurocache.preprocess import preprocess_file
 
     if run.config.context_slices:
-        return _score_files_with_context(files, run, model, tf, dev, bs, bar, sal)
+        return _score_files_with_context(files, run, model, tf, dev, bs, bar, shift, sal)
     rows: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []
 
@@ -245,6 +262,7 @@ def _score_files(
             return
         batch = np.stack([im for _, im in pending])
         raw = _score(model, tf, batch, run.config, dev)
+        shift.batch([i for i, _ in pending])
         if sal:
             sal.write(rows, [i for i, _ in pending], batch)
         for (i, _), pr, pc in zip(pending, raw, run.calibrator(raw)):
@@ -258,6 +276,7 @@ def _score_files(
         rows.append(_row(path, meta))
         if meta["status"] == OK and image is not None:
             pending.append((len(rows) - 1, image))
+            shift.record(len(rows) - 1, meta)
             if sal:
                 sal.note(len(rows) - 1, meta)
             if len(pending) >= bs:
@@ -276,7 +295,7 @@ def _row(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
 def _score_files_with_context(
     files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any,
-    sal: Any = None,
+    shift: ShiftMonitor, sal: Any = None,
 ) -> list[dict[str, Any]]:
     """As :func:`_score_files` with neighbour context: read every file, link the ok slices by series
     geometry, then score each slice's stack (``neighbours_missing`` per row)."""
@@ -294,6 +313,7 @@ def _score_files_with_context(
         metas.append({**meta, "row": len(images) if ok else -1})
         if ok:
             images.append(image)
+            shift.record(len(rows) - 1, meta)
             if sal:
                 sal.note(len(rows) - 1, meta)
         if bar:
@@ -308,6 +328,7 @@ def _score_files_with_context(
         centre = torch.arange(lo, min(lo + bs, len(images)))
         stack = context_rows(centre, links[0], links[1], int(run.config.context_slices))
         raw = _score(model, tf, stack_all[stack], run.config, dev)
+        shift.batch(ok_at[lo : lo + bs].tolist())
         if sal:
             sal.write(rows, ok_at[lo : lo + bs].tolist(), stack_all[stack])
         for i, pr, pc, miss in zip(ok_at[lo : lo + bs], raw, run.calibrator(raw), replaced_neighbours(stack).tolist()):
@@ -333,11 +354,13 @@ def predict_command(
     frame = predict_files(run_dir, inputs, device=device, batch_size=batch_size, progress=not quiet, saliency=saliency,
                           saliency_method=saliency_method, saliency_layer=saliency_layer, saliency_peak=saliency_peak)
     write_predictions(frame, out)
+    summary = write_summary(frame.attrs["shift"], out)
     ok = frame["status"] == "ok"
     reasons = frame.loc[~ok, "reason"].value_counts().to_dict()
     print(f"predict: {len(frame)} files, {int(ok.sum())} scored ({int(frame['pred'].fillna(0).sum())} positive at threshold "
           f"{run.threshold:.2f}), {int((~ok).sum())} not scored{' ' + str(reasons) if reasons else ''}; "
           f"{time.perf_counter() - t0:.1f} s -> {shown_name(str(out))}")
+    print(f"shift: {frame.attrs['shift']['message']} -> {shown_name(str(summary))}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,13 +29,14 @@ def generate_dataset(
     seed: int = 0,
     progress: bool = False,
     lesions: str = "taper",
+    pixel_spacing_mm: float | None = None,
+    kvp: float = 120.0,
 ) -> pd.DataFrame:
     """Generate a synthetic head-CT DICOM dataset with slice labels.
 
     Writes ``out_dir/CTs/ID_<10 hex>.dcm`` (one axial slice per file, CT Image Storage,
-    explicit VR little endian), ``out_dir/labels1.csv`` (columns ``ID,Label``, sorted by
-    ID) and ``out_dir/lesions.csv`` (the drawn lesion of every label-1 slice:
-    :mod:`neurocache.synth.truth`).  Existing unrelated files in ``out_dir`` are left alone.
+    explicit VR little endian), ``out_dir/labels1.csv`` (columns ``ID,Label``, sorted by ID) and ``lesions.csv``
+    (the drawn lesions: :mod:`neurocache.synth.truth`).  Existing unrelated files in ``out_dir`` are left alone.
 
     Args:
         out_dir: output directory (created if needed).
@@ -50,6 +52,9 @@ def generate_dataset(
         lesions: how a lesion changes along its run of slices (:mod:`neurocache.synth.lesion`):
             ``taper`` (default, as earlier releases) or ``3d`` (an ellipsoid spanning the run,
             smaller and fainter on its end slices).
+        pixel_spacing_mm: every slice's PixelSpacing (mm, > 0); default: drawn per patient in
+            0.40-0.50 mm. The draw happens either way, so IDs, labels and images are unchanged.
+        kvp: the KVP tag of every slice (kV, > 0; default 120). Header only, like ``pixel_spacing_mm``.
 
     Returns:
         DataFrame with columns ``ID`` (str), ``Label`` (int 0/1), ``PatientID`` (str),
@@ -61,6 +66,8 @@ def generate_dataset(
         raise InputError("size must be >= 32 pixels")
     if not 0.0 <= positive_frac <= 1.0:
         raise InputError("positive_frac must be in [0, 1]")
+    if (pixel_spacing_mm is not None and not pixel_spacing_mm > 0) or not kvp > 0:
+        raise InputError(f"pixel_spacing_mm={pixel_spacing_mm} and kvp={kvp} must be > 0")
     if lesions not in LESION_PROFILES:
         raise InputError(f"lesions={lesions!r}: choose one of {', '.join(LESION_PROFILES)}")
     out = Path(out_dir)
@@ -70,7 +77,9 @@ def generate_dataset(
     truth: list[dict[str, object]] = []
     with tqdm(total=patients * slices_per_patient, desc="synth CT", unit="slice", disable=not progress) as bar:
         for plan in _plan(patients, slices_per_patient, size, positive_frac, seed):
-            records += _write_patient(plan, slices_per_patient, seed, ct_dir, bar.update, lesions, truth)
+            if pixel_spacing_mm is not None:
+                plan = dataclasses.replace(plan, spacing_mm=float(pixel_spacing_mm))
+            records += _write_patient(plan, slices_per_patient, seed, ct_dir, bar.update, lesions, kvp, truth)
     df = pd.DataFrame(records, columns=["ID", "Label", "PatientID", "z_index"])
     df = df.sort_values("ID", kind="stable").reset_index(drop=True)
     df["Label"] = df["Label"].astype(np.int64)
@@ -81,7 +90,8 @@ def generate_dataset(
 
 
 def _write_patient(plan: _PatientPlan, slices: int, seed: int, ct_dir: Path, progress: Callable[[int], object],
-                   lesions: str = "taper", truth: list[dict[str, object]] | None = None) -> list[tuple[str, int, str, int]]:
+                   lesions: str = "taper", kvp: float = 120.0,
+                   truth: list[dict[str, object]] | None = None) -> list[tuple[str, int, str, int]]:
     """Render and write one patient's ``slices`` files; returns (ID, label, PatientID, z index) per slice and
     appends each label-1 slice's ``lesions.csv`` row to ``truth``."""
     renderer = _PatientRenderer(plan, slices, seed, lesions)
@@ -99,6 +109,7 @@ def _write_patient(plan: _PatientPlan, slices: int, seed: int, ct_dir: Path, pro
             pixel_spacing=(plan.spacing_mm, plan.spacing_mm),
             instance=kz + 1,
             seed=seed,
+            kvp=kvp,
         )
         write_ct(ds, ct_dir / f"{plan.ids[kz]}.dcm")
         if truth is not None and plan.label(kz):

@@ -34,6 +34,7 @@ def make_ct_dataset(
     pixel_spacing: Sequence[float] = (0.45, 0.45),
     instance: int = 1,
     seed: int = 0,
+    kvp: float = 120.0,
 ) -> FileDataset:
     """Wrap a 2-D HU image into a valid CT Image Storage ``FileDataset``.
 
@@ -51,6 +52,8 @@ def make_ct_dataset(
         pixel_spacing: (row spacing, column spacing) in mm.
         instance: InstanceNumber (1-based).
         seed: entropy for the derived UIDs / dates.
+        kvp: the KVP tag (kV); written as ``"120"`` by default. Only the header changes: the HU
+            image is the same at any kVp (the distribution-shift experiments, docs/shift.md).
 
     Returns:
         FileDataset with file meta (explicit VR little endian); write it with
@@ -72,6 +75,7 @@ def make_ct_dataset(
     meta.ImplementationVersionName = "NEUROCACHE_SYN1"
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\x00" * 128)
     _set_study(ds, patient_id, study_uid, series_uid, sop_uid, seed)
+    ds.KVP = _ds(kvp)
     ds.InstanceNumber = int(instance)
     ds.FrameOfReferenceUID = _uid("frame", study_uid)
     _set_image(ds, stored, intercept, bits_stored, signed, z_mm, row_mm, col_mm)
@@ -144,7 +148,6 @@ def _set_study(ds: FileDataset, patient_id: str, study_uid: str, series_uid: str
     ds.PatientBirthDate = birth_date
     ds.PatientSex = sex
     ds.SliceThickness = _ds(SLICE_SPACING_MM)
-    ds.KVP = "120"
     ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid

@@ -28,6 +28,8 @@ Sections (stable ``id`` attributes, in this order):
                    negatives (final runs; :mod:`trainer.saliency.gallery`)
 ``label-review``   the cv run's most suspect labels (``label_review.csv``), each slice between
                    its series neighbours, with its given label, OOF prob and suggested label
+``shift``          the test rows against the distribution-shift reference (final runs): flag
+                   rates, reasons, the embedding distance and key columns (:mod:`trainer.report.shift`)
 ================== =====================================================================
 
 A section whose inputs are missing says so in place (``<p class="missing">``) instead of failing
@@ -49,6 +51,7 @@ from markupsafe import Markup
 from trainer.report import cases as C
 from trainer.report import sections as S
 from trainer.report.format import ci, fmt, kv_frame
+from trainer.report.shift import shift as shift_section
 from trainer.runs.files import REPORT
 from trainer.runs.folder import RunNotFoundError
 from trainer.saliency.gallery import saliency_gallery
@@ -57,7 +60,7 @@ __all__ = ["SECTION_IDS", "build_report", "report_command", "write_report", "wri
 
 SECTION_IDS: tuple[str, ...] = (
     "promise", "summary", "data-manifest", "split-manifest", "config-environment", "cv-curves", "threshold-table",
-    "oof-metrics", "test-metrics", "confusion", "calibration", "gallery", "saliency", "label-review",
+    "oof-metrics", "test-metrics", "confusion", "calibration", "gallery", "saliency", "label-review", "shift",
 )
 TITLES = {
     "promise": "Promise vs delivery", "summary": "Summary", "data-manifest": "Data manifest", "split-manifest": "Split manifest",
@@ -65,6 +68,7 @@ TITLES = {
     "threshold-table": "Threshold table", "oof-metrics": "Out-of-fold metrics (cross-validation)",
     "test-metrics": "Test metrics", "confusion": "Confusion matrix", "calibration": "Calibration",
     "gallery": "Most confident errors", "saliency": "Where the model looks", "label-review": "Labels to review",
+    "shift": "Distribution shift",
 }
 
 #: section id -> the function gathering its template's ``d`` (raises :class:`~trainer.report.sections.Missing`).
@@ -73,6 +77,7 @@ SECTIONS: dict[str, Callable[[S.Context], Any]] = {
     "config-environment": S.config_environment, "cv-curves": S.cv_curves, "threshold-table": S.threshold_table,
     "oof-metrics": S.oof_metrics, "test-metrics": S.test_metrics, "confusion": S.confusion,
     "calibration": S.calibration, "gallery": C.gallery, "saliency": saliency_gallery, "label-review": C.label_review,
+    "shift": shift_section,
 }
 
 
