@@ -12,13 +12,13 @@ PYTHON ?= python3
 # modules mypy checks in make lint (the typed contracts; the rest is checked by ruff only)
 TYPED  := neurocache/config.py neurocache/geometry.py neurocache/execution.py neurocache/build/plan.py \
           trainer/config.py trainer/runs/results.py trainer/runs/files.py trainer/context.py trainer/split.py trainer/evaluation \
-          trainer/precision.py trainer/ema.py trainer/shift
+          trainer/precision.py trainer/ema.py trainer/shift trainer/saliency neurocache/synth/truth.py
 
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install synth validate cache info cv final demo predict runs notebook test lint bench bench-scale bench-shift clean
+.PHONY: help install synth validate cache info cv final demo predict runs notebook test lint bench bench-saliency bench-scale bench-shift clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -87,6 +87,9 @@ bench-shift: $(STAMP)  ## predict's time with and without the distribution-shift
 
 SCALE_WORK ?= bench/work/scale
 SCALE_ARGS ?=
+
+bench-saliency: $(STAMP)  ## predict with and without --saliency on 1,000 phantom slices with RUN (default: the latest final run in $(OUT)): docs/benchmarks.md "Saliency"
+	$(BIN)/python -m bench.saliency --run $(or $(RUN),$(shell ls -d $(OUT)/run_*_final* 2>/dev/null | sort | tail -n 1))
 
 bench-scale: $(STAMP)  ## every command at 10k and 100k files (SCALE_ARGS=--with-1m adds 1M): docs/benchmarks.md "Scale" (~30 min on 2 cores, ~6 GB in SCALE_WORK)
 	$(BIN)/python -m bench.scale --work $(SCALE_WORK) $(SCALE_ARGS)

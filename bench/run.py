@@ -784,9 +784,12 @@ def main(argv: list[str] | None = None) -> int:
         precision = current_block("<!-- precision-e2e:begin -->", "<!-- precision-e2e:end -->")  # measured by hand, kept
         precision += current_block(TRAIN_BEGIN, TRAIN_END)  # python -m bench.training (make bench) rewrites it
         precision += current_block("<!-- bench-shift:begin -->", "<!-- bench-shift:end -->")  # make bench-shift, kept
+        from bench.saliency import kept_section
+
+        saliency = kept_section()  # make bench-saliency's section, kept as it is
         DOC.write_text(DOC_HEAD + "## CPU\n\n" + table + "\n" + (precision + "\n" if precision else "")
                        + (BUILD_PROPOSALS + "\n" if "build" in r else "") + gpu_section()
-                       + ("\n" + scale if scale else ""))
+                       + ("\n" + saliency if saliency else "") + ("\n" + scale if scale else ""))
         _log(f"wrote {RESULTS.relative_to(ROOT)} and {DOC.relative_to(ROOT)}")
     return 0
 

@@ -133,7 +133,7 @@ def test_cv_report_says_how_to_get_test_metrics(runs):
 
 def test_missing_store_is_reported_in_place(runs, tmp_path):
     path, missing = write_report(runs["final"], store_path=tmp_path / "gone.zarr", out=tmp_path / "r.html")
-    assert set(missing) == {"data-manifest", "gallery"}
+    assert set(missing) == {"data-manifest", "gallery", "saliency"}
     page = _parse(path)
     assert page.order == list(SECTION_IDS)
     assert "could not be opened" in page.text("data-manifest")

@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: the config's eval_batch_size)")
     pr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's threads)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--saliency", type=Path, default=None, metavar="DIR", help="also write one Grad-CAM overlay PNG per "
+                    "scored slice into DIR and the columns peak_row, peak_col (the map's maximum in the DICOM's pixels)")
+    pr.add_argument("--saliency-method", default=None, help="gradcam | gradcampp (default: the run config's saliency_method)")
+    pr.add_argument("--saliency-layer", default=None, help="layer1..layer4 (default: the run config's saliency_layer)")
+    pr.add_argument("--saliency-peak", default=None, help="tissue | brain | anywhere (default: the run config's saliency_peak)")
 
     rp = sub.add_parser("report", help="(re)write report.html of a cv or final run")
     rp.add_argument("run", type=Path, help="a cv or final run folder")
@@ -153,7 +158,9 @@ def _run(args: argparse.Namespace) -> int:
         from trainer.predict import predict_command
 
         return predict_command(args.run, args.inputs, out=args.out, device=args.device, batch_size=args.batch_size,
-                               threads=args.threads, quiet=args.quiet)
+                               threads=args.threads, quiet=args.quiet, saliency=args.saliency,
+                               saliency_method=args.saliency_method, saliency_layer=args.saliency_layer,
+                               saliency_peak=args.saliency_peak)
     if args.command == "report":
         from trainer.report.html import report_command
 

@@ -29,6 +29,9 @@ from trainer.evaluation.thresholds import CANDIDATE_SOURCES, POOLINGS
 from trainer.evaluation.thresholds import STRATEGIES as THRESHOLD_STRATEGIES
 from trainer.model import OPTIMIZERS, POOLS
 from trainer.precision import AMP_VALUES, PRECISIONS
+from trainer.saliency.cam import LAYERS as SALIENCY_LAYERS
+from trainer.saliency.cam import METHODS as SALIENCY_METHODS
+from trainer.saliency.writer import PEAKS as SALIENCY_PEAKS
 
 __all__ = ["ALLOWED", "DEFAULTS", "AugConfig", "ConfigError", "StageConfig", "TrainConfig", "load_config", "parse_set", "prep_config"]
 
@@ -52,6 +55,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "tracking": ("none", "mlflow"),
     "amp": AMP_VALUES,
     "precision": PRECISIONS,
+    "saliency_method": SALIENCY_METHODS,
+    "saliency_layer": SALIENCY_LAYERS,
+    "saliency_peak": SALIENCY_PEAKS,
 }
 
 #: The command-line flags of the original pipeline this project re-implements (``trainer cv --seed ...``)
@@ -139,6 +145,9 @@ class TrainConfig:
     calibration_strategy: str = "uniform"  # uniform | quantile bin edges
     operating_points: tuple[dict[str, float], ...] = ()  # e.g. [{sens: 0.9}, {spec: 0.95}]: spec/sens/PPV there (OOF, test)
     gallery_n: int = 6                 # report.html: most confident false positives / false negatives shown
+    saliency_method: str = "gradcam"   # gradcam | gradcampp: predict --saliency and the report's saliency gallery (MONAI)
+    saliency_layer: str = "layer4"     # layer1..layer4: the ResNet18 stage the map is taken from (layer4: 1/32 of out_size)
+    saliency_peak: str = "anywhere"    # anywhere | tissue | brain: where the map's maximum (peak_row, peak_col) is looked for
     tracking: str = "none"             # none | mlflow (trainer/runs/tracking.py; needs the `tracking` extra)
     tracking_uri: str = ""             # MLflow tracking URI; "" = sqlite file OUT/mlruns/mlflow.db
 

@@ -24,6 +24,8 @@ whole series (a folder per series or study). A missing neighbour is replaced as 
 nearest slice towards the centre; a lone file is its own context), and the extra column
 ``neighbours_missing`` (0..2k; empty when quarantined) says how many were. Those inputs' ok images
 are held in memory (int16, S x S each) until every file has been read.
+With ``saliency`` (``--saliency DIR``) each scored slice also gets a Grad-CAM map, one overlay PNG in DIR
+and the columns ``peak_row``, ``peak_col`` (:mod:`trainer.saliency.writer`); without it no map is made.
 A name that is not valid UTF-8 is shown (``ID``, ``path``) with those bytes escaped (``\\xNN``) and gets
 ``bad_file_name``, as in the store; a folder's symlinks and special files get ``not_regular_file``.
 """
@@ -176,6 +178,8 @@ def predict_files(
     device: str | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    saliency: str | Path | None = None,
+    saliency_method: str | None = None, saliency_layer: str | None = None, saliency_peak: str | None = None,
 ) -> pd.DataFrame:
     """Score DICOM files with a final run; one row per file (see the module docstring).
 
@@ -185,13 +189,15 @@ def predict_files(
         device: ``auto`` | ``cpu`` | ``cuda[:N]`` (default: the run config's ``device``).
         batch_size: images per forward pass (default: the config's ``eval_batch_size``).
         progress: show a tqdm bar over files.
+        saliency: a folder for one overlay PNG per scored slice, and the ``peak_row`` / ``peak_col`` columns
+            (None: neither, and no map is computed).
+        saliency_method, saliency_layer, saliency_peak: override the run config's keys of these names.
 
     Raises:
         RunError: see :func:`load_final_run`.
         InputError: ``batch_size`` < 1 (a ValueError).
     """
     from trainer.data import pick_device
-
     from trainer.precision import recorded_precision, scoring_precision
 
     run = load_final_run(run_dir)
@@ -204,20 +210,21 @@ def predict_files(
     run = dataclasses.replace(run, config=run.config.with_overrides({"precision": prec}))
     cfg = run.config
     model, tf = build_predictor(run, dev)
-    shift = ShiftMonitor(run.path, model)  # a forward hook on model.fc; warns once for a run without reference
     files = collect_inputs(inputs)
+    sal = _saliency_writer(saliency, (saliency_method, saliency_layer, saliency_peak), model, tf, run, dev, files)  # copies: no hook yet
+    shift = ShiftMonitor(run.path, model)  # a forward hook on model.fc; warns once for a run without reference
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(files), desc="predict", unit="file", dynamic_ncols=True)
     try:
-        rows = _score_files(files, run, model, tf, dev, bs, bar, shift)
+        rows = _score_files(files, run, model, tf, dev, bs, bar, shift, sal)
     finally:
-        shift.close()
-        if bar:
-            bar.close()
-    extra = ["neighbours_missing"] if cfg.context_slices else []
+        for opened in (shift, bar, sal):  # the hook; the progress bar; the PNG threads (waited for)
+            if opened is not None:
+                opened.close()
+    extra = (["neighbours_missing"] if cfg.context_slices else []) + (["peak_row", "peak_col"] if sal else [])
     out = pd.DataFrame(rows, columns=[c for c in (*PREDICT_COLUMNS, *extra) if c not in SHIFT_COLUMNS])
     for col in ["pred", *extra]:
         out[col] = out[col].astype("Int64")
@@ -226,23 +233,38 @@ def predict_files(
     return out
 
 
+def _saliency_writer(folder: str | Path | None, options: tuple[str | None, str | None, str | None], model: torch.nn.Module,
+                     tf: Any, run: FinalRun, dev: torch.device, files: list[Path]) -> Any:
+    """A :class:`~trainer.saliency.writer.SaliencyWriter` into ``folder`` with (method, layer, peak) ``options``, or
+    None without a folder: then no saliency code is imported or run."""
+    if folder is None:
+        return None
+    from trainer.saliency.writer import SaliencyWriter
+
+    return SaliencyWriter(model, tf, run, dev, folder, files, *options)
+
+
 def _score_files(
     files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any,
-    shift: ShiftMonitor,
+    shift: ShiftMonitor, sal: Any = None,
 ) -> list[dict[str, Any]]:
-    """One :data:`PREDICT_COLUMNS` row per file; ok files scored in batches of ``bs`` (calibrated, thresholded)."""
+    """One :data:`PREDICT_COLUMNS` row per file; ok files scored in batches of ``bs`` (calibrated, thresholded);
+    ``sal`` (a :class:`~trainer.saliency.writer.SaliencyWriter`) adds each scored slice's map."""
     from neurocache.preprocess import preprocess_file
 
     if run.config.context_slices:
-        return _score_files_with_context(files, run, model, tf, dev, bs, bar, shift)
+        return _score_files_with_context(files, run, model, tf, dev, bs, bar, shift, sal)
     rows: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
         if not pending:
             return
-        raw = _score(model, tf, np.stack([im for _, im in pending]), run.config, dev)
+        batch = np.stack([im for _, im in pending])
+        raw = _score(model, tf, batch, run.config, dev)
         shift.batch([i for i, _ in pending])
+        if sal:
+            sal.write(rows, [i for i, _ in pending], batch)
         for (i, _), pr, pc in zip(pending, raw, run.calibrator(raw)):
             rows[i]["prob"] = float(pc)
             rows[i]["prob_raw"] = float(pr)
@@ -255,6 +277,8 @@ def _score_files(
         if meta["status"] == OK and image is not None:
             pending.append((len(rows) - 1, image))
             shift.record(len(rows) - 1, meta)
+            if sal:
+                sal.note(len(rows) - 1, meta)
             if len(pending) >= bs:
                 flush()
         if bar:
@@ -271,7 +295,7 @@ def _row(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
 def _score_files_with_context(
     files: list[Path], run: FinalRun, model: torch.nn.Module, tf: Any, dev: torch.device, bs: int, bar: Any,
-    shift: ShiftMonitor,
+    shift: ShiftMonitor, sal: Any = None,
 ) -> list[dict[str, Any]]:
     """As :func:`_score_files` with neighbour context: read every file, link the ok slices by series
     geometry, then score each slice's stack (``neighbours_missing`` per row)."""
@@ -290,6 +314,8 @@ def _score_files_with_context(
         if ok:
             images.append(image)
             shift.record(len(rows) - 1, meta)
+            if sal:
+                sal.note(len(rows) - 1, meta)
         if bar:
             bar.update(1)
     if not images:
@@ -303,6 +329,8 @@ def _score_files_with_context(
         stack = context_rows(centre, links[0], links[1], int(run.config.context_slices))
         raw = _score(model, tf, stack_all[stack], run.config, dev)
         shift.batch(ok_at[lo : lo + bs].tolist())
+        if sal:
+            sal.write(rows, ok_at[lo : lo + bs].tolist(), stack_all[stack])
         for i, pr, pc, miss in zip(ok_at[lo : lo + bs], raw, run.calibrator(raw), replaced_neighbours(stack).tolist()):
             rows[i].update(prob=float(pc), prob_raw=float(pr), pred=int(pc >= run.threshold), neighbours_missing=miss)
     return rows
@@ -310,7 +338,8 @@ def _score_files_with_context(
 
 def predict_command(
     run_dir: Path, inputs: list[Path], *, out: Path, device: str | None = None, batch_size: int | None = None,
-    threads: int | None = None, quiet: bool = False,
+    threads: int | None = None, quiet: bool = False, saliency: Path | None = None, saliency_method: str | None = None,
+    saliency_layer: str | None = None, saliency_peak: str | None = None,
 ) -> int:
     """``python -m trainer predict``: score ``inputs`` with a final run, write ``out`` and say what happened.
 
@@ -322,7 +351,8 @@ def predict_command(
     threads = threads if threads is not None else run.config.threads
     if threads:
         torch.set_num_threads(int(threads))
-    frame = predict_files(run_dir, inputs, device=device, batch_size=batch_size, progress=not quiet)
+    frame = predict_files(run_dir, inputs, device=device, batch_size=batch_size, progress=not quiet, saliency=saliency,
+                          saliency_method=saliency_method, saliency_layer=saliency_layer, saliency_peak=saliency_peak)
     write_predictions(frame, out)
     summary = write_summary(frame.attrs["shift"], out)
     ok = frame["status"] == "ok"

@@ -1,4 +1,4 @@
-"""``generate_dataset``: the whole synthetic data folder (``CTs/*.dcm`` + ``labels1.csv``)."""
+"""``generate_dataset``: the whole synthetic data folder (``CTs/*.dcm`` + ``labels1.csv`` + ``lesions.csv``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from neurocache.synth.lesion import LESION_PROFILES
 from neurocache.synth.phantom import _PatientRenderer
 from neurocache.synth.plan import _PatientPlan, _plan
 from neurocache.synth.seeds import _uid
+from neurocache.synth.truth import lesion_frame
 
 
 def generate_dataset(
@@ -34,8 +35,8 @@ def generate_dataset(
     """Generate a synthetic head-CT DICOM dataset with slice labels.
 
     Writes ``out_dir/CTs/ID_<10 hex>.dcm`` (one axial slice per file, CT Image Storage,
-    explicit VR little endian) and ``out_dir/labels1.csv`` (columns ``ID,Label``, sorted by
-    ID).  Existing unrelated files in ``out_dir`` are left alone.
+    explicit VR little endian), ``out_dir/labels1.csv`` (columns ``ID,Label``, sorted by ID) and ``lesions.csv``
+    (the drawn lesions: :mod:`neurocache.synth.truth`).  Existing unrelated files in ``out_dir`` are left alone.
 
     Args:
         out_dir: output directory (created if needed).
@@ -73,22 +74,26 @@ def generate_dataset(
     ct_dir = out / "CTs"
     ct_dir.mkdir(parents=True, exist_ok=True)
     records: list[tuple[str, int, str, int]] = []
+    truth: list[dict[str, object]] = []
     with tqdm(total=patients * slices_per_patient, desc="synth CT", unit="slice", disable=not progress) as bar:
         for plan in _plan(patients, slices_per_patient, size, positive_frac, seed):
             if pixel_spacing_mm is not None:
                 plan = dataclasses.replace(plan, spacing_mm=float(pixel_spacing_mm))
-            records += _write_patient(plan, slices_per_patient, seed, ct_dir, bar.update, lesions, kvp)
+            records += _write_patient(plan, slices_per_patient, seed, ct_dir, bar.update, lesions, kvp, truth)
     df = pd.DataFrame(records, columns=["ID", "Label", "PatientID", "z_index"])
     df = df.sort_values("ID", kind="stable").reset_index(drop=True)
     df["Label"] = df["Label"].astype(np.int64)
     df["z_index"] = df["z_index"].astype(np.int64)
     df[["ID", "Label"]].to_csv(out / "labels1.csv", index=False, lineterminator="\n")
+    lesion_frame(truth).to_csv(out / "lesions.csv", index=False, lineterminator="\n")
     return df
 
 
 def _write_patient(plan: _PatientPlan, slices: int, seed: int, ct_dir: Path, progress: Callable[[int], object],
-                   lesions: str = "taper", kvp: float = 120.0) -> list[tuple[str, int, str, int]]:
-    """Render and write one patient's ``slices`` files; returns (ID, label, PatientID, z index) per slice."""
+                   lesions: str = "taper", kvp: float = 120.0,
+                   truth: list[dict[str, object]] | None = None) -> list[tuple[str, int, str, int]]:
+    """Render and write one patient's ``slices`` files; returns (ID, label, PatientID, z index) per slice and
+    appends each label-1 slice's ``lesions.csv`` row to ``truth``."""
     renderer = _PatientRenderer(plan, slices, seed, lesions)
     study_uid = _uid("study", seed, plan.patient_id)
     series_uid = _uid("series", seed, plan.patient_id, study_uid)
@@ -107,6 +112,9 @@ def _write_patient(plan: _PatientPlan, slices: int, seed: int, ct_dir: Path, pro
             kvp=kvp,
         )
         write_ct(ds, ct_dir / f"{plan.ids[kz]}.dcm")
+        if truth is not None and plan.label(kz):
+            drawn = renderer.truth
+            truth.append(drawn.row(plan.ids[kz]) if drawn is not None else {"ID": plan.ids[kz], "n_pixels": 0, "mask_rle": ""})
         records.append((plan.ids[kz], plan.label(kz), plan.patient_id, kz))
         progress(1)
     return records

@@ -21,6 +21,7 @@ import numpy as np
 from neurocache.errors import InputError
 from neurocache.synth.fields import _bbox, _lerp_, _soft
 from neurocache.synth.seeds import _F32
+from neurocache.synth.truth import LesionTruth
 
 #: The lesion profiles along the run (``neurocache synth --lesions``).
 LESION_PROFILES = ("taper", "3d")
@@ -85,7 +86,13 @@ class _LesionMixin:
         return les
 
     def _lesion(self, brain: np.ndarray, k: int, sc: float, a: float, d_in: np.ndarray) -> None:
-        """Blend the hyperdense lesion of slice ``k`` into ``brain`` in place."""
+        """Blend the hyperdense lesion of slice ``k`` into ``brain`` in place, and keep its extent in
+        ``self.truth`` (:class:`neurocache.synth.truth.LesionTruth`; None when it falls off the image).
+
+        The extent is where the lesion's blend weight, divided by the slice's contrast scale, is >= 1/2:
+        the lesion's own edge, whatever its contrast; a crescent's only within its angular span (outside
+        it the sulcal term leaves a film a pixel or two thick along the whole rim, which is not the lesion).
+        Recording it draws no random number and changes no pixel."""
         les = self.lesion
         plan = self.plan
         j, L = k - plan.run_start, plan.run_len
@@ -95,6 +102,8 @@ class _LesionMixin:
             inside = _soft(d_in - _F32(1.0))  # keep clear of the inner table
             h = _F32(les["r_px"] * g) * les["taper"] + _F32(0.8) * self.sul_a
             w = _soft(h - d_in) * np.clip(h - _F32(0.3), 0.0, 1.0) * inside * _F32(contrast)
+            self.truth = LesionTruth.of(les["kind"], (slice(0, w.shape[0]), slice(0, w.shape[1])),
+                                        (w >= _F32(0.5 * contrast)) & (les["taper"] > 0), None, les["r_px"] * g, self.shape)
             _lerp_(brain, base + _F32(3.0) * self.mottle, w)
             return
         r = les["r_px"] * g
@@ -116,4 +125,5 @@ class _LesionMixin:
             np.maximum(qmax, _F32(1.0) - np.hypot(ex_, ey_), out=qmax)
         qmax += _F32(0.15) * self.sul_a[box]
         w = _soft(qmax * _F32(0.7 * r)) * _soft(d_in[box] - _F32(1.0)) * _F32(contrast)
+        self.truth = LesionTruth.of(les["kind"], box, w >= _F32(0.5 * contrast), (float(row), float(col)), r, self.shape)
         _lerp_(brain[box], base + _F32(3.0) * self.mottle[box], w)

@@ -8,6 +8,7 @@ from neurocache.synth.fields import _bbox, _lerp_, _smooth_fields, _soft
 from neurocache.synth.lesion import _LesionMixin
 from neurocache.synth.plan import _PatientPlan
 from neurocache.synth.seeds import _F32, HU_MAX, HU_MIN, SLICE_SPACING_MM, _rng
+from neurocache.synth.truth import LesionTruth
 
 
 class _PatientRenderer(_LesionMixin):
@@ -36,6 +37,7 @@ class _PatientRenderer(_LesionMixin):
         self._draw_distractors(rng)
         # ---- lesion ----
         self.lesion = self._make_lesion(rng) if plan.run_len else None
+        self.truth: LesionTruth | None = None  # the lesion's extent on the slice last rendered
 
         # ---- static background: air, head-rest cradle, table ----
         self.background = self._make_background(rng, air, ex, ey, table_top, table_th, core_th)
@@ -229,6 +231,7 @@ class _PatientRenderer(_LesionMixin):
         sc = float(np.sqrt(np.clip(1.0 - uz * uz, 0.36, 1.0)))  # head scale, 0.6..1
         a, b = self.a * sc, self.b * sc
         img = self.background.copy()
+        self.truth = None  # the lesion's extent on this slice (set by _lesion)
 
         # signed distance inside the outer skull surface along the ray (px)
         d = (_F32(sc) * self.eps1 - self.rho0) * self.R0

@@ -24,6 +24,8 @@ Sections (stable ``id`` attributes, in this order):
 ``confusion``      confusion matrix at the threshold (test for final, OOF for cv)
 ``calibration``    reliability diagram, Brier, ECE, slope, intercept
 ``gallery``        the most confident false positives and false negatives, brain window
+``saliency``       Grad-CAM overlays of test true positives, false negatives and the highest-scored
+                   negatives (final runs; :mod:`trainer.saliency.gallery`)
 ``label-review``   the cv run's most suspect labels (``label_review.csv``), each slice between
                    its series neighbours, with its given label, OOF prob and suggested label
 ``shift``          the test rows against the distribution-shift reference (final runs): flag
@@ -52,19 +54,21 @@ from trainer.report.format import ci, fmt, kv_frame
 from trainer.report.shift import shift as shift_section
 from trainer.runs.files import REPORT
 from trainer.runs.folder import RunNotFoundError
+from trainer.saliency.gallery import saliency_gallery
 
 __all__ = ["SECTION_IDS", "build_report", "report_command", "write_report", "write_run_report"]
 
 SECTION_IDS: tuple[str, ...] = (
     "promise", "summary", "data-manifest", "split-manifest", "config-environment", "cv-curves", "threshold-table",
-    "oof-metrics", "test-metrics", "confusion", "calibration", "gallery", "label-review", "shift",
+    "oof-metrics", "test-metrics", "confusion", "calibration", "gallery", "saliency", "label-review", "shift",
 )
 TITLES = {
     "promise": "Promise vs delivery", "summary": "Summary", "data-manifest": "Data manifest", "split-manifest": "Split manifest",
     "config-environment": "Configuration and environment", "cv-curves": "Cross-validation curves",
     "threshold-table": "Threshold table", "oof-metrics": "Out-of-fold metrics (cross-validation)",
     "test-metrics": "Test metrics", "confusion": "Confusion matrix", "calibration": "Calibration",
-    "gallery": "Most confident errors", "label-review": "Labels to review", "shift": "Distribution shift",
+    "gallery": "Most confident errors", "saliency": "Where the model looks", "label-review": "Labels to review",
+    "shift": "Distribution shift",
 }
 
 #: section id -> the function gathering its template's ``d`` (raises :class:`~trainer.report.sections.Missing`).
@@ -72,7 +76,8 @@ SECTIONS: dict[str, Callable[[S.Context], Any]] = {
     "promise": S.promise, "summary": S.summary, "data-manifest": S.data_manifest, "split-manifest": S.split_manifest,
     "config-environment": S.config_environment, "cv-curves": S.cv_curves, "threshold-table": S.threshold_table,
     "oof-metrics": S.oof_metrics, "test-metrics": S.test_metrics, "confusion": S.confusion,
-    "calibration": S.calibration, "gallery": C.gallery, "label-review": C.label_review, "shift": shift_section,
+    "calibration": S.calibration, "gallery": C.gallery, "saliency": saliency_gallery, "label-review": C.label_review,
+    "shift": shift_section,
 }
 
 

@@ -1,0 +1,139 @@
+"""``predict --saliency DIR``: a map per scored slice, its peak in the input DICOM's pixel indices
+(CSV columns :data:`SALIENCY_COLUMNS`) and one overlay PNG per scored slice.
+
+The overlay is the decoded slice at its own size and orientation (rows, columns as stored, HU =
+stored x slope + intercept), in the config's first window (the brain window), the map resampled onto
+it (:func:`~trainer.saliency.overlay.map_to_dicom`) and its peak ringed. ``DIR/<ID>.png``; a second
+input with the same ID (file stem) gets ``DIR/<ID>_<row>.png``, ``row`` being its 0-based CSV row.
+The PNGs (decode, resample, blend, encode: numpy, pydicom's decoders and zlib, which release the GIL)
+are made by a few threads while the next batch is read and scored; :meth:`SaliencyWriter.close` waits for them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.saliency.cam import SaliencyModel
+from trainer.saliency.geometry import model_to_dicom, placement_of
+from trainer.saliency.overlay import map_to_dicom, overlay_indices, overlay_png
+
+__all__ = ["PEAKS", "PEAK_HU", "SALIENCY_COLUMNS", "SaliencyWriter", "peak_mask", "peak_of"]
+
+#: ``saliency_peak``: where the map's maximum is looked for, as an HU range [low, high) of the input pixels:
+#: ``tissue``: not air (above -500 HU, halfway between air and fat; bone included); ``brain``: soft tissue
+#: of the brain and blood, 0 to 120 HU (no air, fat or bone); ``anywhere``: the whole model input.
+PEAK_HU: dict[str, tuple[float, float]] = {"tissue": (-500.0, float("inf")), "brain": (0.0, 120.0)}
+PEAKS: tuple[str, ...] = ("tissue", "brain", "anywhere")
+
+#: The CSV columns ``predict --saliency`` adds: the map's maximum, row and column in the input DICOM (pixels).
+SALIENCY_COLUMNS: tuple[str, ...] = ("peak_row", "peak_col")
+_BOX = ("box_r0", "box_r1", "box_c0", "box_c1")
+
+
+def peak_of(sal: np.ndarray, where: np.ndarray | None = None) -> tuple[int, int]:
+    """(row, col) of a map's maximum (the first one in row-major order on ties), pixels of the map; with
+    ``where`` (bool, the map's shape) the maximum over its True pixels (over all when it has none)."""
+    if where is not None and where.any():
+        sal = np.where(where, sal, -np.inf)
+    r, c = np.unravel_index(int(np.argmax(sal)), sal.shape)
+    return int(r), int(c)
+
+
+def peak_mask(hu: torch.Tensor, out_size: int, hu_range: tuple[float, float]) -> torch.Tensor:
+    """bool (B, out, out): the model-input pixels that are mostly (> 1/2) in ``hu_range`` [low, high) HU, from
+    int16 HU images (B, S, S) or context stacks (B, K, S, S) (their centre slice), resized as the model's input is.
+
+    Grad-CAM maps of a convolutional network can peak at the input's border (zero padding), which
+    here is the air in the corners of the skull box, or on the skull that touches it; no lesion is there.
+    """
+    from trainer.transforms import resize
+
+    if hu.ndim == 4:
+        hu = hu[:, hu.shape[1] // 2]
+    inside = ((hu >= hu_range[0]) & (hu < hu_range[1])).to(torch.float32).unsqueeze(1)
+    return resize(inside, out_size)[:, 0] > 0.5
+
+
+class SaliencyWriter:
+    """Maps, peaks and PNGs for the slices :func:`trainer.predict.predict_files` scores.
+
+    Args:
+        model: the scoring model (a hooked copy is made).
+        tf: the evaluation transform (:func:`trainer.transforms.make_transform`).
+        run: the :class:`~trainer.predict.FinalRun` (config, preprocessing, precision).
+        device: the model's device.
+        out_dir: the PNG folder (created).
+        files: the input files, in row order.
+        method, layer, peak: ``saliency_method`` / ``saliency_layer`` / ``saliency_peak`` (default: the run config's).
+    """
+
+    def __init__(self, model: torch.nn.Module, tf: Any, run: Any, device: torch.device, out_dir: str | Path,
+                 files: Sequence[Path], method: str | None = None, layer: str | None = None,
+                 peak: str | None = None) -> None:
+        from neurocache.config import ConfigError
+
+        cfg = run.config
+        self.peak = peak or cfg.saliency_peak
+        if self.peak not in PEAKS:
+            raise ConfigError(f"saliency_peak={self.peak!r} is invalid; allowed values: {', '.join(PEAKS)}")
+        self.cam = SaliencyModel(model, method or cfg.saliency_method, layer or cfg.saliency_layer)
+        self.tf, self.run, self.device, self.files = tf, run, device, list(files)
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.boxes: dict[int, dict[str, int]] = {}
+        self.names: set[str] = set()
+        workers = min(4, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="saliency-png")
+        self.pending: deque[Future[None]] = deque()
+        self.max_pending = 8 * workers  # bounds the maps waiting in memory
+
+    def note(self, i: int, meta: dict[str, Any]) -> None:
+        """Remember row ``i``'s skull box (its preprocessing row) until its map is made."""
+        self.boxes[i] = {k: int(meta[k]) for k in _BOX}
+
+    def write(self, rows: list[dict[str, Any]], idx: Sequence[int], hu: np.ndarray | torch.Tensor) -> None:
+        """Maps of a batch (the HU images / stacks that were scored for rows ``idx``); sets each row's
+        :data:`SALIENCY_COLUMNS` and writes its PNG."""
+        from trainer.precision import autocast
+
+        cfg = self.run.config
+        hu = torch.as_tensor(hu)
+        x = self.tf(hu.to(self.device), train=False)
+        maps = self.cam(x, autocast=lambda: autocast(self.device, cfg.precision)).cpu().numpy()
+        rng = PEAK_HU.get(self.peak)
+        where = peak_mask(hu, cfg.out_size, rng).numpy() if rng else [None] * len(maps)
+        for i, sal, w in zip(idx, maps, where):
+            p = placement_of(self.boxes.pop(int(i)), self.run.prep.size, cfg.out_size)
+            peak = model_to_dicom(p, *peak_of(sal, w))
+            rows[int(i)].update(peak_row=peak[0], peak_col=peak[1])
+            name = str(rows[int(i)]["ID"])
+            stem = name if name not in self.names else f"{name}_{int(i)}"
+            self.names.add(stem)
+            while len(self.pending) >= self.max_pending:
+                self.pending.popleft().result()
+            self.pending.append(self.pool.submit(self._png, self.files[int(i)], self.out_dir / f"{stem}.png", sal, p, peak))
+
+    def close(self) -> None:
+        """Wait for every PNG (re-raising a failure) and stop the threads."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _png(self, path: Path, out: Path, sal: np.ndarray, p: Any, peak: tuple[int, int]) -> None:
+        """The overlay PNG of the file at ``path`` (decoded again, at its own size), written to ``out``."""
+        from neurocache.dicomio import read_slice
+
+        data = read_slice(path, self.run.prep, b"\0" * 16)
+        hu = data.stored.astype(np.float32) * np.float32(data.slope) + np.float32(data.intercept)
+        center, width = self.run.config.windows[0]
+        overlay_png(overlay_indices(hu, map_to_dicom(sal, p, hu.shape), peak, float(center), float(width)), out)
