@@ -27,20 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("synth", help="write a synthetic head-CT DICOM dataset (the demo and test data)")
-    s.add_argument("out", type=Path, help="output folder; gets CTs/ID_*.dcm and labels1.csv")
-    s.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
-    s.add_argument("--slices-per-patient", type=int, default=12, help="consecutive 5 mm slices per patient (default 12)")
-    s.add_argument("--size", type=int, default=512, help="main image side in pixels (default 512; some patients get non-square images)")
-    s.add_argument("--positive-frac", type=float, default=0.35, help="approximate fraction of label-1 slices (default 0.35)")
-    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files (default 0)")
-    s.add_argument("--lesions", choices=("taper", "3d"), default="taper",  # = synth.lesion.LESION_PROFILES (tested)
-                   help="how a lesion changes along its run of slices: taper (default, as earlier releases: size tapers, "
-                        "full contrast) or 3d (an ellipsoid spanning the run: smaller and fainter on its end slices, "
-                        "for neighbour-context (2.5D) experiments)")
-    s.add_argument("--pixel-spacing", type=float, default=None, metavar="MM",
-                   help="PixelSpacing of every slice in mm (default: drawn per patient in 0.40-0.50); header only")
-    s.add_argument("--kvp", type=float, default=120.0, metavar="KV", help="KVP of every slice (default 120); header only")
+    _synth_args(sub.add_parser("synth", help="write a synthetic head-CT DICOM dataset (the demo and test data)"))
 
     v = sub.add_parser("validate", help="check a data folder's structure and labels (no writes)")
     _data_args(v)
@@ -80,6 +67,23 @@ def _parser() -> argparse.ArgumentParser:
                    "too, or a build after that CSV changes joins its labels again")
     r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     return p
+
+
+def _synth_args(s: argparse.ArgumentParser) -> None:
+    """The options of ``neurocache synth``."""
+    s.add_argument("out", type=Path, help="output folder; gets CTs/ID_*.dcm, labels1.csv and lesions.csv (the drawn lesions, for saliency checks)")
+    s.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
+    s.add_argument("--slices-per-patient", type=int, default=12, help="consecutive 5 mm slices per patient (default 12)")
+    s.add_argument("--size", type=int, default=512, help="main image side in pixels (default 512; some patients get non-square images)")
+    s.add_argument("--positive-frac", type=float, default=0.35, help="approximate fraction of label-1 slices (default 0.35)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files (default 0)")
+    s.add_argument("--lesions", choices=("taper", "3d"), default="taper",  # = synth.lesion.LESION_PROFILES (tested)
+                   help="how a lesion changes along its run of slices: taper (default, as earlier releases: size tapers, "
+                        "full contrast) or 3d (an ellipsoid spanning the run: smaller and fainter on its end slices, "
+                        "for neighbour-context (2.5D) experiments)")
+    s.add_argument("--pixel-spacing", type=float, default=None, metavar="MM",
+                   help="PixelSpacing of every slice in mm (default: drawn per patient in 0.40-0.50); header only")
+    s.add_argument("--kvp", type=float, default=120.0, metavar="KV", help="KVP of every slice (default 120); header only")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:

@@ -60,16 +60,7 @@ def generate_dataset(
         DataFrame with columns ``ID`` (str), ``Label`` (int 0/1), ``PatientID`` (str),
         ``z_index`` (int, 0-based slice index within the patient), sorted by ID.
     """
-    if patients < 1 or slices_per_patient < 1:
-        raise InputError("patients and slices_per_patient must be >= 1")
-    if size < 32:
-        raise InputError("size must be >= 32 pixels")
-    if not 0.0 <= positive_frac <= 1.0:
-        raise InputError("positive_frac must be in [0, 1]")
-    if (pixel_spacing_mm is not None and not pixel_spacing_mm > 0) or not kvp > 0:
-        raise InputError(f"pixel_spacing_mm={pixel_spacing_mm} and kvp={kvp} must be > 0")
-    if lesions not in LESION_PROFILES:
-        raise InputError(f"lesions={lesions!r}: choose one of {', '.join(LESION_PROFILES)}")
+    _check_args(patients, slices_per_patient, size, positive_frac, lesions, pixel_spacing_mm, kvp)
     out = Path(out_dir)
     ct_dir = out / "CTs"
     ct_dir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +78,21 @@ def generate_dataset(
     df[["ID", "Label"]].to_csv(out / "labels1.csv", index=False, lineterminator="\n")
     lesion_frame(truth).to_csv(out / "lesions.csv", index=False, lineterminator="\n")
     return df
+
+
+def _check_args(patients: int, slices_per_patient: int, size: int, positive_frac: float, lesions: str,
+                pixel_spacing_mm: float | None, kvp: float) -> None:
+    """Refuse arguments :func:`generate_dataset` cannot honour (:class:`InputError`, naming the value)."""
+    if patients < 1 or slices_per_patient < 1:
+        raise InputError("patients and slices_per_patient must be >= 1")
+    if size < 32:
+        raise InputError("size must be >= 32 pixels")
+    if not 0.0 <= positive_frac <= 1.0:
+        raise InputError("positive_frac must be in [0, 1]")
+    if (pixel_spacing_mm is not None and not pixel_spacing_mm > 0) or not kvp > 0:
+        raise InputError(f"pixel_spacing_mm={pixel_spacing_mm} and kvp={kvp} must be > 0")
+    if lesions not in LESION_PROFILES:
+        raise InputError(f"lesions={lesions!r}: choose one of {', '.join(LESION_PROFILES)}")
 
 
 def _write_patient(plan: _PatientPlan, slices: int, seed: int, ct_dir: Path, progress: Callable[[int], object],
