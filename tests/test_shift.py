@@ -9,7 +9,7 @@ from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from sklearn.covariance import LedoitWolf
 
 from trainer.shift.columns import COLUMNS, column_values
-from trainer.shift.mahalanobis import fit_gaussians, mahalanobis
+from trainer.shift.mahalanobis import Gaussians, fit_gaussians, mahalanobis
 from trainer.shift.ranges import exceedance, fit_ranges
 from trainer.shift.reference import ALPHA, MIN_MARGIN, fit_reference, holdout_threshold, load_reference
 from trainer.shift.verdict import EMBEDDING_REASON, judge, summarise
@@ -51,19 +51,47 @@ def test_exceedance_is_zero_inside_and_in_spreads_outside():
     assert d[2, 0] == np.inf and d[2, 1] == pytest.approx(1.5)  # never missing in training: infinitely far
 
 
-def test_mahalanobis_matches_scipy_with_the_ledoit_wolf_covariance():
+def test_mahalanobis_matches_scipy_with_each_class_ledoit_wolf_covariance():
     rng = np.random.default_rng(0)
     d = 20
     y = rng.integers(0, 2, 300)
-    x = rng.normal(size=(300, d)) @ rng.normal(size=(d, d)) * 0.3 + y[:, None] * 2.0
+    mix = rng.normal(size=(d, d))
+    x = rng.normal(size=(300, d)) @ mix * 0.3 * np.where(y == 1, 3.0, 1.0)[:, None] + y[:, None] * 2.0  # class 1 spreads 3x wider
     g = fit_gaussians(x, y)
     means = np.stack([x[y == c].mean(0) for c in (0, 1)])
-    cov = LedoitWolf(assume_centered=True).fit(x - means[y]).covariance_
-    vi = np.linalg.inv(cov)
+    vi = [np.linalg.inv(LedoitWolf(assume_centered=True).fit(x[y == c] - means[c]).covariance_) for c in (0, 1)]
     new = rng.normal(size=(15, d)) * 2
-    want = [min(scipy_mahalanobis(p, means[0], vi), scipy_mahalanobis(p, means[1], vi)) for p in new]
+    want = [min(scipy_mahalanobis(p, means[0], vi[0]), scipy_mahalanobis(p, means[1], vi[1])) for p in new]
     np.testing.assert_allclose(mahalanobis(new, g), want, rtol=1e-6)
     np.testing.assert_allclose(g.means, means)
+    assert g.precision.shape == (2, d, d) and g.shrinkage.shape == (2,)
+
+
+def test_a_wide_class_does_not_push_its_own_unseen_members_out():
+    """The reason for one covariance per class: a tight class 0 and a 4x wider class 1. Fresh class-1 samples
+    are about as far from their own Gaussian as fresh class-0 samples; under one shared (mostly class-0)
+    covariance they would sit far out."""
+    rng = np.random.default_rng(3)
+    d, n = 8, 4000
+    y = (rng.random(n) < 0.3).astype(int)
+    x = rng.normal(size=(n, d)) * np.where(y == 1, 4.0, 1.0)[:, None] + y[:, None] * 5.0
+    g = fit_gaussians(x, y)
+    fresh1 = rng.normal(size=(2000, d)) * 4.0 + 5.0
+    fresh0 = rng.normal(size=(2000, d))
+    assert np.median(mahalanobis(fresh1, g)) == pytest.approx(np.median(mahalanobis(fresh0, g)), rel=0.1)
+    shared = Gaussians(classes=g.classes, means=g.means, shrinkage=np.float64(0.0),
+                       precision=np.linalg.inv(np.cov((x - g.means[y]).T)))  # an old reference's one shared matrix
+    assert np.median(mahalanobis(fresh1, shared)) > 2 * np.median(mahalanobis(fresh0, shared))
+
+
+def test_a_class_with_few_rows_borrows_the_pooled_covariance():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(105, 6))
+    y = np.r_[np.zeros(100, int), np.ones(5, int)]
+    g = fit_gaussians(x, y)
+    means = np.stack([x[y == c].mean(0) for c in (0, 1)])
+    pooled = np.linalg.inv(LedoitWolf(assume_centered=True).fit(x - means[y]).covariance_)
+    np.testing.assert_allclose(g.precision[1], pooled, rtol=1e-8)
 
 
 def test_thresholds_flag_about_one_percent_of_a_gaussian_holdout():

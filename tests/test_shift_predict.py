@@ -51,7 +51,7 @@ def test_final_saves_a_reference_without_images(runs):
     size = open_store(runs["store"]).attrs["preprocess"]["size"]
     with np.load(run / F.SHIFT_EMBEDDING, allow_pickle=False) as z:
         shapes = {k: z[k].shape for k in z.files}
-    assert shapes == {"classes": (2,), "means": (2, 512), "precision": (512, 512), "shrinkage": ()}
+    assert shapes == {"classes": (2,), "means": (2, 512), "precision": (2, 512, 512), "shrinkage": (2,)}
     assert all(size not in s[-2:] for s in shapes.values())  # nothing image-shaped
     scores = pd.read_csv(run / F.SHIFT_SCORES, dtype={"ID": str})
     n_test = len(pd.read_csv(run / F.TEST_PREDICTIONS))

@@ -3,7 +3,7 @@
 ``trainer final`` saves a reference of its training data with the model (:mod:`trainer.shift.final_ref`):
 the ranges of the feature-table columns that describe acquisition and content
 (:mod:`trainer.shift.columns`, :mod:`trainer.shift.ranges`) and class-conditional Gaussians of the
-model's penultimate embedding with one shared Ledoit-Wolf covariance (:mod:`trainer.shift.mahalanobis`),
+model's penultimate embedding, each class with its own Ledoit-Wolf covariance (:mod:`trainer.shift.mahalanobis`),
 with thresholds set on the final model's inner holdout (:mod:`trainer.shift.reference`).
 ``trainer predict`` checks every scored slice in the forward pass that scores it
 (:mod:`trainer.shift.tap`, :mod:`trainer.shift.monitor`) and adds ``shift_score``, ``shifted`` and

@@ -10,7 +10,7 @@ checks together to ``alpha`` of the holdout (the embedding gets at least ``alpha
 
 A slice's ``shift_score`` is ``max(feature distance / feature threshold, embedding distance /
 embedding threshold)``: ``shifted`` is ``shift_score > 1``. Saved as ``shift_reference.json``
-(ranges, thresholds, counts) and ``shift_embedding.npz`` (class means, precision matrix); no images.
+(ranges, thresholds, counts) and ``shift_embedding.npz`` (class means, one precision matrix per class); no images.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class ShiftReference:
         if self.gaussians is not None:
             g = self.gaussians
             np.savez(Path(run, F.SHIFT_EMBEDDING), classes=g.classes, means=g.means, precision=g.precision,
-                     shrinkage=np.float64(g.shrinkage))
+                     shrinkage=np.asarray(g.shrinkage, dtype=np.float64))
 
 
 def _num(v: float) -> float | None:
@@ -123,7 +123,7 @@ def load_reference(run: str | Path) -> ShiftReference | None:
         if doc.get("embedding_file"):
             with np.load(Path(run, doc["embedding_file"]), allow_pickle=False) as z:
                 g = Gaussians(classes=z["classes"], means=z["means"], precision=z["precision"],
-                              shrinkage=float(z["shrinkage"]))
+                              shrinkage=np.asarray(z["shrinkage"], dtype=np.float64))
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise RunError(f"{path} (the distribution-shift reference) cannot be read: {type(e).__name__}: {e}") from e
     info = {k: v for k, v in doc.items() if k not in ("columns", "feature_threshold", "embedding_threshold")}
@@ -156,5 +156,5 @@ def fit_reference(
             "thresholds_from": "training rows (no holdout)" if on_fit else "holdout rows",
             "holdout_flag_rate": float(np.mean(flagged)) if len(flagged) else None,
             "embedding_dim": None if g is None else int(g.means.shape[1]),
-            "shrinkage": None if g is None else g.shrinkage}
+            "shrinkage": None if g is None else np.atleast_1d(g.shrinkage).round(4).tolist()}
     return ShiftReference(columns=columns, ranges=ranges, feature_threshold=t_f, gaussians=g, embedding_threshold=t_e, info=info)
