@@ -51,7 +51,8 @@ def shift(ctx: Context) -> dict[str, Any] | None:
             "target share of holdout flagged": ref.get("alpha"), "holdout flagged": ref.get("holdout_flag_rate"),
             "feature threshold (spreads beyond the range)": margin,
             "embedding threshold (Mahalanobis)": ref.get("embedding_threshold"),
-            "Ledoit-Wolf shrinkage (per class)": ", ".join(f"{v:.3f}" for v in np.atleast_1d(ref.get("shrinkage") or [])), "embedding dimension": ref.get("embedding_dim")}
+            "Ledoit-Wolf shrinkage (per class)": ", ".join(f"{v:.3f}" for v in np.atleast_1d(ref.get("shrinkage") or [])),
+            "embedding dimension": ref.get("embedding_dim")}
     return {"head": head, "rates": [{"rows": p, "flagged": k, "slices": n, "share": k / n if n else None}
                                     for p, (k, n) in rates.items()],
             "test": rates.get("test", (0, 0)), "reasons": reason_counts(t["shift_reason"]), "columns": columns,
