@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,6 +32,31 @@ def precision_of(cfg: TrainConfig, device: torch.device) -> str:
     return cfg.precision or resolve_precision(cfg.amp, device)
 
 
+def eval_logits(model: nn.Module, data: SliceSource, idx: np.ndarray, tf: BatchTransform,
+                cfg: TrainConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The evaluation forward pass over rows ``idx``: ``(rows (b,) int64, logits (b,) float32)`` per batch of
+    ``eval_batch_size``, both on the device, in the order :meth:`SliceSource.batches` visits the rows (by
+    shard when streaming: :func:`in_idx_order` puts results back). Eval mode, no augmentation, the config's
+    precision; run it under ``torch.inference_mode()``."""
+    model.eval()
+    precision = precision_of(cfg, data.device)
+    for b, hu in data.batches(idx, int(cfg.eval_batch_size), shuffle=False):
+        x = tf(hu, train=False)
+        with autocast(data.device, precision):
+            logits = model(x).float().squeeze(1)
+        yield b, logits
+
+
+def in_idx_order(idx: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (len(idx), ...) computed for ``rows`` (a permutation of ``idx``, the visiting order),
+    rearranged to ``idx``'s order (returned as is when the orders already agree)."""
+    if np.array_equal(rows, idx):
+        return values
+    out = np.empty_like(values)
+    out[np.argsort(idx, kind="stable")] = values[np.argsort(rows, kind="stable")]
+    return out
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, data: SliceSource, idx: np.ndarray, tf: BatchTransform, cfg: TrainConfig) -> np.ndarray:
     """Probabilities (sigmoid of the logit) for rows ``idx``, float64 (len(idx),), eval mode, no augmentation.
@@ -39,26 +64,16 @@ def predict(model: nn.Module, data: SliceSource, idx: np.ndarray, tf: BatchTrans
     Batches of ``eval_batch_size`` (larger than training batches: no activations are kept under
     ``inference_mode``); the probabilities stay on the device until one copy at the end.
     """
-    model.eval()
-    precision = precision_of(cfg, data.device)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     if len(idx) == 0:
+        model.eval()
         return np.zeros(0)
     rows, probs = [], []
-    for b, hu in data.batches(idx, int(cfg.eval_batch_size), shuffle=False):
-        x = tf(hu, train=False)
-        with autocast(data.device, precision):
-            logits = model(x).float().squeeze(1)
+    for b, logits in eval_logits(model, data, idx, tf, cfg):
         probs.append(torch.sigmoid(logits.double()))  # float64: no saturation at 1.0 before |logit| ~ 37
         rows.append(b)
     p = torch.cat(probs).cpu().numpy()  # the one device -> host copy (a sync point)
-    r = torch.cat(rows).cpu().numpy()
-    if np.array_equal(r, idx):
-        return p
-    # Streaming visits rows shard by shard: put each probability back at its row's place in idx.
-    out = np.empty(len(idx), dtype=np.float64)
-    out[np.argsort(idx, kind="stable")] = p[np.argsort(r, kind="stable")]
-    return out
+    return in_idx_order(idx, torch.cat(rows).cpu().numpy(), p)
 
 
 #: the parts of a training step :class:`_StepClock` times, in step order (``cv_histories.csv`` columns ``<phase>_s``)

@@ -60,7 +60,7 @@ __all__ = ["PREDICT_COLUMNS", "FinalRun", "collect_inputs", "load_final_run", "p
 
 PREDICT_COLUMNS: tuple[str, ...] = ("ID", "path", "prob", "prob_raw", "pred", "status", "reason", "detail", *SHIFT_COLUMNS)
 #: Hash key for the header's patient/study/series hashes; predictions do not use them.
-_NO_KEY = b"\0" * 16
+NO_KEY = b"\0" * 16
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,7 @@ def _score_files(
         pending.clear()
 
     for path in files:
-        image, meta = preprocess_file(path, run.prep, _NO_KEY)
+        image, meta = preprocess_file(path, run.prep, NO_KEY)
         rows.append(_row(path, meta))
         if meta["status"] == OK and image is not None:
             pending.append((len(rows) - 1, image))
@@ -307,7 +307,7 @@ def _score_files_with_context(
     metas: list[dict[str, Any]] = []
     images: list[np.ndarray] = []
     for path in files:
-        image, meta = preprocess_file(path, run.prep, _NO_KEY)
+        image, meta = preprocess_file(path, run.prep, NO_KEY)
         rows.append({**_row(path, meta), "neighbours_missing": pd.NA})
         ok = meta["status"] == OK and image is not None
         metas.append({**meta, "row": len(images) if ok else -1})

@@ -20,7 +20,7 @@ from trainer.report.sections import Context, Missing
 from trainer.runs import files as F
 from trainer.saliency.geometry import Placement, model_to_dicom
 from trainer.saliency.overlay import map_to_dicom, overlay_indices, overlay_png
-from trainer.saliency.writer import PEAK_HU, peak_mask, peak_of
+from trainer.saliency.writer import peak_masks, peak_of
 
 __all__ = ["saliency_cases", "saliency_gallery"]
 
@@ -60,8 +60,7 @@ def _maps(ctx: Context, rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.nda
     hu = hu.reshape(*stack.shape, *hu.shape[-2:])
     maps = SaliencyModel(model, cfg.saliency_method, cfg.saliency_layer)(
         tf(hu, train=False), autocast=lambda: autocast(dev, prec)).numpy()
-    rng = PEAK_HU.get(cfg.saliency_peak)
-    masks = peak_mask(hu, cfg.out_size, rng).numpy() if rng else [None] * len(rows)
+    masks = peak_masks(hu, cfg.out_size, cfg.saliency_peak)
     centre_hu = hu[:, hu.shape[1] // 2] if hu.ndim == 4 else hu
     return centre_hu.numpy(), maps, masks
 

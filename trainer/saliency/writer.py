@@ -25,7 +25,7 @@ from trainer.saliency.cam import SaliencyModel
 from trainer.saliency.geometry import model_to_dicom, placement_of
 from trainer.saliency.overlay import map_to_dicom, overlay_indices, overlay_png
 
-__all__ = ["PEAKS", "PEAK_HU", "SALIENCY_COLUMNS", "SaliencyWriter", "peak_mask", "peak_of"]
+__all__ = ["PEAKS", "PEAK_HU", "SALIENCY_COLUMNS", "SaliencyWriter", "peak_masks", "peak_of"]
 
 #: ``saliency_peak``: where the map's maximum is looked for, as an HU range [low, high) of the input pixels:
 #: ``tissue``: not air (above -500 HU, halfway between air and fat; bone included); ``brain``: soft tissue
@@ -47,19 +47,24 @@ def peak_of(sal: np.ndarray, where: np.ndarray | None = None) -> tuple[int, int]
     return int(r), int(c)
 
 
-def peak_mask(hu: torch.Tensor, out_size: int, hu_range: tuple[float, float]) -> torch.Tensor:
-    """bool (B, out, out): the model-input pixels that are mostly (> 1/2) in ``hu_range`` [low, high) HU, from
-    int16 HU images (B, S, S) or context stacks (B, K, S, S) (their centre slice), resized as the model's input is.
+def peak_masks(hu: torch.Tensor, out_size: int, peak: str) -> np.ndarray | list[None]:
+    """Where each map's peak is looked for under ``saliency_peak`` = ``peak`` (:data:`PEAK_HU`): bool (B, out, out),
+    the model-input pixels that are mostly (> 1/2) in the peak's HU range [low, high), from int16 HU images
+    (B, S, S) or context stacks (B, K, S, S) (their centre slice), resized as the model's input is; for
+    ``anywhere``, ``[None] * B`` (:func:`peak_of` then takes the whole map).
 
     Grad-CAM maps of a convolutional network can peak at the input's border (zero padding), which
     here is the air in the corners of the skull box, or on the skull that touches it; no lesion is there.
     """
     from trainer.transforms import resize
 
+    hu_range = PEAK_HU.get(peak)
+    if hu_range is None:
+        return [None] * len(hu)
     if hu.ndim == 4:
         hu = hu[:, hu.shape[1] // 2]
     inside = ((hu >= hu_range[0]) & (hu < hu_range[1])).to(torch.float32).unsqueeze(1)
-    return resize(inside, out_size)[:, 0] > 0.5
+    return (resize(inside, out_size)[:, 0] > 0.5).numpy()
 
 
 class SaliencyWriter:
@@ -108,8 +113,7 @@ class SaliencyWriter:
         hu = torch.as_tensor(hu)
         x = self.tf(hu.to(self.device), train=False)
         maps = self.cam(x, autocast=lambda: autocast(self.device, cfg.precision)).cpu().numpy()
-        rng = PEAK_HU.get(self.peak)
-        where = peak_mask(hu, cfg.out_size, rng).numpy() if rng else [None] * len(maps)
+        where = peak_masks(hu, cfg.out_size, self.peak)
         for i, sal, w in zip(idx, maps, where):
             p = placement_of(self.boxes.pop(int(i)), self.run.prep.size, cfg.out_size)
             peak = model_to_dicom(p, *peak_of(sal, w))
@@ -132,8 +136,10 @@ class SaliencyWriter:
     def _png(self, path: Path, out: Path, sal: np.ndarray, p: Any, peak: tuple[int, int]) -> None:
         """The overlay PNG of the file at ``path`` (decoded again, at its own size), written to ``out``."""
         from neurocache.dicomio import read_slice
+        from neurocache.hu import stored_to_hu
+        from trainer.predict import NO_KEY
 
-        data = read_slice(path, self.run.prep, b"\0" * 16)
-        hu = data.stored.astype(np.float32) * np.float32(data.slope) + np.float32(data.intercept)
+        data = read_slice(path, self.run.prep, NO_KEY)
+        hu = stored_to_hu(data.stored, data.slope, data.intercept)
         center, width = self.run.config.windows[0]
         overlay_png(overlay_indices(hu, map_to_dicom(sal, p, hu.shape), peak, float(center), float(width)), out)

@@ -51,23 +51,17 @@ class EmbeddingTap:
 @torch.inference_mode()
 def embed_rows(model: torch.nn.Module, data: Any, idx: np.ndarray, tf: Any, cfg: Any) -> np.ndarray:
     """Embeddings float32 (len(idx), d) of dataset rows ``idx`` (a :class:`trainer.data.SliceSource`),
-    eval mode, no augmentation, in the config's precision: the pass :func:`trainer.loops.predict` makes."""
-    from trainer.loops import precision_of
-    from trainer.precision import autocast
+    eval mode, no augmentation, in the config's precision: the pass :func:`trainer.loops.predict` makes
+    (:func:`trainer.loops.eval_logits`)."""
+    from trainer.loops import eval_logits, in_idx_order
 
-    model.eval()
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     if not len(idx):
+        model.eval()
         return np.zeros((0, 0), dtype=np.float32)
     rows, embs = [], []
     with EmbeddingTap(model) as tap:
-        for b, hu in data.batches(idx, int(cfg.eval_batch_size), shuffle=False):
-            with autocast(data.device, precision_of(cfg, data.device)):
-                model(tf(hu, train=False))
+        for b, _ in eval_logits(model, data, idx, tf, cfg):
             embs.append(tap.take())
             rows.append(b.cpu().numpy())
-    e, r = np.concatenate(embs), np.concatenate(rows)
-    # streaming visits rows shard by shard: put each embedding back at its row's place in idx
-    out = np.empty_like(e)
-    out[np.argsort(idx, kind="stable")] = e[np.argsort(r, kind="stable")]
-    return out
+    return in_idx_order(idx, np.concatenate(rows), np.concatenate(embs))

@@ -52,9 +52,10 @@ def _span(lo: float, hi: float, unit: str) -> str:
     return f"{text} {unit}".rstrip()
 
 
-def column_reason(c: Column, value: float, lo: float, hi: float) -> str:
-    """'kVp 80 kV vs 120 kV in training' ('kVp missing vs ...' for a missing value)."""
-    shown = "missing" if np.isnan(value) else _span(value, value, c.unit)
+def column_reason(c: Column, low: float, high: float, lo: float, hi: float) -> str:
+    """'kVp 80 kV vs 120 kV in training' for new values in [low, high] against the training range [lo, hi]
+    ('kVp missing vs ...' when ``low`` is NaN)."""
+    shown = "missing" if np.isnan(low) else _span(low, high, c.unit)
     return f"{c.label} {shown} vs {_span(lo, hi, c.unit)} in training"
 
 
@@ -69,7 +70,7 @@ def judge(ref: ShiftReference, values: np.ndarray, emb: np.ndarray | None) -> Ve
     emb_flags = np.nan_to_num(e, nan=0.0) > ref.embedding_threshold if ref.gaussians is not None else np.zeros(len(v), bool)
     reasons = []
     for i in range(len(v)):
-        parts = [column_reason(c, v[i, j], ref.ranges.lo[j], ref.ranges.hi[j])
+        parts = [column_reason(c, v[i, j], v[i, j], ref.ranges.lo[j], ref.ranges.hi[j])
                  for j, c in enumerate(ref.columns) if col_flags[i, j]]
         if emb_flags[i]:
             parts.append(f"{EMBEDDING_REASON} (distance {e[i]:.1f} vs threshold {ref.embedding_threshold:.1f})")
@@ -95,8 +96,8 @@ def summarise(ref: ShiftReference | None, verdicts: Verdicts | None, n_files: in
                            "values": [float(seen.min()), float(seen.max())] if len(seen) else None,
                            "n_missing": int(np.isnan(vals).sum()),
                            "training": [float(ref.ranges.lo[j]), float(ref.ranges.hi[j])],
-                           "text": f"{c.label} {_span(seen.min(), seen.max(), c.unit) if len(seen) else 'missing'} "
-                                   f"vs {_span(ref.ranges.lo[j], ref.ranges.hi[j], c.unit)} in training"})
+                           "text": column_reason(c, seen.min() if len(seen) else np.nan, seen.max() if len(seen) else np.nan,
+                                                 ref.ranges.lo[j], ref.ranges.hi[j])})
     if verdicts.emb_flags.any():
         checks.append({"check": "embedding", "label": EMBEDDING_REASON, "unit": "", "kind": "embedding",
                        "n": int(verdicts.emb_flags.sum()), "threshold": ref.embedding_threshold,
