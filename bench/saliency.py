@@ -7,7 +7,7 @@ with ``neurocache synth`` in ``--work`` when no ``--data`` is given) with the sa
 CPU, in one process, alternating (plain, saliency) ``--repeats`` times after a warm-up on 16 files;
 each time covers :func:`trainer.predict.predict_files` and writing its CSV (and, with saliency, the
 maps, the re-decoded slices and the PNGs). Reported: median seconds of each, their ratio, and the
-saliency settings used (the run config's, or ``--method`` / ``--layer`` / ``--peak``). Writes
+saliency settings used (the run config's, or ``--method`` / ``--layer`` / ``--peak`` / ``--locate``). Writes
 ``bench/saliency_results.json`` and the "Saliency" section of ``docs/benchmarks.md`` (``make bench`` keeps it).
 """
 
@@ -55,7 +55,8 @@ def time_both(run: Path, files: list[Path], work: Path, repeats: int, sal: dict[
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         kw: dict[str, Any] = {"saliency": out / "png", "saliency_method": sal["method"],
-                              "saliency_layer": sal["layer"], "saliency_peak": sal["peak"]} if saliency else {}
+                              "saliency_layer": sal["layer"], "saliency_peak": sal["peak"],
+                              "saliency_locate": sal["locate"]} if saliency else {}
         write_predictions(predict_files(run, files, device="cpu", **kw), out / "pred.csv")
         return time.perf_counter() - t0
 
@@ -81,7 +82,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"median of {r['repeats']} alternating pairs after a warm-up.", "",
         "| predict | seconds | ms / slice |", "| --- | ---: | ---: |",
         f"| without `--saliency` | {r['plain_median_s']:.1f} | {1000 * r['plain_median_s'] / r['n']:.1f} |",
-        f"| with `--saliency` ({r['method']}, {r['layer']}, peak {r['peak']}; {r['n']} PNGs, {r['png_mb']:.0f} MB) | "
+        f"| with `--saliency` ({r['method']}, {r['layer']}, peak {r['peak']}, {r.get('locate', 'max')}; {r['n']} PNGs, {r['png_mb']:.0f} MB) | "
         f"{r['saliency_median_s']:.1f} | "
         f"{1000 * r['saliency_median_s'] / r['n']:.1f} |",
         f"| ratio | **{r['ratio']:.2f}x** (issue: at most 3x) | |", "",
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default=None)
     p.add_argument("--layer", default=None)
     p.add_argument("--peak", default=None)
+    p.add_argument("--locate", default=None)
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     a = p.parse_args(argv)
     from trainer.predict import load_final_run
@@ -113,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     files = _inputs(a.data, a.work, a.n)
     cfg = load_final_run(a.run).config
-    sal = {"method": a.method, "layer": a.layer, "peak": a.peak}
+    sal = {"method": a.method, "layer": a.layer, "peak": a.peak, "locate": a.locate}
     r: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"), "run_name": a.run.name, "n": len(files), "repeats": a.repeats,
         "out_size": cfg.out_size, "precision": cfg.precision or "fp32", "method": a.method or cfg.saliency_method,
         "layer": a.layer or cfg.saliency_layer, "peak": a.peak or cfg.saliency_peak,
+        "locate": a.locate or cfg.saliency_locate,
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "loadavg": list(os.getloadavg())},
         **time_both(a.run, files, a.work, a.repeats, sal),

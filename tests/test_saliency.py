@@ -18,7 +18,7 @@ from trainer.model import build_model
 from trainer.saliency.cam import SaliencyModel, unit_range
 from trainer.saliency.geometry import Placement, dicom_to_model, model_to_dicom, placement_of
 from trainer.saliency.overlay import MAP_LEVELS, MARK_INDEX, map_to_dicom, overlay_indices, overlay_png, render_overlay
-from trainer.saliency.writer import peak_of
+from trainer.saliency.peak import peak_of
 from trainer.transforms import BatchTransform
 
 
@@ -73,7 +73,7 @@ def test_unit_range_and_peak():
     m = torch.tensor([[[[1.0, 3.0], [2.0, 1.0]]], [[[5.0, 5.0], [5.0, 5.0]]]])
     out = unit_range(m)
     assert out[0, 0].tolist() == [[0.0, 1.0], [0.5, 0.0]] and out[1].abs().sum() == 0
-    assert peak_of(out[0, 0].numpy()) == (0, 1)
+    assert peak_of(out[0, 0].numpy(), locate="max") == (0.0, 1.0)
 
 
 def test_bad_method_or_layer_is_a_config_error():

@@ -99,10 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the config's threads)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.add_argument("--saliency", type=Path, default=None, metavar="DIR", help="also write one Grad-CAM overlay PNG per "
-                    "scored slice into DIR and the columns peak_row, peak_col (the map's maximum in the DICOM's pixels)")
+                    "scored slice into DIR and the columns peak_row, peak_col (the map's peak in the DICOM's pixels)")
     pr.add_argument("--saliency-method", default=None, help="gradcam | gradcampp (default: the run config's saliency_method)")
     pr.add_argument("--saliency-layer", default=None, help="layer1..layer4 (default: the run config's saliency_layer)")
     pr.add_argument("--saliency-peak", default=None, help="tissue | brain | anywhere (default: the run config's saliency_peak)")
+    pr.add_argument("--saliency-locate", default=None, help="centroid (the centre of the map's half-maximum region round "
+                    "its maximum) | max (the maximum pixel) (default: the run config's saliency_locate)")
 
     rp = sub.add_parser("report", help="(re)write report.html of a cv or final run")
     rp.add_argument("run", type=Path, help="a cv or final run folder")
@@ -160,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         return predict_command(args.run, args.inputs, out=args.out, device=args.device, batch_size=args.batch_size,
                                threads=args.threads, quiet=args.quiet, saliency=args.saliency,
                                saliency_method=args.saliency_method, saliency_layer=args.saliency_layer,
-                               saliency_peak=args.saliency_peak)
+                               saliency_peak=args.saliency_peak, saliency_locate=args.saliency_locate)
     if args.command == "report":
         from trainer.report.html import report_command
 

@@ -31,7 +31,8 @@ from trainer.model import OPTIMIZERS, POOLS
 from trainer.precision import AMP_VALUES, PRECISIONS
 from trainer.saliency.cam import LAYERS as SALIENCY_LAYERS
 from trainer.saliency.cam import METHODS as SALIENCY_METHODS
-from trainer.saliency.writer import PEAKS as SALIENCY_PEAKS
+from trainer.saliency.peak import LOCATES as SALIENCY_LOCATES
+from trainer.saliency.peak import PEAKS as SALIENCY_PEAKS
 
 __all__ = ["ALLOWED", "DEFAULTS", "AugConfig", "ConfigError", "StageConfig", "TrainConfig", "load_config", "parse_set", "prep_config"]
 
@@ -58,6 +59,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "saliency_method": SALIENCY_METHODS,
     "saliency_layer": SALIENCY_LAYERS,
     "saliency_peak": SALIENCY_PEAKS,
+    "saliency_locate": SALIENCY_LOCATES,
 }
 
 #: The command-line flags of the original pipeline this project re-implements (``trainer cv --seed ...``)
@@ -147,7 +149,8 @@ class TrainConfig:
     gallery_n: int = 6                 # report.html: most confident false positives / false negatives shown
     saliency_method: str = "gradcam"   # gradcam | gradcampp: predict --saliency and the report's saliency gallery (MONAI)
     saliency_layer: str = "layer4"     # layer1..layer4: the ResNet18 stage the map is taken from (layer4: 1/32 of out_size)
-    saliency_peak: str = "anywhere"    # anywhere | tissue | brain: where the map's maximum (peak_row, peak_col) is looked for
+    saliency_peak: str = "anywhere"    # anywhere | tissue | brain: where the map's peak (peak_row, peak_col) is looked for
+    saliency_locate: str = "centroid"  # centroid | max: the peak is the centre of the half-maximum region round the maximum, or the maximum
     tracking: str = "none"             # none | mlflow (trainer/runs/tracking.py; needs the `tracking` extra)
     tracking_uri: str = ""             # MLflow tracking URI; "" = sqlite file OUT/mlruns/mlflow.db
 

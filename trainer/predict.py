@@ -180,6 +180,7 @@ def predict_files(
     progress: bool = False,
     saliency: str | Path | None = None,
     saliency_method: str | None = None, saliency_layer: str | None = None, saliency_peak: str | None = None,
+    saliency_locate: str | None = None,
 ) -> pd.DataFrame:
     """Score DICOM files with a final run; one row per file (see the module docstring).
 
@@ -191,7 +192,7 @@ def predict_files(
         progress: show a tqdm bar over files.
         saliency: a folder for one overlay PNG per scored slice, and the ``peak_row`` / ``peak_col`` columns
             (None: neither, and no map is computed).
-        saliency_method, saliency_layer, saliency_peak: override the run config's keys of these names.
+        saliency_method, saliency_layer, saliency_peak, saliency_locate: override the run config's keys of these names.
 
     Raises:
         RunError: see :func:`load_final_run`.
@@ -211,7 +212,8 @@ def predict_files(
     cfg = run.config
     model, tf = build_predictor(run, dev)
     files = collect_inputs(inputs)
-    sal = _saliency_writer(saliency, (saliency_method, saliency_layer, saliency_peak), model, tf, run, dev, files)  # copies: no hook yet
+    options = (saliency_method, saliency_layer, saliency_peak, saliency_locate)
+    sal = _saliency_writer(saliency, options, model, tf, run, dev, files)  # copies: no hook yet
     shift = ShiftMonitor(run.path, model)  # a forward hook on model.fc; warns once for a run without reference
     bar = None
     if progress:
@@ -233,9 +235,9 @@ def predict_files(
     return out
 
 
-def _saliency_writer(folder: str | Path | None, options: tuple[str | None, str | None, str | None], model: torch.nn.Module,
+def _saliency_writer(folder: str | Path | None, options: tuple[str | None, ...], model: torch.nn.Module,
                      tf: Any, run: FinalRun, dev: torch.device, files: list[Path]) -> Any:
-    """A :class:`~trainer.saliency.writer.SaliencyWriter` into ``folder`` with (method, layer, peak) ``options``, or
+    """A :class:`~trainer.saliency.writer.SaliencyWriter` into ``folder`` with (method, layer, peak, locate) ``options``, or
     None without a folder: then no saliency code is imported or run."""
     if folder is None:
         return None
@@ -339,7 +341,7 @@ def _score_files_with_context(
 def predict_command(
     run_dir: Path, inputs: list[Path], *, out: Path, device: str | None = None, batch_size: int | None = None,
     threads: int | None = None, quiet: bool = False, saliency: Path | None = None, saliency_method: str | None = None,
-    saliency_layer: str | None = None, saliency_peak: str | None = None,
+    saliency_layer: str | None = None, saliency_peak: str | None = None, saliency_locate: str | None = None,
 ) -> int:
     """``python -m trainer predict``: score ``inputs`` with a final run, write ``out`` and say what happened.
 
@@ -352,7 +354,8 @@ def predict_command(
     if threads:
         torch.set_num_threads(int(threads))
     frame = predict_files(run_dir, inputs, device=device, batch_size=batch_size, progress=not quiet, saliency=saliency,
-                          saliency_method=saliency_method, saliency_layer=saliency_layer, saliency_peak=saliency_peak)
+                          saliency_method=saliency_method, saliency_layer=saliency_layer, saliency_peak=saliency_peak,
+                          saliency_locate=saliency_locate)
     write_predictions(frame, out)
     summary = write_summary(frame.attrs["shift"], out)
     ok = frame["status"] == "ok"

@@ -20,7 +20,7 @@ from trainer.report.sections import Context, Missing
 from trainer.runs import files as F
 from trainer.saliency.geometry import Placement, model_to_dicom
 from trainer.saliency.overlay import map_to_dicom, overlay_indices, overlay_png
-from trainer.saliency.writer import peak_masks, peak_of
+from trainer.saliency.peak import peak_masks, peak_of
 
 __all__ = ["saliency_cases", "saliency_gallery"]
 
@@ -86,7 +86,7 @@ def saliency_gallery(ctx: Context) -> dict[str, Any]:
         place = Placement(box=(0, size, 0, size), store_size=size, out_size=int(cfg.out_size))
         center, width = cfg.windows[0]
         for i, img, sal, m in zip(wanted, images, maps, masks):
-            peak = model_to_dicom(place, *peak_of(sal, m))
+            peak = model_to_dicom(place, *peak_of(sal, m, cfg.saliency_locate))
             pngs[i] = overlay_png(overlay_indices(img, map_to_dicom(sal, place, img.shape), peak, float(center), float(width)))
 
     def cases(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -97,5 +97,5 @@ def saliency_gallery(ctx: Context) -> dict[str, Any]:
               "fn": "False negatives (label 1, p < threshold, lowest first)",
               "neg": "Highest-scored negatives (label 0, highest first; false positives where p ≥ threshold)"}
     return {"threshold": thr, "n": n, "method": cfg.saliency_method, "layer": cfg.saliency_layer,
-            "peak": cfg.saliency_peak, "center": cfg.windows[0][0], "width": cfg.windows[0][1],
+            "peak": cfg.saliency_peak, "locate": cfg.saliency_locate, "center": cfg.windows[0][0], "width": cfg.windows[0][1],
             "groups": [{"id": f"saliency-{k}", "title": titles[k], "cases": cases(g)} for k, g in groups.items()]}

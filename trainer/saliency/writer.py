@@ -24,47 +24,13 @@ import torch
 from trainer.saliency.cam import SaliencyModel
 from trainer.saliency.geometry import model_to_dicom, placement_of
 from trainer.saliency.overlay import map_to_dicom, overlay_indices, overlay_png
+from trainer.saliency.peak import LOCATES, PEAKS, peak_masks, peak_of
 
-__all__ = ["PEAKS", "PEAK_HU", "SALIENCY_COLUMNS", "SaliencyWriter", "peak_masks", "peak_of"]
+__all__ = ["SALIENCY_COLUMNS", "SaliencyWriter"]
 
-#: ``saliency_peak``: where the map's maximum is looked for, as an HU range [low, high) of the input pixels:
-#: ``tissue``: not air (above -500 HU, halfway between air and fat; bone included); ``brain``: soft tissue
-#: of the brain and blood, 0 to 120 HU (no air, fat or bone); ``anywhere``: the whole model input.
-PEAK_HU: dict[str, tuple[float, float]] = {"tissue": (-500.0, float("inf")), "brain": (0.0, 120.0)}
-PEAKS: tuple[str, ...] = ("tissue", "brain", "anywhere")
-
-#: The CSV columns ``predict --saliency`` adds: the map's maximum, row and column in the input DICOM (pixels).
+#: The CSV columns ``predict --saliency`` adds: the map's peak (:func:`~trainer.saliency.peak.peak_of`), row and column in the input DICOM (pixels).
 SALIENCY_COLUMNS: tuple[str, ...] = ("peak_row", "peak_col")
 _BOX = ("box_r0", "box_r1", "box_c0", "box_c1")
-
-
-def peak_of(sal: np.ndarray, where: np.ndarray | None = None) -> tuple[int, int]:
-    """(row, col) of a map's maximum (the first one in row-major order on ties), pixels of the map; with
-    ``where`` (bool, the map's shape) the maximum over its True pixels (over all when it has none)."""
-    if where is not None and where.any():
-        sal = np.where(where, sal, -np.inf)
-    r, c = np.unravel_index(int(np.argmax(sal)), sal.shape)
-    return int(r), int(c)
-
-
-def peak_masks(hu: torch.Tensor, out_size: int, peak: str) -> np.ndarray | list[None]:
-    """Where each map's peak is looked for under ``saliency_peak`` = ``peak`` (:data:`PEAK_HU`): bool (B, out, out),
-    the model-input pixels that are mostly (> 1/2) in the peak's HU range [low, high), from int16 HU images
-    (B, S, S) or context stacks (B, K, S, S) (their centre slice), resized as the model's input is; for
-    ``anywhere``, ``[None] * B`` (:func:`peak_of` then takes the whole map).
-
-    Grad-CAM maps of a convolutional network can peak at the input's border (zero padding), which
-    here is the air in the corners of the skull box, or on the skull that touches it; no lesion is there.
-    """
-    from trainer.transforms import resize
-
-    hu_range = PEAK_HU.get(peak)
-    if hu_range is None:
-        return [None] * len(hu)
-    if hu.ndim == 4:
-        hu = hu[:, hu.shape[1] // 2]
-    inside = ((hu >= hu_range[0]) & (hu < hu_range[1])).to(torch.float32).unsqueeze(1)
-    return (resize(inside, out_size)[:, 0] > 0.5).numpy()
 
 
 class SaliencyWriter:
@@ -77,18 +43,22 @@ class SaliencyWriter:
         device: the model's device.
         out_dir: the PNG folder (created).
         files: the input files, in row order.
-        method, layer, peak: ``saliency_method`` / ``saliency_layer`` / ``saliency_peak`` (default: the run config's).
+        method, layer, peak, locate: ``saliency_method`` / ``saliency_layer`` / ``saliency_peak`` /
+            ``saliency_locate`` (default: the run config's).
     """
 
     def __init__(self, model: torch.nn.Module, tf: Any, run: Any, device: torch.device, out_dir: str | Path,
                  files: Sequence[Path], method: str | None = None, layer: str | None = None,
-                 peak: str | None = None) -> None:
+                 peak: str | None = None, locate: str | None = None) -> None:
         from neurocache.config import ConfigError
 
         cfg = run.config
         self.peak = peak or cfg.saliency_peak
         if self.peak not in PEAKS:
             raise ConfigError(f"saliency_peak={self.peak!r} is invalid; allowed values: {', '.join(PEAKS)}")
+        self.locate = locate or cfg.saliency_locate
+        if self.locate not in LOCATES:
+            raise ConfigError(f"saliency_locate={self.locate!r} is invalid; allowed values: {', '.join(LOCATES)}")
         self.cam = SaliencyModel(model, method or cfg.saliency_method, layer or cfg.saliency_layer)
         self.tf, self.run, self.device, self.files = tf, run, device, list(files)
         self.out_dir = Path(out_dir)
@@ -116,7 +86,7 @@ class SaliencyWriter:
         where = peak_masks(hu, cfg.out_size, self.peak)
         for i, sal, w in zip(idx, maps, where):
             p = placement_of(self.boxes.pop(int(i)), self.run.prep.size, cfg.out_size)
-            peak = model_to_dicom(p, *peak_of(sal, w))
+            peak = model_to_dicom(p, *peak_of(sal, w, self.locate))
             rows[int(i)].update(peak_row=peak[0], peak_col=peak[1])
             name = str(rows[int(i)]["ID"])
             stem = name if name not in self.names else f"{name}_{int(i)}"
