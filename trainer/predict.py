@@ -179,8 +179,7 @@ def predict_files(
     batch_size: int | None = None,
     progress: bool = False,
     saliency: str | Path | None = None,
-    saliency_method: str | None = None, saliency_layer: str | None = None, saliency_peak: str | None = None,
-    saliency_locate: str | None = None,
+    saliency_method: str | None = None, saliency_layer: str | None = None, saliency_peak: str | None = None, saliency_locate: str | None = None,
 ) -> pd.DataFrame:
     """Score DICOM files with a final run; one row per file (see the module docstring).
 
@@ -212,9 +211,8 @@ def predict_files(
     cfg = run.config
     model, tf = build_predictor(run, dev)
     files = collect_inputs(inputs)
-    options = (saliency_method, saliency_layer, saliency_peak, saliency_locate)
-    sal = _saliency_writer(saliency, options, model, tf, run, dev, files)  # copies: no hook yet
-    shift = ShiftMonitor(run.path, model)  # a forward hook on model.fc; warns once for a run without reference
+    sal = _saliency_writer(saliency, (saliency_method, saliency_layer, saliency_peak, saliency_locate), model, tf, run, dev, files)
+    shift = ShiftMonitor(run.path, model)  # a hook on model.fc, after the saliency copy; warns once for a run without reference
     bar = None
     if progress:
         from tqdm.auto import tqdm
