@@ -42,7 +42,8 @@ from trainer.runs.results import CVResult, TestResult
 from trainer.runs.tracking import check_tracking, track
 from trainer.runs.write import environment, new_run_dir, write_config, write_json
 from trainer.shift.final_ref import write_shift_reference
-from trainer.split import canonical_groups, holdout_split
+from trainer.evaluation.inputs import canonical_groups
+from trainer.split import holdout_split
 from trainer.transforms import make_transform
 
 

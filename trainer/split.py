@@ -343,17 +343,6 @@ def holdout_split(
     return mask
 
 
-def canonical_groups(groups: Any) -> np.ndarray:
-    """Group labels -> int64 codes in the order each group first appears (rows are ordered by ID).
-
-    The store's patient/study/series keys are keyed hashes with a random key per store, so their
-    sorted order -- which StratifiedGroupKFold's shuffle starts from -- differs between two builds
-    of the same data. Splitting on these codes instead makes the split a function of the data and
-    the seed alone: every build of the same folder gives the same test set, folds and holdouts.
-    """
-    return pd.factorize(np.asarray(groups))[0].astype(np.int64)
-
-
 _TEST = -(10**9)  # partition code of the test rows
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["check_frame", "check_labels_scores"]
+__all__ = ["canonical_groups", "check_frame", "check_labels_scores"]
 
 
 def check_frame(df: Any, name: str, columns: tuple[str, ...] | list[str]) -> pd.DataFrame:
@@ -76,3 +76,17 @@ def check_labels_scores(
         raise ValueError(f"The '{y_name}' parameter must contain both classes 0 and 1 {both_classes}; "
                          f"got only {np.unique(y_int).tolist()}.")
     return y_int, p
+
+
+def canonical_groups(groups: Any) -> np.ndarray:
+    """Group labels -> int64 codes in the order each group first appears among the rows (the store's rows are
+    ordered by ID; the out-of-fold rows by fold, then ID: neither order depends on the hash key).
+
+    The store's patient/study/series keys are keyed hashes with a random key per store, so their
+    sorted order -- which StratifiedGroupKFold's shuffle starts from -- differs between two builds
+    of the same data. Splitting, bootstrapping and bounding on these codes instead makes the test set,
+    folds, holdouts, the patient-bootstrap intervals (:mod:`trainer.evaluation.intervals`) and the
+    sensitivity bound (:mod:`trainer.evaluation.sens_bound`) a function of the data and the seeds alone:
+    the same on every build of the same folder.
+    """
+    return pd.factorize(np.asarray(groups))[0].astype(np.int64)

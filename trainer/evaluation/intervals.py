@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest, norm, rankdata
 
-from trainer.evaluation.inputs import check_labels_scores
+from trainer.evaluation.inputs import canonical_groups, check_labels_scores
 from trainer.evaluation.metrics import binary_metrics
 
 __all__ = [
@@ -215,8 +215,8 @@ def _unit_codes(groups: Any, p: np.ndarray) -> tuple[np.ndarray, int, str]:
     g = np.asarray(groups)
     if g.shape != p.shape:
         raise ValueError(f"groups must have one entry per row, got {g.shape} for {p.shape}")
-    uniq, codes = np.unique(g.astype(str), return_inverse=True)
-    return codes, uniq.size, "group"
+    codes = canonical_groups(g.astype(str))  # in order of first appearance: not the keyed hashes' sorted order
+    return codes, int(codes.max()) + 1 if codes.size else 0, "group"
 
 
 def _resample_metrics(

@@ -45,7 +45,8 @@ def aggregate_patients(
 
     Returns:
         Columns ``patient, label, prob, n_slices, n_pos_slices`` (and ``pred`` when
-        ``threshold`` is given), sorted by patient key. ``label`` = any slice positive,
+        ``threshold`` is given), in the order each patient first appears in ``frame``
+        (:func:`~trainer.evaluation.inputs.canonical_groups`). ``label`` = any slice positive,
         ``prob`` = the aggregated score (module docstring).
 
     Raises:
@@ -59,10 +60,10 @@ def aggregate_patients(
     f = pd.DataFrame({"patient": frame[group_col].astype(str).to_numpy(),
                       "label": frame["label"].astype(int).to_numpy(),
                       "prob": frame["prob"].astype(float).to_numpy()})
-    g = f.groupby("patient", sort=True)
+    g = f.groupby("patient", sort=False)  # first-appearance order: the keyed hashes' sorted order differs per build
     if how == "pair":
         pair = np.minimum(f["prob"].to_numpy(), frame["prob_next"].to_numpy(dtype=float))  # NaN where no next slice
-        score = pd.Series(pair).groupby(f["patient"]).max().fillna(g["prob"].max())  # max skips NaN
+        score = pd.Series(pair).groupby(f["patient"], sort=False).max().fillna(g["prob"].max())  # max skips NaN
     else:
         score = g["prob"].max() if how == "max" else g["prob"].mean()
     out = pd.DataFrame({

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.stats import norm
 
-from trainer.evaluation.inputs import check_labels_scores
+from trainer.evaluation.inputs import canonical_groups, check_labels_scores
 from trainer.evaluation.thresholds import ThresholdUnreachableError
 
 __all__ = [
@@ -76,7 +76,8 @@ class PositiveCounts(NamedTuple):
 
     Attributes:
         n_groups: G, the number of patients (the resampling units), with or without positive slices.
-        members: (P,) int, the patients with a positive slice, as indices into ``np.unique(groups as str)``.
+        members: (P,) int, the patients with a positive slice, as indices into
+            :func:`~trainer.evaluation.inputs.canonical_groups` codes (order of first appearance).
         tp: (P, T) float64, patient ``members[i]``'s positive slices with ``prob >= thresholds[j]``.
         pos: (P,) float64, its positive slices (> 0).
     """
@@ -107,7 +108,7 @@ def positive_counts(y: Any, prob: Any, groups: Any, thresholds: Any) -> Positive
     t = _check_thresholds(thresholds)
     if not y01.any():
         raise ValueError("A sensitivity bound needs positive slices (label 1); 'y' has none.")
-    _, codes = np.unique(g.astype(str), return_inverse=True)
+    codes = canonical_groups(g.astype(str))  # in order of first appearance: not the keyed hashes' sorted order
     members, pos_g = np.unique(codes[y01 == 1], return_inverse=True)
     n_p = members.size
     order = np.argsort(t, kind="stable")
