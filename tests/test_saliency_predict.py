@@ -63,6 +63,15 @@ def test_one_png_per_scored_slice_and_peaks_inside_the_image(runs, tmp_path):
     np.testing.assert_allclose(ok["shift_score"].to_numpy(float), plain["shift_score"].to_numpy(float), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize(("option", "value"), [("saliency_peak", "skull"), ("saliency_locate", "mean"),
+                                             ("saliency_method", "cam")])
+def test_a_bad_saliency_override_is_a_config_error_naming_the_key(runs, tmp_path, option, value):
+    from neurocache.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{option}={value!r} is invalid; allowed values"):
+        predict_files(runs["final"], _test_files(runs, 1), device="cpu", saliency=tmp_path / "sal", **{option: value})
+
+
 def test_without_the_flag_no_saliency_code_runs(runs, tmp_path, monkeypatch):
     import trainer.saliency.cam as cam
     import trainer.saliency.writer as writer

@@ -30,6 +30,7 @@ from trainer.config import TrainConfig
 from trainer.data import SliceSource, load_dataset, open_store_for, setup_device
 from trainer.evaluation.calibrators import fit_calibrator
 from trainer.evaluation.fold_health import chance_warning
+from trainer.evaluation.inputs import canonical_groups
 from trainer.evaluation.metrics import binary_metrics, ranking_scores
 from trainer.evaluation.promise import fold_stats_of, format_promise, promise_vs_delivery
 from trainer.loops import predict, train_model
@@ -42,7 +43,6 @@ from trainer.runs.results import CVResult, TestResult
 from trainer.runs.tracking import check_tracking, track
 from trainer.runs.write import environment, new_run_dir, write_config, write_json
 from trainer.shift.final_ref import write_shift_reference
-from trainer.evaluation.inputs import canonical_groups
 from trainer.split import holdout_split
 from trainer.transforms import make_transform
 

@@ -20,10 +20,10 @@ import pandas as pd
 from trainer.config import TrainConfig
 from trainer.data import SliceSource
 from trainer.evaluation.calibrators import fit_calibrator
+from trainer.evaluation.inputs import canonical_groups
 from trainer.evaluation.metrics import ranking_scores
 from trainer.loops import predict, train_model
 from trainer.runs.results import FoldResult
-from trainer.evaluation.inputs import canonical_groups
 from trainer.split import SplitError, check_no_group_crosses, holdout_split, make_split
 from trainer.transforms import make_transform
 

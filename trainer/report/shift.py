@@ -53,7 +53,7 @@ def shift(ctx: Context) -> dict[str, Any] | None:
             "embedding threshold (Mahalanobis)": ref.get("embedding_threshold"),
             "Ledoit-Wolf shrinkage (per class)": ", ".join(f"{v:.3f}" for v in np.atleast_1d(ref.get("shrinkage") or [])),
             "embedding dimension": ref.get("embedding_dim")}
-    return {"head": head, "rates": [{"rows": p, "flagged": k, "slices": n, "share": k / n if n else None}
+    return {"head": head, "listed": LISTED, "rates": [{"rows": p, "flagged": k, "slices": n, "share": k / n if n else None}
                                     for p, (k, n) in rates.items()],
             "test": rates.get("test", (0, 0)), "reasons": reason_counts(t["shift_reason"]), "columns": columns,
             "flagged": flagged[["ID", "label", "shift_score", "shift_reason"]].to_dict("records"),

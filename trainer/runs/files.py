@@ -44,7 +44,7 @@ TEST_CONFUSION = "test_confusion.png"
 TEST_CALIBRATION_PLOT = "test_calibration.png"
 MODEL_CARD = "model_card.json"
 SHIFT_REFERENCE = "shift_reference.json"    #: the training data's feature ranges and thresholds (:mod:`trainer.shift`)
-SHIFT_EMBEDDING = "shift_embedding.npz"     #: the embedding's class means and shared precision matrix (no images)
+SHIFT_EMBEDDING = "shift_embedding.npz"     #: the embedding's class means and per-class precision matrices (no images)
 SHIFT_SCORES = "shift_scores.csv"           #: the shift check of the training, holdout and test rows
 SHIFT_PLOT = "test_shift.png"               #: the test rows against the reference (report.html)
 

@@ -24,7 +24,7 @@ import torch
 from trainer.saliency.cam import SaliencyModel
 from trainer.saliency.geometry import model_to_dicom, placement_of
 from trainer.saliency.overlay import map_to_dicom, overlay_indices, overlay_png
-from trainer.saliency.peak import LOCATES, PEAKS, peak_masks, peak_of
+from trainer.saliency.peak import peak_masks, peak_of
 
 __all__ = ["SALIENCY_COLUMNS", "SaliencyWriter"]
 
@@ -45,21 +45,18 @@ class SaliencyWriter:
         files: the input files, in row order.
         method, layer, peak, locate: ``saliency_method`` / ``saliency_layer`` / ``saliency_peak`` /
             ``saliency_locate`` (default: the run config's).
+
+    Raises:
+        ConfigError: an override the config would refuse (:meth:`TrainConfig.with_overrides`), or a layer the model lacks.
     """
 
     def __init__(self, model: torch.nn.Module, tf: Any, run: Any, device: torch.device, out_dir: str | Path,
                  files: Sequence[Path], method: str | None = None, layer: str | None = None,
                  peak: str | None = None, locate: str | None = None) -> None:
-        from neurocache.config import ConfigError
-
-        cfg = run.config
-        self.peak = peak or cfg.saliency_peak
-        if self.peak not in PEAKS:
-            raise ConfigError(f"saliency_peak={self.peak!r} is invalid; allowed values: {', '.join(PEAKS)}")
-        self.locate = locate or cfg.saliency_locate
-        if self.locate not in LOCATES:
-            raise ConfigError(f"saliency_locate={self.locate!r} is invalid; allowed values: {', '.join(LOCATES)}")
-        self.cam = SaliencyModel(model, method or cfg.saliency_method, layer or cfg.saliency_layer)
+        given = {"saliency_method": method, "saliency_layer": layer, "saliency_peak": peak, "saliency_locate": locate}
+        cfg = run.config.with_overrides({k: v for k, v in given.items() if v is not None})  # checked as config keys
+        self.peak, self.locate = cfg.saliency_peak, cfg.saliency_locate
+        self.cam = SaliencyModel(model, cfg.saliency_method, cfg.saliency_layer)
         self.tf, self.run, self.device, self.files = tf, run, device, list(files)
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
